@@ -1,0 +1,116 @@
+"""IDC (Breast Histopathology Images, ``IDC_regular_ps50_idx5``) scanner.
+
+Layout: ``<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png`` where X, Y are the patch's
+top-left pixel in the whole-slide image and C is 1 for invasive ductal carcinoma.
+The Kaggle archive nests ``IDC_regular_ps50_idx5/`` once or twice (and also repeats the patient
+folders at its top level); the scanner finds the innermost copy and reads it once.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from bclib.datasets.base import DatasetError, DatasetIndex, Problem
+from bclib.imageio import is_image_file
+
+CLASS_NAMES = ["non-IDC", "IDC"]
+NESTED_FOLDER = "IDC_regular_ps50_idx5"
+FILE_PATTERN = re.compile(r"^(?P<patient>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png$", re.IGNORECASE)
+EXPECTED_LAYOUT = (
+    "expected the IDC layout <root>/<patient_id>/<0|1>/<patient_id>_idx5_x<X>_y<Y>_class<C>.png "
+    f"(optionally inside one or two {NESTED_FOLDER}/ folders, as the Kaggle archive unpacks)"
+)
+
+
+def _is_patient_folder(entry: os.DirEntry) -> bool:
+    return entry.is_dir() and any((Path(entry.path) / c).is_dir() for c in ("0", "1"))
+
+
+def find_root(path: str | os.PathLike) -> Path:
+    """The folder whose sub-folders are patients, following ``IDC_regular_ps50_idx5/`` nesting."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"IDC data folder {str(path)!r} does not exist; {EXPECTED_LAYOUT}")
+    if not path.is_dir():
+        raise DatasetError(f"IDC data path {str(path)!r} is not a folder; {EXPECTED_LAYOUT}")
+    for _ in range(4):
+        nested = path / NESTED_FOLDER
+        if nested.is_dir():
+            path = nested
+            continue
+        break
+    with os.scandir(path) as entries:
+        if any(_is_patient_folder(entry) for entry in entries):
+            return path
+    raise DatasetError(f"no patient folders found in {str(path)!r}; {EXPECTED_LAYOUT}")
+
+
+def scan(path: str | os.PathLike, **options) -> DatasetIndex:
+    """Index every IDC patch under ``path``.
+
+    Non-image files are ignored and counted; PNGs whose names do not follow the pattern are
+    listed as problems. A file whose name says one class while its folder says the other is an
+    error that names the files: the label would be ambiguous.
+    """
+    if options:
+        raise TypeError(f"the idc scanner takes no options, got {sorted(options)}")
+    root = find_root(path)
+    rows: list[dict] = []
+    problems: list[Problem] = []
+    mismatched: list[str] = []
+    ignored = 0
+    with os.scandir(root) as patients:
+        patient_entries = sorted((e for e in patients if e.is_dir()), key=lambda e: e.name)
+    for patient in patient_entries:
+        for class_folder in ("0", "1"):
+            folder = Path(patient.path) / class_folder
+            if not folder.is_dir():
+                continue
+            with os.scandir(folder) as files:
+                for entry in files:
+                    if not entry.is_file():
+                        ignored += 1
+                        continue
+                    if not is_image_file(entry.name):
+                        ignored += 1
+                        continue
+                    match = FILE_PATTERN.match(entry.name)
+                    if match is None:
+                        problems.append(Problem(entry.path, "file name does not follow <patient>_idx5_x<X>_y<Y>_class<C>.png"))
+                        continue
+                    if match["label"] != class_folder:
+                        mismatched.append(entry.path)
+                        continue
+                    rows.append(
+                        {
+                            "path": entry.path,
+                            "label": int(class_folder),
+                            "patient_id": patient.name,
+                            "x": int(match["x"]),
+                            "y": int(match["y"]),
+                        }
+                    )
+    if mismatched:
+        shown = "\n  ".join(mismatched[:20])
+        more = f"\n  ... and {len(mismatched) - 20} more" if len(mismatched) > 20 else ""
+        raise DatasetError(
+            f"{len(mismatched)} IDC file(s) have a class in their name that differs from their folder "
+            f"(fix or remove them from your copy):\n  {shown}{more}"
+        )
+    if not rows:
+        raise DatasetError(f"no IDC patches found under {str(root)!r}; {EXPECTED_LAYOUT}")
+    frame = pd.DataFrame(rows).sort_values(["patient_id", "label", "y", "x"], kind="stable").reset_index(drop=True)
+    frame["label_name"] = frame["label"].map(dict(enumerate(CLASS_NAMES)))
+    frame = frame[["path", "label", "label_name", "patient_id", "x", "y"]]
+    return DatasetIndex(
+        name="idc",
+        root=root,
+        frame=frame,
+        class_names=list(CLASS_NAMES),
+        problems=problems,
+        ignored_files=ignored,
+        positive_label=1,
+    )
