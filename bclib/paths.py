@@ -40,6 +40,11 @@ def cache_dir() -> Path:
     return Path(override).expanduser().resolve() if override else data_dir() / "cache"
 
 
+def synthetic_dir() -> Path:
+    """Where the synthetic demo dataset is generated (beside the cache, git-ignored)."""
+    return cache_dir().parent / "synthetic_idc"
+
+
 def candidate_data_roots() -> list[Path]:
     """Data roots searched in order: ``$BCLIB_DATA`` then the project's ``data/``."""
     roots = []
