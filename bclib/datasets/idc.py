@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bclib.datasets.base import DatasetError, DatasetIndex, Problem
+from bclib.datasets.synthetic import MARKER_FILE, is_synthetic_folder
 from bclib.imageio import is_image_file
 
 CLASS_NAMES = ["non-IDC", "IDC"]
@@ -29,8 +30,20 @@ def _is_patient_folder(entry: os.DirEntry) -> bool:
     return entry.is_dir() and any((Path(entry.path) / c).is_dir() for c in ("0", "1"))
 
 
+def _folder_chain(start: Path, end: Path) -> list[Path]:
+    """``start``, every folder between it and ``end`` (inside it), and ``end``."""
+    chain = [end]
+    while chain[-1] != start and chain[-1].parent != chain[-1] and start in chain[-1].parents:
+        chain.append(chain[-1].parent)
+    return chain
+
+
 def find_root(path: str | os.PathLike) -> Path:
-    """The folder whose sub-folders are patients, following ``IDC_regular_ps50_idx5/`` nesting."""
+    """The folder whose sub-folders are patients, following ``IDC_regular_ps50_idx5/`` nesting.
+
+    The Kaggle archive also repeats the patient folders beside its ``IDC_regular_ps50_idx5/``
+    folder; the nested copy wins, so no patch is counted twice.
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"IDC data folder {str(path)!r} does not exist; {EXPECTED_LAYOUT}")
@@ -63,8 +76,12 @@ def scan(path: str | os.PathLike, **options) -> DatasetIndex:
     mismatched: list[str] = []
     ignored = 0
     with os.scandir(root) as patients:
-        patient_entries = sorted((e for e in patients if e.is_dir()), key=lambda e: e.name)
+        entries = list(patients)
+    patient_entries = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+    ignored += sum(1 for e in entries if not e.is_dir() and e.name != MARKER_FILE)
     for patient in patient_entries:
+        with os.scandir(patient.path) as inside:
+            ignored += sum(1 for e in inside if e.name not in ("0", "1") or not e.is_dir())
         for class_folder in ("0", "1"):
             folder = Path(patient.path) / class_folder
             if not folder.is_dir():
@@ -112,5 +129,6 @@ def scan(path: str | os.PathLike, **options) -> DatasetIndex:
         class_names=list(CLASS_NAMES),
         problems=problems,
         ignored_files=ignored,
+        synthetic=is_synthetic_folder(*_folder_chain(Path(path), root)),
         positive_label=1,
     )
