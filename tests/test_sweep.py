@@ -1,0 +1,175 @@
+"""Parameter sweeps with an injected fake run function (no notebook is executed)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bclib import paths
+from bclib.sweep import (
+    RunRequest,
+    SweepError,
+    expand_grid,
+    parse_grid,
+    parse_value,
+    run_sweep,
+)
+
+MODELS = ("baseline_cnn", "mobilenetv2")
+
+
+class FakeRunner:
+    """Writes a run folder with a two-model summary.json; tracks concurrency; can fail."""
+
+    def __init__(self, fail_when: dict | None = None, delay: float = 0.05) -> None:
+        self.fail_when = fail_when or {}
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.requests: list[RunRequest] = []
+
+    def __call__(self, request: RunRequest) -> None:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.requests.append(request)
+        try:
+            time.sleep(self.delay)
+            merged = {**request.parameters, "dataset": request.dataset}
+            if self.fail_when and all(merged.get(k) == v for k, v in self.fail_when.items()):
+                raise RuntimeError("simulated notebook failure")
+            run_dir = request.reports_root / request.run_id
+            run_dir.mkdir(parents=False, exist_ok=False)  # never overwritten
+            seed = int(request.parameters.get("seed", 0))
+            models = [
+                {"model": name, "notebook": f"0{i + 2}", "test": {"roc_auc": 0.6 + 0.1 * i + 0.01 * seed}}
+                for i, name in enumerate(MODELS)
+            ]
+            (run_dir / "summary.json").write_text(json.dumps({"run_id": request.run_id, "models": models}))
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_expand_grid_is_the_cartesian_product():
+    combos = expand_grid({"seed": [0, 1, 2], "dataset": ["idc", "breastmnist"]})
+    assert len(combos) == 6
+    assert len({tuple(sorted(c.items())) for c in combos}) == 6
+    assert combos[0] == {"seed": 0, "dataset": "idc"}
+    with pytest.raises(SweepError):
+        expand_grid({"seed": []})
+    with pytest.raises(SweepError):
+        expand_grid({"seed": "01"})
+    with pytest.raises(SweepError):
+        expand_grid({"seed": [1, 1]})
+
+
+def test_parse_grid_and_values():
+    grid = parse_grid(["seed=0,1", "dataset=idc,breastmnist", "learning_rate=1e-3", "augment=true,false"])
+    assert grid == {
+        "seed": [0, 1],
+        "dataset": ["idc", "breastmnist"],
+        "learning_rate": [0.001],
+        "augment": [True, False],
+    }
+    assert parse_value("none") is None
+    with pytest.raises(SweepError):
+        parse_grid(["seed"])
+    with pytest.raises(SweepError):
+        parse_grid(["seed=0", "seed=1"])
+
+
+def test_sweep_runs_every_combination_into_distinct_folders():
+    fake = FakeRunner()
+    result = run_sweep(
+        {"seed": [0, 1], "dataset": ["idc", "breastmnist"]},
+        base={"epochs": 1},
+        max_workers=2,
+        sweep_id="sw-test",
+        notebooks=["02"],
+        run_function=fake,
+    )
+    assert result.ok and len(result.runs) == 4
+    run_dirs = {run.run_dir for run in result.runs}
+    assert len(run_dirs) == 4
+    assert all(Path(d).is_dir() and Path(d).parent == paths.reports_dir() for d in run_dirs)
+    assert sorted(Path(d).name for d in run_dirs) == [f"sw-test-{n}" for n in range(1, 5)]
+    # dataset is a run argument, the rest notebook parameters on top of base
+    for request in fake.requests:
+        assert "dataset" not in request.parameters
+        assert request.parameters["epochs"] == 1 and "seed" in request.parameters
+        assert request.notebooks == ["02"] and request.profile == "smoke"
+    assert {r.dataset for r in fake.requests} == {"idc", "breastmnist"}
+
+    summary = pd.read_csv(result.summary_csv)
+    assert len(summary) == len(result.runs) * len(MODELS)
+    assert {"run_id", "seed", "dataset", "status", "model", "test_roc_auc"} <= set(summary.columns)
+    assert set(summary["model"]) == set(MODELS)
+    assert summary.groupby("run_id").size().eq(len(MODELS)).all()
+    assert summary["test_roc_auc"].between(0, 1).all()
+    md = result.summary_md.read_text()
+    assert "sw-test-4" in md and "test_roc_auc" in md
+    manifest = json.loads((result.directory / "sweep.json").read_text())
+    assert len(manifest["runs"]) == 4
+
+
+def test_workers_are_bounded():
+    fake = FakeRunner(delay=0.15)
+    result = run_sweep({"seed": list(range(6))}, max_workers=2, sweep_id="sw-bound", run_function=fake)
+    assert result.ok
+    assert 1 <= fake.peak <= 2
+    assert result.peak_concurrency == fake.peak
+    assert fake.peak == 2  # six runs of 0.15 s with two workers do overlap
+
+
+def test_a_failing_run_is_recorded_and_the_others_kept():
+    fake = FakeRunner(fail_when={"seed": 1, "dataset": "idc"})
+    result = run_sweep(
+        {"seed": [0, 1, 2], "dataset": ["idc"]}, max_workers=2, sweep_id="sw-fail", run_function=fake
+    )
+    assert not result.ok
+    assert [run.status for run in result.runs] == ["ok", "failed", "ok"]
+    failed = result.failed[0]
+    assert "simulated notebook failure" in failed.error
+    assert Path(failed.log_path).exists()
+    summary = pd.read_csv(result.summary_csv)
+    assert len(summary) == 2 * len(MODELS) + 1
+    failed_rows = summary[summary["status"] == "failed"]
+    assert len(failed_rows) == 1 and "simulated" in failed_rows["error"].iloc[0]
+    assert "Failed runs" in result.summary_md.read_text()
+
+
+def test_sweep_never_overwrites():
+    fake = FakeRunner()
+    run_sweep({"seed": [0]}, sweep_id="sw-once", run_function=fake)
+    with pytest.raises(SweepError):
+        run_sweep({"seed": [0]}, sweep_id="sw-once", run_function=fake)
+    with pytest.raises(SweepError):
+        run_sweep({"seed": [0]}, base={"seed": 1}, sweep_id="sw-other", run_function=fake)
+    with pytest.raises(SweepError):
+        run_sweep({"seed": [0]}, max_workers=0, sweep_id="sw-zero", run_function=fake)
+
+
+def test_cli_parses_grid(monkeypatch, capsys):
+    import bclib.commands.sweep as command
+    from bclib.cli import main
+
+    seen = {}
+
+    def fake_run_sweep(grid, **kwargs):
+        seen.update(grid=grid, **kwargs)
+        return run_sweep(grid, **{**kwargs, "run_function": FakeRunner()})
+
+    monkeypatch.setattr(command, "run_sweep", fake_run_sweep)
+    code = main(["sweep", "--grid", "seed=0,1", "--grid", "dataset=idc,breastmnist", "--notebooks", "02",
+                 "--workers", "2", "--set", "epochs=1", "--sweep-id", "sw-cli"])
+    assert code == 0
+    assert seen["grid"] == {"seed": [0, 1], "dataset": ["idc", "breastmnist"]}
+    assert seen["base"] == {"epochs": 1} and seen["notebooks"] == ["02"] and seen["max_workers"] == 2
+    assert "sweep_summary.md" in capsys.readouterr().out
+    assert main(["sweep"]) == 2
