@@ -1,0 +1,269 @@
+"""bclib.predict and `bclib predict`: image preparation, batching, and every kind of bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bclib.modelcard import ModelLoadError, write_card
+from bclib.predict import (
+    Predictor,
+    class_probabilities,
+    collect_image_paths,
+    decide,
+    folder_throughput,
+    measure_latency,
+    predict_paths,
+    prepare_image,
+)
+
+INPUT_SIZE = 32
+
+
+def make_tiny_model(input_size: int = INPUT_SIZE):
+    """A small conv net (raw 0..255 RGB in, Rescaling inside, one sigmoid unit), redder = more positive."""
+    import keras
+
+    inputs = keras.Input((input_size, input_size, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs, name="tiny_cnn")
+    kernel = np.zeros((3, 3, 3, 4), dtype="float32")
+    kernel[1, 1, 0, :] = 1.0  # red channel
+    kernel[1, 1, 2, :] = -1.0  # minus blue
+    model.get_layer("last_conv").set_weights([kernel, np.zeros(4, "float32")])
+    model.layers[-1].set_weights([np.full((4, 1), 2.0, "float32"), np.zeros(1, "float32")])
+    return model
+
+
+def tiny_card(**overrides) -> dict:
+    card = {
+        "model_name": "tiny_cnn",
+        "notebook": "02_baseline_cnn",
+        "class_names": ["non-IDC", "IDC"],
+        "positive_label": 1,
+        "input_size": INPUT_SIZE,
+        "pack_size": 50,
+        "threshold": {"value": 0.5, "method": "youden", "chosen_on": "val"},
+        "weights": {"requested": None, "used": "random", "note": "test model"},
+        "metrics": {"val": {"roc_auc": 0.8}},
+    }
+    card.update(overrides)
+    return card
+
+
+def save_tiny_model(directory: Path, **card_overrides) -> Path:
+    """``directory/model.keras`` + ``model_card.json``; returns the model path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.keras"
+    make_tiny_model().save(path)
+    write_card(tiny_card(**card_overrides), directory)
+    return path
+
+
+def write_patch(path: Path, colour=(200, 60, 120), size=(50, 50), mode="RGB") -> Path:
+    rng = np.random.default_rng(0)
+    array = np.clip(np.array(colour)[None, None, :] + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(array, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path)
+    return path
+
+
+def write_bad_files(folder: Path) -> dict[str, Path]:
+    """Every awkward input the issue lists, keyed by what it is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "rgb": write_patch(folder / "rgb.png"),
+        "grayscale": write_patch(folder / "gray.png", mode="L"),
+        "rgba": write_patch(folder / "rgba.png", mode="RGBA"),
+        "cmyk": write_patch(folder / "cmyk.jpg", mode="CMYK"),
+        "tiny": write_patch(folder / "tiny.png", size=(3, 2)),
+        "big": write_patch(folder / "big.png", size=(900, 700)),
+        "odd name": write_patch(folder / "patch 'q\" ü 名.png"),
+    }
+    sixteen = (np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 40)
+    Image.fromarray(sixteen).save(folder / "sixteen.png")  # mode I;16
+    files["16-bit"] = folder / "sixteen.png"
+    (folder / "not_an_image.png").write_text("hello, I am text")
+    files["not an image"] = folder / "not_an_image.png"
+    (folder / "empty.png").write_bytes(b"")
+    files["empty"] = folder / "empty.png"
+    data = files["big"].read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 3])
+    files["truncated"] = folder / "truncated.png"
+    return files
+
+
+BAD = {"not an image", "empty", "truncated"}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("run") / "02_baseline_cnn")
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory) -> dict[str, Path]:
+    return write_bad_files(tmp_path_factory.mktemp("inputs"))
+
+
+# ---------------------------------------------------------------- preparation and decisions
+
+def test_prepare_pads_small_patches_like_the_cache_then_resizes():
+    patch = np.zeros((30, 40, 3), np.uint8)
+    prepared = prepare_image(patch, input_size=32, pack_size=50)
+    assert prepared.shape == (32, 32, 3) and prepared.dtype == np.uint8
+    assert prepared[-1, -1].min() == 255  # white padding bottom/right, as the cache pads
+    assert prepared[0, 0].max() == 0  # the patch stays top-left, never stretched
+    assert prepare_image(np.zeros((500, 250, 3), np.uint8), 32).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="input_size"):
+        prepare_image(patch, 0)
+
+
+def test_class_probabilities_and_decision():
+    probabilities = class_probabilities(np.array([[0.2], [0.9]]), 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    assert decide(probabilities[1], ["non-IDC", "IDC"], 1, 0.5) == "IDC"
+    assert decide(probabilities[1], ["non-IDC", "IDC"], 1, 0.95) == "non-IDC"
+    # BreastMNIST-like: the disease is label 0
+    assert decide([0.7, 0.3], ["malignant", "benign"], 0, 0.6) == "malignant"
+    assert decide([0.1, 0.2, 0.7], ["a", "b", "c"], 0, 0.5) == "c"
+    with pytest.raises(ValueError):
+        class_probabilities(np.ones((2, 3)) / 3, 2)
+
+
+def test_predictor_reads_the_card_and_ranks_red_above_blue(model_path, tmp_path):
+    predictor = Predictor.load(model_path)
+    assert predictor.class_names == ["non-IDC", "IDC"] and predictor.pack_size == 50
+    assert predictor.random_weights
+    red = np.full((50, 50, 3), (230, 30, 30), np.uint8)
+    blue = np.full((50, 50, 3), (30, 30, 230), np.uint8)
+    results = predictor.predict_images([red, blue], ["red", "blue"])
+    for result in results:
+        assert set(result.probabilities) == {"non-IDC", "IDC"}
+        assert abs(sum(result.probabilities.values()) - 1.0) < 1e-6
+        assert all(0.0 <= p <= 1.0 for p in result.probabilities.values())
+    assert results[0].probabilities["IDC"] > results[1].probabilities["IDC"]
+
+
+# ---------------------------------------------------------------- files and folders
+
+def test_every_awkward_file_gets_a_result_and_only_bad_ones_fail(model_path, odd_files):
+    results = {Path(r.source).name: r for r in predict_paths(model_path, [str(p) for p in odd_files.values()], batch_size=4)}
+    assert len(results) == len(odd_files)
+    for kind, path in odd_files.items():
+        result = results[path.name]
+        if kind in BAD:
+            assert result.error and result.decision is None, kind
+        else:
+            assert result.ok, f"{kind}: {result.error}"
+            assert result.decision in {"non-IDC", "IDC"}
+    assert "empty" in results["empty.png"].error
+    assert "not an image" in results["not_an_image.png"].error
+
+
+def test_folders_are_walked_and_missing_paths_reported(odd_files, tmp_path):
+    folder = odd_files["rgb"].parent
+    (folder / "notes.txt").write_text("ignored")
+    paths, problems = collect_image_paths([folder, tmp_path / "missing.png"])
+    assert {p.name for p in paths} == {p.name for p in odd_files.values()}
+    assert len(problems) == 1 and "no such file" in problems[0].error
+
+
+# ---------------------------------------------------------------- the CLI, in process
+
+def _cli(argv, capsys):
+    from bclib.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_text_and_json_lines(model_path, odd_files, capsys):
+    good = [str(odd_files[k]) for k in ("rgb", "odd name", "16-bit")]
+    code, out, err = _cli(["predict", "--model", str(model_path), *good], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and all("non-IDC=" in line and "decision=" in line for line in lines)
+    assert "not for diagnosis" in err
+    code, out, _ = _cli(["predict", "--model", str(model_path), "--json", "--threshold", "0.0", *good], capsys)
+    records = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["path"] for r in records] == good
+    assert all(r["decision"] == "IDC" and r["threshold"] == 0.0 for r in records)
+
+
+def test_cli_folder_with_bad_files_keeps_going(model_path, odd_files, capsys):
+    folder = odd_files["rgb"].parent
+    code, out, err = _cli(["predict", "--model", str(model_path), "--json", "--batch-size", "3", str(folder)], capsys)
+    assert code == 1  # some files failed
+    records = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(records) == len(odd_files)
+    failed = {Path(r["path"]).name for r in records if "error" in r}
+    assert failed == {odd_files[k].name for k in BAD}
+    assert err.count("error:") == len(BAD)
+
+
+def test_cli_bad_threshold_and_models(model_path, odd_files, tmp_path, capsys):
+    image = str(odd_files["rgb"])
+    code, _, err = _cli(["predict", "--model", str(model_path), "--threshold", "1.5", image], capsys)
+    assert code == 2 and "threshold" in err
+    code, _, err = _cli(["predict", "--model", str(tmp_path / "nope" / "model.keras"), image], capsys)
+    assert code == 2 and "does not exist" in err
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.keras").write_bytes(b"PK\x03\x04 this is not a zip")
+    write_card(tiny_card(), corrupt)
+    code, _, err = _cli(["predict", "--model", str(corrupt / "model.keras"), image], capsys)
+    assert code == 2 and "corrupt" in err
+
+
+def test_unsafe_lambda_model_is_refused(tmp_path, odd_files, capsys):
+    import keras
+
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    directory = tmp_path / "unsafe"
+    directory.mkdir()
+    model.save(directory / "model.keras")
+    write_card(tiny_card(), directory)
+    with pytest.raises(ModelLoadError, match="safe mode"):
+        Predictor.load(directory / "model.keras")
+    code, out, err = _cli(["predict", "--model", str(directory / "model.keras"), str(odd_files["rgb"])], capsys)
+    assert code == 2 and "safe mode" in err and out == ""
+
+
+# ---------------------------------------------------------------- latency helpers
+
+def test_latency_and_throughput_helpers(model_path, odd_files):
+    predictor = Predictor.load(model_path)
+    latency = measure_latency(predictor.model, np.zeros((50, 50, 3), np.uint8), n=5)
+    assert 0 < latency["median_ms"] <= latency["p90_ms"] < 10_000
+    throughput = folder_throughput(model_path, odd_files["rgb"].parent, batch_size=8)
+    assert throughput["images_per_second"] > 0 and throughput["raw_images_per_second"] > 0
+    assert throughput["ratio"] == pytest.approx(throughput["images_per_second"] / throughput["raw_images_per_second"])
+
+
+def test_latency_with_gradcam(model_path):
+    pytest.importorskip("bclib.explain")
+    predictor = Predictor.load(model_path)
+    latency = measure_latency(predictor, np.zeros((50, 50, 3), np.uint8), n=3, with_gradcam=True)
+    assert latency["median_ms"] > 0
+
+
+@pytest.mark.realdata
+def test_real_idc_patches_predict(real_idc, model_path):
+    patches = sorted(real_idc.glob("IDC_regular_ps50_idx5/*/1/*.png"))[:5]
+    if not patches:
+        pytest.skip("no IDC patches found")
+    results = predict_paths(model_path, patches)
+    assert len(results) == len(patches) and all(r.ok for r in results)
