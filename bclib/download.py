@@ -235,7 +235,7 @@ def instructions(dataset: str, destination: Path | None = None, url: str | None 
     lines.append(f"  get it by hand: {source.manual_steps}")
     if source.homepage:
         lines.append(f"  homepage: {source.homepage}")
-    lines.append(f"  unpack it into: {destination}")
+    lines.append(f"  put it in (unpacked): {destination}")
     lines.append(
         "  an existing copy elsewhere works too: pass --data PATH (notebooks: data_dir=PATH), "
         f"or set BCLIB_DATA (a folder holding {source.name}/) or BCLIB_DATA_{source.name.upper()}"
@@ -337,7 +337,9 @@ def fetch(
     try:
         response = http.get(url, stream=True, timeout=(connect_timeout, timeout), headers=headers, allow_redirects=True)
     except requests.exceptions.RequestException as error:
-        raise DownloadError(f"could not connect to {url}: {_short(error)}") from error
+        raise DownloadError(
+            f"could not connect to {url} (is this machine offline or behind a proxy?): {_short(error)}"
+        ) from error
     with response:
         if response.status_code == 416 and offset:
             _, total = _parse_content_range(response.headers.get("Content-Range"))

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from bclib import download as dl
-from bclib.datasets import scan
+from bclib.datasets import DatasetError, scan
 
 PATIENTS = ("8863", "9036")
 
@@ -196,6 +196,23 @@ def test_gzip_files_are_decompressed_and_every_file_installed(server, monkeypatc
     assert sorted(dl.read_marker(destination)["installed"]) == sorted(contents)
 
 
+def test_pcam_h5_gz_files_become_a_scannable_folder(server, monkeypatch, tmp_path):
+    import h5py
+
+    remotes = []
+    for array, data in (("x", np.zeros((4, 96, 96, 3), np.uint8)), ("y", np.array([0, 1, 0, 1]).reshape(4, 1, 1, 1))):
+        name = f"camelyonpatch_level_2_split_valid_{array}.h5"
+        with h5py.File(tmp_path / name, "w") as handle:
+            handle.create_dataset(array, data=data, compression="gzip")
+        server.files[f"/{name}.gz"] = gzip.compress((tmp_path / name).read_bytes())
+        remotes.append(dl.RemoteFile(server.url(f"/{name}.gz?download=1"), f"{name}.gz"))
+    _use_files(monkeypatch, "pcam", *remotes)
+
+    index = scan("pcam", dl.download("pcam", tmp_path / "pcam", progress=False))
+
+    assert len(index.frame) == 4 and set(index.frame["split"]) == {"val"}
+
+
 def test_url_override_of_a_known_file_keeps_its_checksum(server, monkeypatch, tmp_path):
     server.files["/mirror/breastmnist.npz"] = b"not the published file"
     with pytest.raises(dl.DownloadError, match="MD5"):
@@ -260,6 +277,30 @@ def test_interrupted_download_keeps_the_part_file_and_resumes(server, monkeypatc
 
     resumed_from = int(server.requests[-1]["range"].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_from <= len(archive) // 3
+    assert len(scan("idc", destination).frame) == 12
+
+
+def test_interrupted_extraction_is_not_a_dataset_and_reuses_the_archive(server, monkeypatch, tmp_path):
+    _use_files(monkeypatch, "idc", _idc_remote(server, _zip_bytes(_idc_members())))
+    destination = tmp_path / "idc"
+    real_extract = dl.extract_archive
+
+    def extract_then_crash(archive, into):
+        real_extract(archive, into)
+        raise KeyboardInterrupt  # e.g. Ctrl-C after part of the files were written
+
+    monkeypatch.setattr(dl, "extract_archive", extract_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        dl.download("idc", destination, progress=False)
+    assert not dl.is_complete(destination)
+    assert not (destination / "IDC_regular_ps50_idx5").exists()
+    with pytest.raises(DatasetError):
+        scan("idc", destination)
+
+    monkeypatch.setattr(dl, "extract_archive", real_extract)
+    requests_before = len(server.requests)
+    dl.download("idc", destination, progress=False)
+    assert len(server.requests) == requests_before  # the verified archive was kept and reused
     assert len(scan("idc", destination).frame) == 12
 
 
