@@ -1,0 +1,235 @@
+"""``bclib run`` over tiny throw-away notebooks: run folder contents, no overwrite, failures,
+resume, parameter injection, data resolution and the CLI (7 notebook executions in all)."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bclib import paths, reports, runner
+from bclib.cli import main as cli_main
+from bclib.commands.run import parse_parameter
+
+FAIL_SWITCH = "BCLIB_TEST_NOTEBOOK_FAIL"
+
+
+def _notebook(parameters: str, *cells: str) -> nbformat.NotebookNode:
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells.append(nbformat.v4.new_code_cell("import json, os"))
+    tagged = nbformat.v4.new_code_cell(parameters)
+    tagged.metadata["tags"] = ["parameters"]
+    notebook.cells.append(tagged)
+    notebook.cells.extend(nbformat.v4.new_code_cell(source) for source in cells)
+    return notebook
+
+
+WRITE_PARAMS_AND_CARD = """
+from bclib import reports
+folder = reports.notebook_dir(run_id, "01_train")
+(folder / "params.json").write_text(json.dumps(
+    {"run_id": run_id, "profile": profile, "dataset": dataset, "data_dir": data_dir, "message": message,
+     "prefix": __import__("sys").prefix}))
+card = {"model_name": "tiny", "notebook": "01_train", "class_names": ["non-IDC", "IDC"],
+        "input_size": 8, "threshold": {"value": 0.4}, "weights": {"requested": None, "used": "random"},
+        "dataset": {"name": dataset, "synthetic": False}, "train_seconds": 0.1,
+        "metrics": {"test": {"roc_auc": 0.8, "pr_auc": 0.7, "balanced_accuracy": 0.75,
+                             "sensitivity": 0.7, "specificity": 0.8, "f1": 0.72}}}
+(folder / "model_card.json").write_text(json.dumps(card))
+print("trained")
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A throw-away project root (``BCLIB_ROOT``) with three tiny numbered notebooks."""
+    root = tmp_path / "project"
+    folder = root / "notebooks"
+    folder.mkdir(parents=True)
+    nbformat.write(_notebook('run_id = None\nprofile = "quick"\ndataset = "idc"\ndata_dir = None\nmessage = "default"',
+                             WRITE_PARAMS_AND_CARD), folder / "01_train.ipynb")
+    nbformat.write(_notebook("run_id = None",
+                             'open(os.path.join(os.environ["BCLIB_REPORTS"], run_id, "second.txt"), "w").write("ok")'),
+                   folder / "02_second.ipynb")
+    nbformat.write(_notebook("run_id = None",
+                             f'if os.environ.get("{FAIL_SWITCH}") == "1":\n    raise ValueError("boom from the notebook")',
+                             'print("finished")'),
+                   folder / "03_maybe_fail.ipynb")
+    nbformat.write(_notebook("x = 1"), folder / "helper.ipynb")  # not numbered: never run
+    (root / "data").mkdir()
+    monkeypatch.setenv("BCLIB_ROOT", str(root))
+    monkeypatch.delenv("BCLIB_DATA", raising=False)
+    monkeypatch.delenv("BCLIB_DATA_IDC", raising=False)
+    return root
+
+
+def _run(project: Path, **options) -> runner.RunResult:
+    options.setdefault("data", project / "data")
+    options.setdefault("progress", False)
+    options.setdefault("log", lambda message: None)
+    return runner.run_series(**options)
+
+
+def test_discovery_and_selection(project):
+    found = runner.discover_notebooks(project / "notebooks")
+    assert [p.stem for p in found] == ["01_train", "02_second", "03_maybe_fail"]
+    assert [p.stem for p in runner.select_notebooks(found, "03,01")] == ["01_train", "03_maybe_fail"]
+    assert [p.stem for p in runner.select_notebooks(found, ["02_second"])] == ["02_second"]
+    with pytest.raises(ValueError, match="09"):
+        runner.select_notebooks(found, ["09"])
+    assert runner.declared_parameters(found[0]) == {"run_id", "profile", "dataset", "data_dir", "message"}
+
+
+def test_run_writes_notebooks_html_manifest_and_summary(project):
+    messages: list[str] = []
+    result = _run(project, run_id="first", notebooks=["01", "02"], parameters={"message": "hello", "unused": 1},
+                  profile="smoke", log=messages.append)
+    folder = reports.run_dir("first")
+    assert result.run_dir == folder and result.executed == ["01_train", "02_second"]
+    for name in ("01_train", "02_second"):
+        assert (folder / f"{name}.ipynb").is_file()
+        assert "<html" in (folder / f"{name}.html").read_text(encoding="utf-8").lower()
+    assert not (folder / "03_maybe_fail.ipynb").exists()
+    assert (folder / "second.txt").read_text() == "ok"
+
+    injected = json.loads((folder / "01_train" / "params.json").read_text())
+    assert injected.pop("prefix") == sys.prefix  # the kernel runs in this venv
+    assert injected == {"run_id": "first", "profile": "smoke", "dataset": "idc",
+                        "data_dir": str((project / "data").resolve()), "message": "hello"}
+    assert any("unused" in message and "warning" in message for message in messages)
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["synthetic"] is False
+    assert manifest["selection"] == ["01_train", "02_second"]
+    assert manifest["parameters"] == {"message": "hello", "unused": 1}
+    assert manifest["notebooks"]["02_second"]["parameters"] == {"run_id": "first"}
+    for state in manifest["notebooks"].values():
+        assert state["status"] == "completed" and state["seconds"] > 0
+    assert manifest["versions"]["python"] and manifest["versions"]["papermill"]
+    assert "commit" in manifest["git"] and manifest["started"] <= manifest["finished"]
+
+    summary = (folder / "summary.md").read_text(encoding="utf-8")
+    assert "not for diagnosis" in summary and "[01_train.html](01_train.html)" in summary
+    assert "SYNTHETIC" not in summary and "RANDOM WEIGHTS" not in summary  # baseline wanted no weights
+    rows = json.loads((folder / "summary.json").read_text())["rows"]
+    assert [(row["notebook"], row["model"], row["roc_auc"]) for row in rows] == [("01_train", "tiny", 0.8)]
+
+    with pytest.raises(reports.RunExistsError, match="never overwritten"):
+        _run(project, run_id="first", notebooks=["02"])
+    assert (folder / "second.txt").read_text() == "ok"
+
+
+def test_failure_keeps_completed_notebooks_and_resume_runs_the_rest(project, monkeypatch):
+    monkeypatch.setenv(FAIL_SWITCH, "1")
+    with pytest.raises(runner.RunFailed) as caught:
+        _run(project, run_id="broken")
+    failure = caught.value
+    assert failure.notebook == "03_maybe_fail" and failure.ename == "ValueError"
+    assert "boom from the notebook" in failure.evalue and "03_maybe_fail" in str(failure)
+    folder = reports.run_dir("broken")
+    for name in ("01_train", "02_second", "03_maybe_fail"):
+        assert (folder / f"{name}.ipynb").is_file() and (folder / f"{name}.html").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert [manifest["notebooks"][n]["status"] for n in ("01_train", "02_second", "03_maybe_fail")] == [
+        "completed", "completed", "failed"]
+    assert "boom" in manifest["notebooks"]["03_maybe_fail"]["error"]
+    assert not runner.notebook_completed(folder / "03_maybe_fail.ipynb")
+    assert runner.notebook_completed(folder / "01_train.ipynb")
+
+    monkeypatch.setenv(FAIL_SWITCH, "0")
+    first_html = (folder / "01_train.html").stat().st_mtime_ns
+    resumed = runner.run_series(resume="broken", progress=False, log=lambda message: None)
+    assert resumed.skipped == ["01_train", "02_second"] and resumed.executed == ["03_maybe_fail"]
+    assert (folder / "01_train.html").stat().st_mtime_ns == first_html
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and len(manifest["resumed"]) == 1
+    assert all(state["status"] == "completed" for state in manifest["notebooks"].values())
+    assert runner.notebook_completed(folder / "03_maybe_fail.ipynb")
+
+
+def test_cli_failure_exits_non_zero_naming_notebook_and_error(project, monkeypatch, capsys):
+    monkeypatch.setenv(FAIL_SWITCH, "1")
+    code = cli_main(["run", "--data", str(project / "data"), "--run-id", "cli", "--notebooks", "03",
+                     "--no-progress"])
+    error = capsys.readouterr().err
+    assert code != 0
+    assert "03_maybe_fail" in error and "boom from the notebook" in error
+    assert (reports.run_dir("cli") / "03_maybe_fail.html").is_file()
+
+
+def test_cli_refuses_existing_run_id_and_bad_parameters(project, capsys):
+    reports.create_run_dir("taken")
+    code = cli_main(["run", "--data", str(project / "data"), "--run-id", "taken", "--no-progress"])
+    assert code != 0 and "already exists" in capsys.readouterr().err
+    assert list(reports.run_dir("taken").iterdir()) == []
+    with pytest.raises(SystemExit):
+        cli_main(["run", "-p", "no-equals-sign"])
+    code = cli_main(["run", "--data", str(project / "data"), "-p", "run_id=x", "--no-progress"])
+    assert code != 0 and "run_id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs=3", ("epochs", 3)), ("learning_rate=1e-3", ("learning_rate", 0.001)),
+    ("augment=true", ("augment", True)), ("weights=null", ("weights", None)),
+    ("weights=imagenet", ("weights", "imagenet")), ("note=a=b", ("note", "a=b")),
+    ('name="02"', ("name", "02")), ("sizes=[1, 2]", ("sizes", [1, 2])),
+])
+def test_parse_parameter(text, expected):
+    assert parse_parameter(text) == expected
+
+
+def test_resume_of_missing_run_is_refused(project):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        _run(project, resume="nope")
+
+
+def test_smoke_profile_and_missing_data_use_synthetic_demo_data(project, monkeypatch):
+    calls: list[Path] = []
+
+    def fake_make_synthetic_idc(root, **options):
+        calls.append(Path(root))
+        patient = Path(root) / "10253" / "0"
+        patient.mkdir(parents=True)
+        (patient / "10253_idx5_x1_y1_class0.png").write_bytes(b"not really a png")
+        return Path(root)
+
+    fake = types.ModuleType("bclib.datasets.synthetic")
+    fake.make_synthetic_idc = fake_make_synthetic_idc
+    monkeypatch.setitem(sys.modules, "bclib.datasets.synthetic", fake)
+    logged: list[str] = []
+
+    location, synthetic = runner.resolve_data("idc", None, "smoke", logged.append)
+    assert synthetic and location == paths.data_dir() / runner.SYNTHETIC_FOLDER
+    assert (location / "10253" / "0").is_dir() and len(calls) == 1
+    again, _ = runner.resolve_data("idc", None, "quick", logged.append)  # nothing real: same folder, reused
+    assert again == location and len(calls) == 1
+    assert not list(paths.data_dir().glob("*.tmp-*"))
+
+    real = project / "data" / "idc"
+    real.mkdir()
+    assert runner.resolve_data("idc", None, "quick") == (real.resolve(), False)
+    assert runner.resolve_data("idc", None, "smoke")[1] is True
+    assert runner.resolve_data("idc", real, "smoke") == (real.resolve(), False)
+    with pytest.raises(ValueError, match="breakhis"):
+        runner.resolve_data("breakhis", None, "quick")
+    with pytest.raises(FileNotFoundError):
+        runner.resolve_data("idc", project / "missing", "quick")
+
+
+def test_data_fingerprint_skips_large_folders(tmp_path):
+    for i in range(5):
+        (tmp_path / f"f{i}.txt").write_text("x")
+    assert "skipped" in runner.data_fingerprint("idc", tmp_path, max_files=3)
+    assert "scan failed" in runner.data_fingerprint("idc", tmp_path)["skipped"]
+
+
+@pytest.mark.realdata
+def test_data_fingerprint_of_real_idc(real_idc):
+    first = runner.data_fingerprint("idc", real_idc)
+    assert first["images"] > 10_000 and first["patients"] > 100
+    assert runner.data_fingerprint("idc", real_idc)["content_hash"] == first["content_hash"]
