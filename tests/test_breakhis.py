@@ -75,6 +75,7 @@ def test_subtype_labels_follow_fixed_order(synthetic_breakhis: Path) -> None:
     assert index.positive_label is None
     for row in index.frame.itertuples():
         assert index.class_names[row.label] == row.subtype == row.label_name
+        assert row.category == ("malignant" if row.label >= 4 else "benign")
     # benign subtypes come first in the label order
     assert index.frame.loc[index.frame["subtype"] == "tubular_adenoma", "label"].iloc[0] == 3
 

@@ -142,6 +142,7 @@ def _walk_class_folder(folder: Path, class_folder: str, rows: list, problems: li
                     "path": str(path),
                     "binary_label": BINARY_CLASS_NAMES.index(kind),
                     "subtype": subtype,
+                    "category": kind,
                     "magnification": int(match["mag"]),
                     "slide": f"{match['patient']}{match['section'].upper()}",
                     "patient_id": match["patient"],
@@ -157,7 +158,8 @@ def scan(path: str | os.PathLike, labels: str = "binary", magnification: int | s
     ``labels="binary"``: classes ``["benign", "malignant"]``, positive label 1 = malignant.
     ``labels="subtype"``: the eight subtypes of :data:`SUBTYPE_CLASS_NAMES` (label = position
     there), ``positive_label`` is ``None``. ``magnification`` keeps one of 40/100/200/400 or
-    ``"all"``. Columns: ``subtype``, ``magnification``, ``slide``, ``frame``; ``patient_id`` is
+    ``"all"``. Columns: ``subtype``, ``category`` (benign/malignant, in both label modes),
+    ``magnification``, ``slide``, ``frame``; ``patient_id`` is
     the patient number without section letters (see the module docstring). Non-image files are
     ignored and counted; PNGs with other names are problems; a file whose name disagrees with
     its folders (benign/malignant, subtype or magnification) is an error naming the files.
@@ -198,7 +200,7 @@ def scan(path: str | os.PathLike, labels: str = "binary", magnification: int | s
         positive_label = None
     frame["label_name"] = frame["label"].map(dict(enumerate(class_names)))
     frame = frame.sort_values(["label", "subtype", "patient_id", "slide", "magnification", "frame"], kind="stable")
-    frame = frame[["path", "label", "label_name", "patient_id", "subtype", "magnification", "slide", "frame"]]
+    frame = frame[["path", "label", "label_name", "patient_id", "subtype", "category", "magnification", "slide", "frame"]]
     return DatasetIndex(
         name="breakhis",
         root=root,
