@@ -525,7 +525,8 @@ def download(
     """
     source = get_source(dataset)
     destination = Path(destination).expanduser() if destination is not None else default_destination(source.name)
-    if is_complete(destination) and not force:
+    previous = read_marker(destination)
+    if previous is not None and not force and (url is None or url in _marker_urls(previous)):
         _say(progress, f"{source.name} is already downloaded in {destination}")
         return destination
     use_kaggle = url is None and bool(source.kaggle_dataset) and kaggle_credentials_present()
@@ -558,7 +559,8 @@ def download(
     created = not destination.exists()
     destination.mkdir(parents=True, exist_ok=True)
     work.mkdir(exist_ok=True)
-    (destination / MARKER_NAME).unlink(missing_ok=True)
+    if force or url is None:  # a re-download; one more file by ``url`` keeps the earlier record
+        (destination / MARKER_NAME).unlink(missing_ok=True)
     try:
         for target in existing:
             _remove_inside(target, destination)
@@ -571,7 +573,11 @@ def download(
         _discard_if_empty(destination, work, created)
         raise
     installed = sorted({*installed, *_previously_installed(work, destination)})
-    return _finish(destination, work, source, method, installed, progress, remotes)
+    return _finish(destination, work, source, method, installed, progress, remotes, previous)
+
+
+def _marker_urls(marker: dict) -> set[str]:
+    return {entry.get("url") for entry in marker.get("files", []) if isinstance(entry, dict)}
 
 
 def _installed_stamp(work: Path, remote: RemoteFile) -> Path:
@@ -638,13 +644,20 @@ def _finish(
     installed: list[Path],
     progress: bool,
     remotes: tuple[RemoteFile, ...] = (),
+    previous: dict | None = None,
 ) -> Path:
+    """Write the completion marker last; files fetched one ``url`` at a time accumulate in it."""
+    files = [{"url": r.url, "md5": r.md5, "sha256": r.sha256} for r in remotes]
+    names = [str(path.relative_to(destination)) for path in installed]
+    if previous and method == "url" and previous.get("dataset") == source.name:
+        files = [f for f in previous.get("files", []) if f.get("url") not in {r.url for r in remotes}] + files
+        names = sorted({*previous.get("installed", []), *names})
     record = {
         "dataset": source.name,
         "method": method,
-        "files": [{"url": r.url, "md5": r.md5, "sha256": r.sha256} for r in remotes],
+        "files": files,
         "kaggle_dataset": source.kaggle_dataset if method == "kaggle" else None,
-        "installed": [str(path.relative_to(destination)) for path in installed],
+        "installed": names,
         "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "licence": source.licence,
         "citation": source.citation,

@@ -213,6 +213,21 @@ def test_pcam_h5_gz_files_become_a_scannable_folder(server, monkeypatch, tmp_pat
     assert len(index.frame) == 4 and set(index.frame["split"]) == {"val"}
 
 
+def test_files_fetched_one_url_at_a_time_accumulate(server, tmp_path):
+    names = ("camelyonpatch_level_2_split_valid_x.h5", "camelyonpatch_level_2_split_valid_y.h5")
+    for name in names:
+        server.files[f"/{name}.gz"] = gzip.compress(name.encode())
+    destination = tmp_path / "pcam"
+
+    for name in names:
+        dl.download("pcam", destination, url=server.url(f"/{name}.gz"), progress=False)
+    dl.download("pcam", destination, url=server.url(f"/{names[0]}.gz"), progress=False)  # already there
+
+    assert [(destination / name).read_bytes() for name in names] == [name.encode() for name in names]
+    assert sorted(dl.read_marker(destination)["installed"]) == sorted(names)
+    assert len(server.requests) == 2
+
+
 def test_url_override_of_a_known_file_keeps_its_checksum(server, monkeypatch, tmp_path):
     server.files["/mirror/breastmnist.npz"] = b"not the published file"
     with pytest.raises(dl.DownloadError, match="MD5"):
