@@ -148,7 +148,7 @@ SOURCES: dict[str, DatasetSource] = {
             "BreaKHis_v1/histology_slides/breast/<benign|malignant>/SOB/... lies in the destination "
             "(or pass the link you receive: `bclib data download breakhis --url URL`)"
         ),
-        licence="research use; cite the paper",
+        licence="research use (see the homepage)",
         citation="Spanhol et al., IEEE Trans Biomed Eng 63(7) 2016",
     ),
     "mias": DatasetSource(
@@ -160,7 +160,7 @@ SOURCES: dict[str, DatasetSource] = {
             "time of writing) and unpack it so that mdbNNN.pgm files and Info.txt lie in the destination "
             "(`bclib data download mias --url URL` fetches and unpacks a link you have)"
         ),
-        licence="free for scientific research; cite the paper",
+        licence="free for scientific research",
         citation="Suckling et al., The Mammographic Image Analysis Society digital mammogram database, 1994",
     ),
     "folder": DatasetSource(
