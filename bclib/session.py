@@ -58,27 +58,31 @@ def _is_synthetic_tree(path: Path) -> bool:
     return False
 
 
-def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int) -> DatasetIndex:
-    """Whole patients, in a seeded random order, until ``max_images`` is reached.
+def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int, min_patients: int = 40) -> DatasetIndex:
+    """A seeded subset of about ``max_images`` images drawn from many patients.
 
-    Keeps the patient structure (a split stays patient-level) and both classes where the
-    data has them. Datasets with an official ``split`` column keep images from each split.
+    Patients are taken in a seeded random order, each contributing at most
+    ``max_images // min_patients`` (at least 4) of its images, so a small subset still has enough
+    patients for a patient-level split with both classes in every part. Datasets with an official
+    ``split`` column are subsampled within each split.
     """
     if not max_images or len(index) <= max_images:
         return index
     rng = np.random.default_rng(seed)
     frame = index.frame
+    per_patient = max(4, int(max_images) // min_patients)
     groups = [frame] if "split" not in frame.columns else [g for _, g in frame.groupby("split", sort=True)]
     keep: list[int] = []
     for group in groups:
         budget = max(1, round(max_images * len(group) / len(frame)))
-        patients = group["patient_id"].unique()
-        rng.shuffle(patients)
-        by_patient = group.groupby("patient_id").indices
+        rows_by_patient = group.groupby("patient_id", sort=True).indices
+        patients = list(rows_by_patient)
         chosen: list[int] = []
-        for patient in patients:
-            rows = group.index.to_numpy()[by_patient[patient]]
-            chosen.extend(rows.tolist())
+        for patient_position in rng.permutation(len(patients)):
+            rows = group.index.to_numpy()[rows_by_patient[patients[patient_position]]]
+            if len(rows) > per_patient:
+                rows = rng.choice(rows, size=per_patient, replace=False)
+            chosen.extend(int(row) for row in rows[: budget - len(chosen)])
             if len(chosen) >= budget:
                 break
         keep.extend(chosen)
