@@ -28,7 +28,8 @@ PROFILE_NAMES = ("smoke", "quick", "full")
 DEFAULT_PROFILE = "quick"
 DEFAULT_DATASET = "idc"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
-SYNTHETIC_FOLDER = "synthetic_idc"
+#: Size of the generated demo dataset (the same as ``bclib.session`` generates).
+SYNTHETIC_OPTIONS = {"n_patients": 24, "patches_per_patient": 40, "seed": 0}
 #: Stop counting files for the manifest's data hash beyond this many (the scan must stay cheap).
 MAX_FILES_TO_HASH = 60_000
 #: Parameters every run injects (when a notebook declares them).
@@ -66,6 +67,11 @@ class RunResult:
     skipped: list[str] = field(default_factory=list)
     summary_markdown: Path | None = None
     summary_json: Path | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        """Notebooks whose status in the manifest is ``failed`` (empty for a finished run)."""
+        return [name for name, state in self.manifest.get("notebooks", {}).items() if state.get("status") == "failed"]
 
     @property
     def synthetic(self) -> bool:
@@ -144,17 +150,24 @@ def export_html(notebook_path: Path) -> Path:
 # --------------------------------------------------------------------------- data
 
 def _make_synthetic(log: Callable[[str], Any]) -> Path:
-    """Generate (once) the synthetic IDC demo dataset under ``data/synthetic_idc``."""
-    root = paths.data_dir() / SYNTHETIC_FOLDER
-    if root.is_dir() and any(root.iterdir()):
-        return root
+    """The synthetic IDC demo dataset at :func:`bclib.paths.synthetic_dir`, generated once
+    (into a staging folder, then renamed, so an interrupted generation leaves nothing behind).
+
+    Same folder and size as :func:`bclib.session.resolve_dataset_location`, so a notebook run
+    by hand and ``bclib run`` share one demo dataset.
+    """
     synthetic = importlib.import_module("bclib.datasets.synthetic")
+    root = paths.synthetic_dir()
+    if synthetic.is_synthetic_folder(root):
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(f"{str(root)!r} exists but holds no complete synthetic dataset; remove it and rerun")
     log(f"generating the synthetic IDC demo dataset in {root} ...")
     staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        synthetic.make_synthetic_idc(staging)
+        synthetic.make_synthetic_idc(staging, **SYNTHETIC_OPTIONS)
         if root.exists():
             root.rmdir()  # empty (checked above)
         staging.replace(root)
@@ -163,19 +176,29 @@ def _make_synthetic(log: Callable[[str], Any]) -> Path:
     return root
 
 
+def _is_synthetic(location: Path) -> bool:
+    """True when ``location`` (or a parent) carries the synthetic-data marker."""
+    try:
+        synthetic = importlib.import_module("bclib.datasets.synthetic")
+    except ImportError:
+        return False
+    return bool(synthetic.is_synthetic_folder(location, location.parent, location.parent.parent))
+
+
 def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
                  log: Callable[[str], Any] = print) -> tuple[Path, bool]:
-    """The data folder for a run and whether it is the synthetic demo dataset.
+    """The data folder for a run and whether it is synthetic demo data.
 
     An explicit ``data`` always wins (and must exist). Otherwise profile ``smoke`` uses the
     synthetic IDC demo data, other profiles the folder :func:`bclib.paths.find_dataset_dir`
     finds, falling back to the synthetic data for ``idc`` only.
     """
     if data is not None:
-        return paths.find_dataset_dir(dataset, data), False
+        location = paths.find_dataset_dir(dataset, data)
+        return location, _is_synthetic(location)
     found = None if profile == "smoke" else paths.find_dataset_dir(dataset)
     if found is not None:
-        return found, False
+        return found, _is_synthetic(found)
     if dataset != "idc":
         raise DatasetError(
             f"no {dataset!r} dataset found and only idc has synthetic demo data: pass --data PATH, "
@@ -400,6 +423,12 @@ def run_series(
         error: BaseException | None = None
         try:
             _execute(path, output, injected, kernel_name, notebooks_dir)
+        except KeyboardInterrupt:
+            state.update(status="interrupted", seconds=round(time.perf_counter() - clock, 2), finished=_now())
+            manifest.update(status="interrupted", finished=_now())
+            write_manifest(directory, manifest)
+            log(f"interrupted: continue with `bclib run --resume {run_id}`")
+            raise
         except Exception as caught:  # noqa: BLE001 - any failure stops the series, reported below
             error = caught
         state["seconds"] = round(time.perf_counter() - clock, 2)

@@ -124,9 +124,14 @@ def test_run_writes_notebooks_html_manifest_and_summary(project):
 
 
 def test_failure_keeps_completed_notebooks_and_resume_runs_the_rest(project, monkeypatch):
+    from bclib.datasets.synthetic import MARKER_FILE
+
+    demo = project / "demo_data"
+    demo.mkdir()
+    (demo / MARKER_FILE).write_text("synthetic")
     monkeypatch.setenv(FAIL_SWITCH, "1")
     with pytest.raises(runner.RunFailed) as caught:
-        _run(project, run_id="broken")
+        _run(project, run_id="broken", data=demo)
     failure = caught.value
     assert failure.notebook == "03_maybe_fail" and failure.ename == "ValueError"
     assert "boom from the notebook" in failure.evalue and "03_maybe_fail" in str(failure)
@@ -147,7 +152,8 @@ def test_failure_keeps_completed_notebooks_and_resume_runs_the_rest(project, mon
     assert resumed.skipped == ["01_train", "02_second"] and resumed.executed == ["03_maybe_fail"]
     assert (folder / "01_train.html").stat().st_mtime_ns == first_html
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["status"] == "completed" and len(manifest["resumed"]) == 1
+    assert manifest["status"] == "completed" and len(manifest["resumed"]) == 1 and manifest["synthetic"] is True
+    assert "SYNTHETIC DEMO DATA" in (folder / "summary.md").read_text(encoding="utf-8")
     assert all(state["status"] == "completed" for state in manifest["notebooks"].values())
     assert runner.notebook_completed(folder / "03_maybe_fail.ipynb")
 
@@ -188,27 +194,27 @@ def test_resume_of_missing_run_is_refused(project):
         _run(project, resume="nope")
 
 
-def test_smoke_profile_and_missing_data_use_synthetic_demo_data(project, monkeypatch):
+def test_smoke_profile_and_missing_data_use_synthetic_demo_data(project, tmp_path, monkeypatch):
+    from bclib.datasets import synthetic
+
+    monkeypatch.setenv("BCLIB_CACHE", str(tmp_path / "isolated" / "cache"))  # own synthetic_dir
+    monkeypatch.setattr(runner, "SYNTHETIC_OPTIONS", {"n_patients": 2, "patches_per_patient": 4, "seed": 0})
     calls: list[Path] = []
+    real_maker = synthetic.make_synthetic_idc
 
-    def fake_make_synthetic_idc(root, **options):
+    def counting_maker(root, **options):
         calls.append(Path(root))
-        patient = Path(root) / "10253" / "0"
-        patient.mkdir(parents=True)
-        (patient / "10253_idx5_x1_y1_class0.png").write_bytes(b"not really a png")
-        return Path(root)
+        return real_maker(root, **options)
 
-    fake = types.ModuleType("bclib.datasets.synthetic")
-    fake.make_synthetic_idc = fake_make_synthetic_idc
-    monkeypatch.setitem(sys.modules, "bclib.datasets.synthetic", fake)
+    monkeypatch.setattr(synthetic, "make_synthetic_idc", counting_maker)
     logged: list[str] = []
-
-    location, synthetic = runner.resolve_data("idc", None, "smoke", logged.append)
-    assert synthetic and location == paths.data_dir() / runner.SYNTHETIC_FOLDER
-    assert (location / "10253" / "0").is_dir() and len(calls) == 1
-    again, _ = runner.resolve_data("idc", None, "quick", logged.append)  # nothing real: same folder, reused
+    location, is_synthetic = runner.resolve_data("idc", None, "smoke", logged.append)
+    assert is_synthetic and location == paths.synthetic_dir() and len(calls) == 1
+    assert len(list(location.rglob("*.png"))) == 8
+    assert not list(location.parent.glob("*.tmp-*"))
+    again, _ = runner.resolve_data("idc", None, "quick", logged.append)  # nothing real: reused
     assert again == location and len(calls) == 1
-    assert not list(paths.data_dir().glob("*.tmp-*"))
+    assert runner.resolve_data("idc", location, "quick") == (location.resolve(), True)  # marker seen
 
     real = project / "data" / "idc"
     real.mkdir()
