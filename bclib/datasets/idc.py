@@ -70,6 +70,7 @@ def scan(path: str | os.PathLike, **options) -> DatasetIndex:
     """
     if options:
         raise TypeError(f"the idc scanner takes no options, got {sorted(options)}")
+    path = Path(path).expanduser().resolve()
     root = find_root(path)
     rows: list[dict] = []
     problems: list[Problem] = []
@@ -129,6 +130,6 @@ def scan(path: str | os.PathLike, **options) -> DatasetIndex:
         class_names=list(CLASS_NAMES),
         problems=problems,
         ignored_files=ignored,
-        synthetic=is_synthetic_folder(*_folder_chain(Path(path), root)),
+        synthetic=is_synthetic_folder(*_folder_chain(path, root)),
         positive_label=1,
     )
