@@ -120,6 +120,34 @@ def best_model(choices: Sequence[ModelChoice]) -> ModelChoice | None:
     return ordered[0] if ordered else None
 
 
+def models_table_html(models: Sequence[ModelChoice]) -> str:
+    """The models on offer, best first, with validation AUC, threshold and the weights they came from."""
+    if not models:
+        return f'<div class="bclib-error" style="color:#8a1f11">{html.escape(no_model_message())}</div>'
+    rows = []
+    for rank, choice in enumerate(sort_best_first(models)):
+        weights = str((choice.card.get("weights") or {}).get("used", "unknown"))
+        warn = ' style="color:#8a1f11;font-weight:600"' if weights.lower().startswith("random") else ""
+        auc = f"{choice.val_auc:.3f}" if choice.val_auc is not None else "n/a"
+        rows.append(
+            f"<tr><td>{'&#9733; default' if rank == 0 else ''}</td><td>{html.escape(choice.path.parent.name)}</td>"
+            f"<td>{html.escape(str(choice.card.get('model_name', '')))}</td><td>{auc}</td>"
+            f"<td>{float(choice.card['threshold']['value']):.2f}</td><td{warn}>{html.escape(weights)}</td></tr>"
+        )
+    return (
+        '<table class="bclib-models" style="font-family:sans-serif;border-collapse:collapse">'
+        "<thead><tr><th></th><th>notebook</th><th>model</th><th>val ROC AUC</th><th>threshold</th>"
+        f"<th>trained from weights</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def show_models(models: Sequence[ModelChoice]) -> None:
+    """Display :func:`models_table_html` (a notebook output)."""
+    from IPython.display import HTML, display
+
+    display(HTML(models_table_html(models)))
+
+
 def no_model_message(run_id: str | None = None) -> str:
     where = f"reports/{run_id}/" if run_id else "any run under reports/"
     return (
@@ -630,10 +658,12 @@ __all__ = [
     "find_models",
     "gradcam_overlays",
     "latest_run_with_models",
+    "models_table_html",
     "predict_named_images",
     "result_html",
     "results_table_html",
     "sample_images",
+    "show_models",
     "show_static",
     "sort_best_first",
     "static_html",

@@ -267,3 +267,15 @@ def test_real_idc_patches_predict(real_idc, model_path):
         pytest.skip("no IDC patches found")
     results = predict_paths(model_path, patches)
     assert len(results) == len(patches) and all(r.ok for r in results)
+
+
+def write_tiny_idc(root: Path, patients=("10001", "10002"), per_class: int = 3) -> Path:
+    """A few coloured patches in the real IDC layout (``root/IDC_regular_ps50_idx5/...``)."""
+    base = root / "IDC_regular_ps50_idx5"
+    for patient in patients:
+        for label in (0, 1):
+            folder = base / patient / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                write_patch(folder / f"{patient}_idx5_x{50 * k}_y0_class{label}.png", colour=(200, 80 + 50 * label, 150))
+    return root

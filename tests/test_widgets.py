@@ -10,7 +10,7 @@ from bclib import DISCLAIMER
 from bclib.modelcard import ModelLoadError
 from bclib.predict import Predictor
 from bclib.widgets import PredictApp, find_models, sample_images, static_html
-from test_predict import BAD, save_tiny_model, write_bad_files, write_patch
+from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +138,7 @@ def test_static_view_and_random_weights_banner(run_folder, files):
 
 
 def test_sample_images_balanced_from_a_dataset(tmp_path):
-    root = tmp_path / "IDC_regular_ps50_idx5"
-    for patient in ("10001", "10002"):
-        for label in (0, 1):
-            folder = root / patient / str(label)
-            folder.mkdir(parents=True)
-            for k in range(3):
-                write_patch(folder / f"{patient}_idx5_x{50 * k}_y0_class{label}.png", colour=(200, 80 + 50 * label, 150))
+    write_tiny_idc(tmp_path)
     samples = sample_images(None, dataset="idc", data_dir=tmp_path, n=4)
     assert len(samples.paths) == 4 and all(p.is_file() for p in samples.paths)
     labels = [int(p.name[-5]) for p in samples.paths]

@@ -1,0 +1,66 @@
+"""Notebook 08: stored clean (parameters, no outputs, no widget state) and runs under papermill."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bclib import DISCLAIMER
+from test_predict import save_tiny_model, write_patch, write_tiny_idc
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08_predict_widget.ipynb"
+PARAMETERS = {
+    "run_id": None, "model_path": None, "images": [], "dataset": "idc",
+    "data_dir": None, "threshold": None, "n_samples": 4, "profile": "quick",
+}
+
+
+def _parameters_of(source: str) -> dict:
+    values: dict = {}
+    exec(compile(source, "parameters", "exec"), {}, values)  # plain literals only
+    return values
+
+
+def test_notebook_is_stored_clean_with_its_parameters():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    assert not notebook.metadata.get("widgets")  # no saved widget state
+    assert notebook.metadata["bclib"]["save_widget_state"] is False
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
+    assert "import" in code[0].source and "parameters" in code[1].metadata.get("tags", [])
+    assert _parameters_of(code[1].source) == PARAMETERS
+    assert all(len(cell.source.splitlines()) <= 3 for cell in code[2:])  # logic lives in bclib
+    text = " ".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    assert DISCLAIMER.rstrip(".") in text and "nbstripout" in text and "Save Widget State" in text
+
+
+@pytest.mark.slow
+def test_notebook_runs_under_papermill_and_shows_predictions(tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    reports = tmp_path / "reports"
+    monkeypatch.setenv("BCLIB_REPORTS", str(reports))
+    save_tiny_model(reports / "run-nb08" / "02_baseline_cnn")
+    data = write_tiny_idc(tmp_path / "data")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    good = write_patch(tmp_path / "my patch ü.png")
+    output = tmp_path / "08_out.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(output), kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
+        parameters={"run_id": "run-nb08", "images": [str(good), str(bad)], "data_dir": str(data), "n_samples": 2},
+    )
+    executed = nbformat.read(output, as_version=4)
+    html_outputs = "".join(
+        out.get("data", {}).get("text/html", "") for cell in executed.cells if cell.cell_type == "code" for out in cell.outputs
+    )
+    probabilities = [float(v) for v in re.findall(r'data-probability="([0-9.]+)"', html_outputs)]
+    assert len(probabilities) == 2 and abs(sum(probabilities) - 1.0) < 1e-4
+    assert "my patch ü.png" in html_outputs and "broken.png" in html_outputs and "bclib-error" in html_outputs
+    assert "random weights" in html_outputs and DISCLAIMER in html_outputs
+    state = json.dumps(executed.metadata.get("widgets", {}))
+    assert "base64" not in state and "data:image" not in state  # no image in saved widget state
