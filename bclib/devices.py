@@ -1,0 +1,117 @@
+"""Devices: GPU detection, mixed precision, XLA and the distribution strategy.
+
+Call :func:`configure` once, before building models (the mixed-precision policy applies to
+layers created afterwards). On a GPU the defaults turn on ``mixed_float16`` and XLA; on a
+CPU everything stays float32. Model outputs are float32 in every case (the output layers
+of :mod:`bclib.models` force it).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+
+import keras
+import tensorflow as tf
+
+_CONFIGURED: "DeviceInfo | None" = None
+
+
+@dataclass
+class DeviceInfo:
+    """What :func:`configure` found and chose."""
+
+    gpus: list[str] = field(default_factory=list)
+    mixed_precision: bool = False
+    policy: str = "float32"
+    xla: bool = False
+    strategy: str = "default"
+    cpu_count: int = 1
+
+    @property
+    def n_gpus(self) -> int:
+        return len(self.gpus)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "n_gpus": self.n_gpus}
+
+
+def gpu_names() -> list[str]:
+    """Names of the visible GPUs (empty on a CPU-only machine)."""
+    names = []
+    for device in tf.config.list_physical_devices("GPU"):
+        try:
+            details = tf.config.experimental.get_device_details(device)
+        except (ValueError, RuntimeError):
+            details = {}
+        names.append(details.get("device_name", device.name))
+    return names
+
+
+def _resolve(value: bool | str, name: str, has_gpu: bool) -> bool:
+    if value == "auto":
+        return has_gpu
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} must be 'auto', True or False, got {value!r}")
+
+
+def configure(mixed_precision: bool | str = "auto", xla: bool | str = "auto") -> DeviceInfo:
+    """Set the Keras dtype policy and the XLA choice for this process; return a :class:`DeviceInfo`.
+
+    ``"auto"`` means on when a GPU is present. GPU memory growth is switched on so several
+    notebooks can share one GPU. :func:`jit_compile` then tells ``compile_model`` what to use.
+    """
+    global _CONFIGURED
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (ValueError, RuntimeError):  # already initialised: keep what is set
+            pass
+    use_mixed = _resolve(mixed_precision, "mixed_precision", bool(gpus))
+    use_xla = _resolve(xla, "xla", bool(gpus))
+    policy = "mixed_float16" if use_mixed else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    _CONFIGURED = DeviceInfo(
+        gpus=gpu_names(),
+        mixed_precision=use_mixed,
+        policy=policy,
+        xla=use_xla,
+        strategy=type(strategy()).__name__,
+        cpu_count=os.cpu_count() or 1,
+    )
+    return _CONFIGURED
+
+
+def current() -> DeviceInfo | None:
+    """The last :func:`configure` result (``None`` before the first call)."""
+    return _CONFIGURED
+
+
+def jit_compile() -> bool | str:
+    """XLA setting for ``model.compile``: the configured choice, else Keras' ``"auto"``."""
+    return _CONFIGURED.xla if _CONFIGURED is not None else "auto"
+
+
+def strategy() -> tf.distribute.Strategy:
+    """``MirroredStrategy`` over all GPUs when there are several, else the default strategy."""
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def describe(info: DeviceInfo | None = None) -> str:
+    """A few lines for a notebook's setup cell: versions, devices, precision, XLA."""
+    info = info or _CONFIGURED or DeviceInfo(
+        gpus=gpu_names(), policy=keras.mixed_precision.global_policy().name, cpu_count=os.cpu_count() or 1
+    )
+    devices = ", ".join(info.gpus) if info.gpus else "none (CPU only: training is slow, use a small profile)"
+    return "\n".join(
+        [
+            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}",
+            f"GPUs: {devices}",
+            f"CPU cores: {info.cpu_count}",
+            f"Precision policy: {info.policy}; XLA: {'on' if info.xla else 'off'}; strategy: {info.strategy}",
+        ]
+    )
