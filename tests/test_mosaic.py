@@ -1,0 +1,96 @@
+"""bclib.mosaic: patches at their slide coordinates, truth and probability maps."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bclib import mosaic
+
+
+def _synthetic_slide(tmp_path=None):
+    """Five 50x50 patches with distinct colours on a 3x4 grid starting at (1001, 2001)."""
+    cells = [(0, 0), (0, 3), (1, 1), (2, 0), (2, 3)]
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 200, 0), (0, 120, 120)]
+    rows = []
+    images = []
+    for (row, column), colour in zip(cells, colours):
+        x, y = 1001 + 50 * column, 2001 + 50 * row
+        patch = np.zeros((50, 50, 3), dtype=np.uint8)
+        patch[:] = colour
+        images.append(patch)
+        record = {"x": x, "y": y, "label": int(row % 2), "patient_id": "p1"}
+        if tmp_path is not None:
+            path = tmp_path / f"p1_idx5_x{x}_y{y}_class{row % 2}.png"
+            Image.fromarray(patch).save(path)
+            record["path"] = str(path)
+        rows.append(record)
+    return pd.DataFrame(rows), np.stack(images), cells, colours
+
+
+def test_patches_land_at_their_coordinates(tmp_path):
+    frame, images, cells, colours = _synthetic_slide(tmp_path)
+    canvas, extent = mosaic.build_mosaic(frame, patch_size=50)  # read from the files
+    assert canvas.shape == (150, 200, 3) and canvas.dtype == np.uint8
+    assert extent == (1001.0, 1201.0, 2151.0, 2001.0)
+    for (row, column), colour in zip(cells, colours):
+        block = canvas[row * 50:(row + 1) * 50, column * 50:(column + 1) * 50]
+        assert (block == colour).all()
+    assert (canvas[0:50, 50:100] == 255).all()  # no patch there: white background
+    from_arrays, _ = mosaic.build_mosaic(frame.drop(columns="path"), images=images)
+    assert np.array_equal(from_arrays, canvas)
+
+
+def test_scaled_mosaic_keeps_layout():
+    frame, images, cells, colours = _synthetic_slide()
+    canvas, extent = mosaic.build_mosaic(frame, images=images, scale=0.2)
+    assert canvas.shape == (30, 40, 3)
+    assert extent == (1001.0, 1201.0, 2151.0, 2001.0)
+    row, column = cells[2]
+    assert (canvas[row * 10 + 5, column * 10 + 5] == colours[2]).all()
+
+
+def test_label_and_probability_maps_share_the_grid():
+    frame, _, cells, _ = _synthetic_slide()
+    probs = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    truth = mosaic.label_map(frame)
+    predicted = mosaic.probability_map(frame, probs)
+    assert truth.shape == predicted.shape == (3, 4)
+    for (row, column), prob, label in zip(cells, probs, frame["label"]):
+        assert predicted[row, column] == pytest.approx(prob)
+        assert truth[row, column] == label
+    assert np.isnan(predicted).sum() == 12 - 5 and np.isnan(truth).sum() == 12 - 5
+
+
+def test_clear_errors():
+    frame, images, _, _ = _synthetic_slide()
+    with pytest.raises(ValueError, match="probabilities for"):
+        mosaic.probability_map(frame, [0.5])
+    two_patients = pd.concat([frame, frame.assign(patient_id="p2")])
+    with pytest.raises(ValueError, match="2 patients"):
+        mosaic.label_map(two_patients)
+    with pytest.raises(ValueError, match="lacks"):
+        mosaic.label_map(frame.drop(columns="x"))
+    with pytest.raises(ValueError, match="images="):
+        mosaic.build_mosaic(frame)
+
+
+@pytest.mark.realdata
+def test_real_patient_10253(real_idc):
+    from bclib.datasets import idc
+    from bclib.imageio import read_image
+
+    index = idc.scan(real_idc)
+    patient = index.subset(np.flatnonzero(index.frame["patient_id"].to_numpy() == "10253"))
+    assert len(patient) > 100
+    canvas, extent = mosaic.build_mosaic(patient, scale=1.0)
+    truth = mosaic.label_map(patient)
+    rows, columns, shape, grid_extent = mosaic.grid_cells(patient)
+    assert extent == grid_extent and canvas.shape[:2] == (shape[0] * 50, shape[1] * 50)
+    assert np.isfinite(truth).sum() == len(patient)  # one cell per patch, none overwritten
+    assert set(np.unique(truth[np.isfinite(truth)])) <= {0.0, 1.0}
+    for position in (0, len(patient) // 2, len(patient) - 1):
+        image = read_image(patient.frame["path"].iloc[position])
+        top, left = rows[position] * 50, columns[position] * 50
+        assert np.array_equal(canvas[top:top + image.shape[0], left:left + image.shape[1]], image)
