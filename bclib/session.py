@@ -205,7 +205,7 @@ class Session:
                 "images": {name: int(len(self.positions(name))) for name in ("train", "val", "test")},
                 "max_images": self.params.get("max_images"),
                 "missing_patients": len(getattr(self.split, "missing_patients", []) or []),
-                "lists": {k: v for k, v in split_dict.items() if k == "patients"},
+                "patient_ids": split_dict.get("patient_ids", {}),
             },
             "params": {k: v for k, v in self.params.items() if _is_plain(v)},
             "versions": library_versions(),
