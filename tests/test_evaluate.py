@@ -1,0 +1,146 @@
+"""bclib.evaluate and `bclib evaluate`: saved model + card, synthetic IDC tree, honest errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+keras = pytest.importorskip("keras")
+
+from bclib import evaluate, modelcard  # noqa: E402
+from bclib.datasets import DatasetError, idc  # noqa: E402
+from bclib.imageio import fit_to_square  # noqa: E402
+
+
+def _tiny_model(input_size: int = 50) -> keras.Model:
+    """Untrained but deterministic: P(IDC) from the mean colour (no learning needed for the tests)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((input_size, input_size, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def _card(split_hash: str | None = None, seed: int = 0, **extra) -> dict:
+    card = {
+        "model_name": "baseline_cnn",
+        "class_names": ["non-IDC", "IDC"],
+        "positive_label": 1,
+        "input_size": 32,
+        "pack_size": 50,
+        "dataset": {"name": "idc", "root": "/nowhere", "synthetic": True},
+        "split": {"method": "patient", "seed": seed, "patients_hash": split_hash},
+        "threshold": {"value": 0.5, "method": "youden", "chosen_on": "val"},
+        "weights": {"requested": None, "used": "random", "note": "trained from scratch"},
+    }
+    card.update(extra)
+    return card
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, synthetic_idc) -> Path:
+    from bclib.splits import make_split
+
+    folder = tmp_path_factory.mktemp("model")
+    _tiny_model(32).save(folder / "model.keras")
+    split = make_split(idc.scan(synthetic_idc), "patient", seed=0)
+    modelcard.write_card(_card(split.patients_hash()), folder)
+    return folder / "model.keras"
+
+
+def _one_class_tree(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for patient in ("901", "902"):
+        folder = root / patient / "0"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            patch = rng.integers(0, 255, (50, 50, 3), dtype=np.uint8)
+            Image.fromarray(patch).save(folder / f"{patient}_idx5_x{1 + 50 * i}_y1_class0.png")
+    return root
+
+
+def test_predict_index_keeps_row_order_and_resizes(synthetic_idc):
+    index = idc.scan(synthetic_idc)
+    subset = index.subset(np.arange(0, 40, 3))
+    model = _tiny_model(32)
+    probs = evaluate.predict_index(model, subset, image_size=50, batch_size=4, progress=False)
+    assert probs.shape == (len(subset),)
+    import tensorflow as tf
+
+    images = np.stack([fit_to_square(subset.load_image(i), 50) for i in range(len(subset))]).astype("float32")
+    expected = model(tf.image.resize(images, (32, 32), antialias=True), training=False).numpy()[:, 0]
+    assert np.allclose(probs, expected, atol=1e-5)
+    reversed_probs = evaluate.predict_index(model, subset.subset(np.arange(len(subset))[::-1]), 50,
+                                            batch_size=5, progress=False)
+    assert np.allclose(reversed_probs[::-1], probs, atol=1e-5)
+
+
+def test_evaluate_test_split(saved_model, synthetic_idc):
+    from bclib.splits import make_split
+
+    result = evaluate.evaluate_model(saved_model, "idc", synthetic_idc, split="test", n_boot=200)
+    index = idc.scan(synthetic_idc)
+    test_patients = make_split(index, "patient", seed=0).patients("test")
+    assert result["n_patients"] == len(test_patients)
+    assert result["n_images"] == int(index.frame["patient_id"].isin(test_patients).sum())
+    assert result["split_matches_card"] is True and result["threshold"] == 0.5
+    for name in ("roc_auc", "sensitivity", "specificity", "brier"):
+        assert result[name] is None or 0 <= result[name] <= 1
+    for name, interval in result["ci"].items():
+        if interval is not None:
+            assert interval[0] <= interval[1], name
+    assert any("synthetic" in note for note in result["notes"])
+    assert sum(map(sum, result["confusion_matrix"])) == result["n_images"]
+
+
+def test_other_seed_is_flagged(saved_model, synthetic_idc):
+    result = evaluate.evaluate_model(saved_model, "idc", synthetic_idc, split="val", seed=5, n_boot=0)
+    assert result["split_matches_card"] is False
+    assert any("differ from those recorded" in note for note in result["notes"])
+
+
+def test_all_images_of_an_unseen_folder(saved_model, synthetic_idc):
+    result = evaluate.evaluate_model(saved_model, "idc", synthetic_idc, split="all", n_boot=50)
+    assert result["n_images"] == len(idc.scan(synthetic_idc))
+    assert result["split"] == "all" and result["split_matches_card"] is None
+
+
+def test_one_class_folder_reports_undefined_auc(saved_model, tmp_path):
+    root = _one_class_tree(tmp_path / "one_class")
+    result = evaluate.evaluate_model(saved_model, "idc", root, split="all", n_boot=50)
+    assert result["roc_auc"] is None and result["sensitivity"] is None
+    assert result["ci"]["roc_auc"] is None
+    assert any("undefined" in note for note in result["notes"])
+    assert "n/a" in evaluate.format_table(result)
+
+
+def test_clear_errors(saved_model, synthetic_idc, tmp_path):
+    with pytest.raises(modelcard.ModelLoadError, match="does not exist"):
+        evaluate.evaluate_model(tmp_path / "missing.keras", "idc", synthetic_idc)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    _tiny_model().save(lonely / "model.keras")
+    with pytest.raises(modelcard.ModelLoadError, match="model_card.json"):
+        evaluate.evaluate_model(lonely / "model.keras", "idc", synthetic_idc)
+    with pytest.raises(ValueError, match="unknown split"):
+        evaluate.evaluate_model(saved_model, "idc", synthetic_idc, split="train")
+    with pytest.raises((DatasetError, FileNotFoundError)):
+        evaluate.evaluate_model(saved_model, "idc", tmp_path / "no_data_here")
+
+
+def test_cli_table_json_and_errors(saved_model, synthetic_idc, capsys):
+    from bclib.cli import main
+
+    code = main(["evaluate", "--model", str(saved_model), "--data", str(synthetic_idc), "--n-boot", "50"])
+    out = capsys.readouterr().out
+    assert code == 0 and "roc_auc" in out and "95% CI" in out and "not for diagnosis" in out
+    code = main(["evaluate", "--model", str(saved_model), "--data", str(synthetic_idc), "--split", "all",
+                 "--json", "--n-boot", "20"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["split"] == "all" and set(payload["ci"]) >= {"roc_auc", "f1"}
+    code = main(["evaluate", "--model", str(saved_model.parent / "nope.keras"), "--data", str(synthetic_idc)])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
