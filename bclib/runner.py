@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bclib import DISCLAIMER, paths, reports
+from bclib import DISCLAIMER, paths, profiles, reports
 from bclib.datasets.base import DatasetError
 from bclib.modelcard import write_json
 
-PROFILE_NAMES = ("smoke", "quick", "full")
+PROFILE_NAMES = tuple(profiles.PROFILES)
 DEFAULT_PROFILE = "quick"
 DEFAULT_DATASET = "idc"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
@@ -33,6 +33,7 @@ SYNTHETIC_OPTIONS = {"n_patients": 24, "patches_per_patient": 40, "seed": 0}
 #: Stop counting files for the manifest's data hash beyond this many (the scan must stay cheap).
 MAX_FILES_TO_HASH = 60_000
 #: Parameters every run injects (when a notebook declares them).
+WIDGET_STATE_KEY = "application/vnd.jupyter.widget-state+json"
 RUN_PARAMETERS = ("run_id", "profile", "dataset", "data_dir")
 SYNTHETIC_WARNING = (
     "SYNTHETIC DEMO DATA: no real dataset is used; results show that the pipeline runs, "
@@ -141,6 +142,11 @@ def export_html(notebook_path: Path) -> Path:
     from nbconvert import HTMLExporter
 
     notebook = nbformat.read(notebook_path, as_version=4)
+    widgets = notebook.metadata.get("widgets")
+    if widgets is not None and WIDGET_STATE_KEY not in widgets:
+        # nbclient leaves ``"widgets": {}`` after widget progress bars; nbconvert's template
+        # then fails with a KeyError. Without saved state there is nothing to render anyway.
+        del notebook.metadata["widgets"]
     body, _ = HTMLExporter().from_notebook_node(notebook)
     html_path = notebook_path.with_suffix(".html")
     html_path.write_text(body, encoding="utf-8")

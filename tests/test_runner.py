@@ -179,6 +179,17 @@ def test_cli_refuses_existing_run_id_and_bad_parameters(project, capsys):
     assert code != 0 and "run_id" in capsys.readouterr().err
 
 
+def test_export_html_survives_empty_widget_metadata(tmp_path):
+    notebook = _notebook("x = 1", "print(x)")
+    notebook.cells[-1].outputs = [nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "a1", "version_major": 2, "version_minor": 0},
+        "text/plain": "progress"})]
+    notebook.metadata["widgets"] = {}  # what nbclient leaves after tqdm/ipywidgets progress bars
+    nbformat.write(notebook, tmp_path / "01_w.ipynb")
+    html = runner.export_html(tmp_path / "01_w.ipynb")
+    assert html == tmp_path / "01_w.html" and "<html" in html.read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("text, expected", [
     ("epochs=3", ("epochs", 3)), ("learning_rate=1e-3", ("learning_rate", 0.001)),
     ("augment=true", ("augment", True)), ("weights=null", ("weights", None)),

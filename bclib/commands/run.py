@@ -6,7 +6,10 @@ import json
 import sys
 from typing import Any
 
-from bclib.runner import DEFAULT_DATASET, DEFAULT_PROFILE, PROFILE_NAMES
+from bclib.profiles import PROFILES
+
+DEFAULT_PROFILE = "quick"
+DEFAULT_DATASET = "idc"
 
 
 def parse_parameter(text: str) -> tuple[str, Any]:
@@ -33,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "For education and research, not for diagnosis."
         ),
     )
-    parser.add_argument("--profile", choices=PROFILE_NAMES, default=DEFAULT_PROFILE,
+    parser.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
                         help="smoke (tiny, synthetic data), quick, or full (default: %(default)s)")
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset name (default: %(default)s)")
     parser.add_argument("--data", metavar="PATH", help="dataset folder (default: BCLIB_DATA or data/)")
