@@ -211,8 +211,12 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
     weights_used = str((card.get("weights") or {}).get("used", ""))
     if weights_used == "random" and card.get("model_name") not in ("baseline_cnn",):
         notes.append("this transfer model was built with random weights (no ImageNet weights were available)")
-    if index.synthetic or (card.get("dataset") or {}).get("synthetic"):
+    if index.synthetic:
         notes.append("synthetic data: the numbers test the code, they say nothing about cancer detection")
+    elif (card.get("dataset") or {}).get("synthetic"):
+        notes.append("the model was trained on synthetic data: expect nothing useful on real images")
+    if "roc_auc" in result:
+        notes.extend(metrics.sanity_notes(result))
     result["notes"] = list(result.get("notes", [])) + notes
     result.update(
         selection,

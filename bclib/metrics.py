@@ -402,6 +402,31 @@ def _bootstrap_callable(y_true, p: np.ndarray, codes: np.ndarray, n_groups: int,
     return {name: _interval(np.asarray(v), confidence) for name, v in values.items()}
 
 
+def sanity_notes(result: dict) -> list[str]:
+    """Warnings a reader must see: an AUC at chance level, or below it (inverted scores?).
+
+    ``result`` is a :func:`binary_metrics` dict, optionally with ``ci`` from :func:`bootstrap_ci`.
+    """
+    notes: list[str] = []
+    auc = result.get("roc_auc")
+    if auc is None:
+        return notes
+    interval = (result.get("ci") or {}).get("roc_auc")
+    if interval is not None and interval[0] <= 0.5 <= interval[1]:
+        notes.append(
+            f"ROC-AUC {auc:.3f} with a 95% interval [{interval[0]:.3f}, {interval[1]:.3f}] that includes 0.5: "
+            "the model is not distinguishable from chance on these patients"
+        )
+    elif interval is not None and interval[1] < 0.5 or interval is None and auc < 0.4:
+        notes.append(
+            f"ROC-AUC {auc:.3f} is below chance: the scores rank the classes the wrong way round; "
+            "check positive_label and the class order (or the model's preprocessing)"
+        )
+    elif interval is None and abs(auc - 0.5) < 0.05:
+        notes.append(f"ROC-AUC {auc:.3f} is close to chance level (0.5)")
+    return notes
+
+
 # --------------------------------------------------------------------------- multi-class
 def multiclass_metrics(y_true, prob_matrix, class_names: Sequence[str]) -> dict:
     """Accuracy, balanced accuracy, macro/micro one-vs-rest AUC, per-class report, confusion matrix.

@@ -233,3 +233,11 @@ def test_no_warning_for_ordinary_probabilities(scored):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metrics.binary_metrics(y, prob, 0.5)
+
+
+def test_sanity_notes_flag_chance_and_inverted_models():
+    assert metrics.sanity_notes({"roc_auc": 0.52, "ci": {"roc_auc": (0.45, 0.6)}})[0].count("chance")
+    assert "wrong way round" in metrics.sanity_notes({"roc_auc": 0.3, "ci": {"roc_auc": (0.25, 0.35)}})[0]
+    assert "wrong way round" in metrics.sanity_notes({"roc_auc": 0.3})[0]
+    assert metrics.sanity_notes({"roc_auc": 0.9, "ci": {"roc_auc": (0.85, 0.95)}}) == []
+    assert metrics.sanity_notes({"roc_auc": None}) == []
