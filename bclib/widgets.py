@@ -264,7 +264,9 @@ def gradcam_overlays(predictor: Predictor, predictions: Sequence[Prediction]) ->
         return [(None, "Grad-CAM is not available in this installation (bclib.explain missing)")] * len(predictions)
     try:
         batch = np.stack([predictions[i].model_input for i in usable]).astype(np.float32)
-        heatmaps = np.asarray(grad_cam(predictor.model, batch))
+        # binary models: explain the disease class (label 0 for BreastMNIST); others: the predicted class
+        class_index = predictor.positive_label if len(predictor.class_names) == 2 else None
+        heatmaps = np.asarray(grad_cam(predictor.model, batch, class_index=class_index))
         for heatmap, i in zip(heatmaps, usable):
             results[i] = (_to_uint8(overlay(predictions[i].model_input, heatmap, GRADCAM_ALPHA)), None)
     except Exception as error:  # a model Grad-CAM cannot explain must not break the prediction
