@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,13 +168,12 @@ class Session:
 
     # ----- outputs ------------------------------------------------------------------------
     def save_fig(self, fig: Any, name: str) -> Path:
-        """Save ``fig`` as PNG into this notebook's run folder and list it in figures.json."""
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "figure"
-        path = self.out_dir / f"{safe}.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        """Save ``fig`` as PNG into this notebook's run folder (listed in its figures.json)."""
+        from bclib.reports import save_fig
+
+        path = save_fig(fig, name, self.out_dir)
         if path.name not in self.figures:
             self.figures.append(path.name)
-        (self.out_dir / "figures.json").write_text(json.dumps(self.figures, indent=2) + "\n")
         return path
 
     def card_base(self, model_name: str) -> dict[str, Any]:
