@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -198,6 +199,19 @@ def _is_legacy_h5(path: Path) -> bool:
         return False
 
 
+def _load(model, path: Path) -> None:
+    if path.name.endswith((".keras", ".weights.h5")) or _is_legacy_h5(path):
+        model.load_weights(str(path))
+        return
+    with tempfile.TemporaryDirectory(prefix="bclib_weights_") as folder:
+        alias = Path(folder) / "backbone.weights.h5"
+        try:
+            alias.symlink_to(path.resolve())
+        except OSError:
+            shutil.copyfile(path, alias)
+        model.load_weights(str(alias))
+
+
 def load_weights_file(model, path: str | os.PathLike) -> None:
     """Load a weights file into ``model`` whatever its flavour.
 
@@ -206,18 +220,16 @@ def load_weights_file(model, path: str | os.PathLike) -> None:
     ``.keras`` archives. Raises :class:`WeightsError` with the reason when they do not fit.
     """
     path = Path(path)
-    name = path.name
     try:
-        if name.endswith((".keras", ".weights.h5")) or _is_legacy_h5(path):
-            model.load_weights(str(path))
-            return
-        with tempfile.TemporaryDirectory(prefix="bclib_weights_") as folder:
-            alias = Path(folder) / "backbone.weights.h5"
-            try:
-                alias.symlink_to(path.resolve())
-            except OSError:
-                shutil.copyfile(path, alias)
-            model.load_weights(str(alias))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _load(model, path)
+        skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
+        if skipped:
+            raise WeightsError(
+                f"{str(path)!r} only partly fits {model.name} ({len(skipped)} parts left at their random "
+                "initialisation): is it the no-top file of the same backbone?"
+            )
     except WeightsError:
         raise
     except Exception as error:

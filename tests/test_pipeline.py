@@ -1,0 +1,101 @@
+"""tf.data pipeline: order, labels, shuffling, augmentation, resizing, memmap input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bclib.augment import build_augmenter
+from bclib.pipeline import dataset_labels, encode_labels, make_dataset, steps_per_epoch
+
+
+@pytest.fixture(scope="module")
+def memmap_images(tmp_path_factory):
+    """A memory-mapped uint8 cache like bclib.cache writes (30 images, 12x12); image i is filled with i."""
+    path = tmp_path_factory.mktemp("pipeline") / "images.npy"
+    images = np.lib.format.open_memmap(path, mode="w+", dtype="uint8", shape=(30, 12, 12, 3))
+    images[:] = np.arange(30, dtype="uint8")[:, None, None, None]
+    images.flush()
+    del images
+    labels = np.arange(30) % 3
+    return np.load(path, mmap_mode="r"), labels
+
+
+def _collect(dataset):
+    xs, ys = zip(*[(x, y) for x, y in dataset.as_numpy_iterator()])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_eval_order_equals_positions(memmap_images):
+    images, labels = memmap_images
+    positions = np.array([17, 3, 29, 0, 11, 5, 5, 22])
+    x, y = _collect(make_dataset(images, labels % 2, positions=positions, batch_size=3))
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert y.shape == (len(positions), 1)
+    np.testing.assert_array_equal(y[:, 0], (labels % 2)[positions])
+    np.testing.assert_array_equal(x[:, 0, 0, 0], positions.astype("float32"))
+    np.testing.assert_array_equal(dataset_labels(make_dataset(images, labels % 2, positions, batch_size=3))[:, 0],
+                                  (labels % 2)[positions])
+
+
+def test_multiclass_labels_are_one_hot(memmap_images):
+    images, labels = memmap_images
+    _, y = _collect(make_dataset(images, labels, batch_size=8, num_classes=3))
+    assert y.shape == (30, 3)
+    np.testing.assert_array_equal(y.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(y.argmax(axis=1), labels)
+
+
+def test_training_shuffles_every_epoch_deterministically(memmap_images):
+    images, labels = memmap_images
+    dataset = make_dataset(images, labels % 2, batch_size=7, training=True, seed=4)
+    first, _ = _collect(dataset)
+    second, _ = _collect(dataset)
+    again, _ = _collect(make_dataset(images, labels % 2, batch_size=7, training=True, seed=4))
+    ids_first, ids_second, ids_again = (a[:, 0, 0, 0].astype(int) for a in (first, second, again))
+    assert sorted(ids_first) == list(range(30))  # every image exactly once, the last partial batch kept
+    assert not np.array_equal(ids_first, np.arange(30))
+    assert not np.array_equal(ids_first, ids_second)
+    np.testing.assert_array_equal(ids_first, ids_again)
+
+
+def test_training_keeps_images_and_labels_paired(memmap_images):
+    images, labels = memmap_images
+    x, y = _collect(make_dataset(images, labels, batch_size=4, training=True, num_classes=3, seed=1))
+    np.testing.assert_array_equal(labels[x[:, 0, 0, 0].astype(int)], y.argmax(axis=1))
+
+
+def test_resize_and_augment_only_when_training(memmap_images):
+    images, labels = memmap_images
+    augmenter = build_augmenter(seed=0, stain_jitter=0.2, brightness=0.3)
+    x_eval, _ = _collect(make_dataset(images, labels % 2, batch_size=8, image_size=20, augmenter=augmenter))
+    assert x_eval.shape == (30, 20, 20, 3)
+    np.testing.assert_allclose(x_eval[:, 5, 5, 0], np.arange(30), atol=1e-3)  # constant images stay constant
+    x_train, _ = _collect(make_dataset(images, labels % 2, batch_size=8, training=True, image_size=8,
+                                       augmenter=augmenter))
+    assert x_train.shape == (30, 8, 8, 3)
+    assert x_train.min() >= 0 and x_train.max() <= 255
+
+
+def test_cache_in_memory_gives_the_same_batches(memmap_images):
+    images, labels = memmap_images
+    positions = np.array([9, 2, 27, 14])
+    streamed = _collect(make_dataset(images, labels % 2, positions, batch_size=3))
+    in_memory = _collect(make_dataset(images, labels % 2, positions, batch_size=3, cache_in_memory=True))
+    for a, b in zip(streamed, in_memory):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_steps_and_validation(memmap_images):
+    images, labels = memmap_images
+    assert steps_per_epoch(30, 7) == 5
+    assert len(list(make_dataset(images, labels % 2, batch_size=7))) == 5
+    with pytest.raises(ValueError, match="labels must be in"):
+        make_dataset(images, labels, num_classes=2)
+    with pytest.raises(ValueError, match="positions"):
+        make_dataset(images, labels % 2, positions=[0, 30])
+    with pytest.raises(ValueError, match="labels"):
+        make_dataset(images, labels[:5] % 2)
+    with pytest.raises(ValueError, match="empty"):
+        make_dataset(images, labels % 2, positions=[])
+    with pytest.raises(ValueError, match="num_classes"):
+        encode_labels(np.zeros(3, int), num_classes=1)
