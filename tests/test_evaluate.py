@@ -144,3 +144,48 @@ def test_cli_table_json_and_errors(saved_model, synthetic_idc, capsys):
     assert code == 0 and payload["split"] == "all" and set(payload["ci"]) >= {"roc_auc", "f1"}
     code = main(["evaluate", "--model", str(saved_model.parent / "nope.keras"), "--data", str(synthetic_idc)])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- evaluation figures
+def _scores(n: int = 200, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, np.clip(0.3 * y + rng.uniform(0, 0.7, n), 0, 1)
+
+
+def test_roc_pr_confusion_and_reliability_figures():
+    import matplotlib.pyplot as plt
+
+    from bclib import calibration, metrics
+    from bclib.plots import evaluation as figures
+
+    y, prob = _scores()
+    fig = figures.roc_pr_curves({"a": (y, prob), "b": (y, prob ** 2)}, positive_name="IDC")
+    assert len(fig.axes) == 2 and len(fig.axes[0].get_lines()) == 3  # two models + chance
+    result = metrics.binary_metrics(y, prob, 0.5, class_names=["non-IDC", "IDC"])
+    fig = figures.confusion_matrix(result["confusion_matrix"], ["non-IDC", "IDC"], positive_label=1)
+    labels = [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
+    assert len(fig.axes) == 1 and labels == ["non-IDC", "IDC (positive)"]
+    fig = figures.confusion_matrix([[1, 2], [3, 4]], ["malignant", "benign"], positive_label=0)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["benign", "malignant (positive)"]
+    temperature = calibration.fit_temperature(y, prob)
+    fig = figures.reliability_diagram(y, prob, calibration.apply_temperature(prob, temperature), temperature)
+    assert len(fig.axes) == 2 and len(fig.axes[0].get_lines()) == 3
+    with pytest.raises(ValueError, match="both classes"):
+        figures.roc_pr_curves({"a": (np.zeros(5), np.linspace(0, 1, 5))})
+    plt.close("all")
+
+
+def test_patient_scatter_figure():
+    import matplotlib.pyplot as plt
+
+    from bclib import metrics
+    from bclib.plots import evaluation as figures
+
+    y, prob = _scores()
+    table = metrics.patient_level_table(y, prob, np.arange(200) % 10, threshold=0.5)
+    fig = figures.patient_scatter(table)
+    assert len(fig.axes) == 1 and "Pearson" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="column"):
+        figures.patient_scatter(table, column="n")
+    plt.close("all")

@@ -158,3 +158,17 @@ def test_overlay_blends_to_uint8():
     assert np.array_equal(explain.overlay(image, heatmap, alpha=0.0), image)
     with pytest.raises(ValueError, match="alpha"):
         explain.overlay(image, heatmap, alpha=2)
+
+
+def test_gradcam_grid_figure(trained_plain, corner_data):
+    import matplotlib.pyplot as plt
+
+    from bclib.plots.evaluation import gradcam_grid
+
+    images, labels = corner_data
+    heatmaps = explain.grad_cam(trained_plain, images[:5])
+    probs = trained_plain.predict(images[:5].astype("float32"), verbose=0)[:, 0]
+    fig = gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], columns=3)
+    assert len(fig.axes) == 2 * 3 * 2  # 2 rows x 3 columns of (image, overlay)
+    assert fig.axes[1].get_title().startswith("P(blob)")
+    plt.close("all")

@@ -94,3 +94,16 @@ def test_real_patient_10253(real_idc):
         image = read_image(patient.frame["path"].iloc[position])
         top, left = rows[position] * 50, columns[position] * 50
         assert np.array_equal(canvas[top:top + image.shape[0], left:left + image.shape[1]], image)
+
+
+def test_slide_view_figure():
+    import matplotlib.pyplot as plt
+
+    from bclib.plots.evaluation import slide_view
+
+    frame, images, _, _ = _synthetic_slide()
+    canvas, extent = mosaic.build_mosaic(frame, images=images)
+    fig = slide_view(canvas, extent, mosaic.label_map(frame), mosaic.probability_map(frame, np.full(5, 0.3)), "p1")
+    assert len(fig.axes) == 4  # mosaic, truth, probability, colour bar
+    assert fig.axes[0].get_images()[0].get_extent() == list(extent)
+    plt.close("all")

@@ -1,0 +1,209 @@
+"""Figures of an evaluation: ROC/PR curves, confusion matrix, reliability, patients, Grad-CAM, slides.
+
+Every function returns a matplotlib Figure. Figures that show predictions carry the
+education-and-research disclaimer.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from bclib import DISCLAIMER
+
+
+def _disclaim(fig: matplotlib.figure.Figure) -> None:
+    fig.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=7, color="0.4")
+
+
+def _positive_truth(y_true, positive_label: int) -> np.ndarray:
+    return (np.asarray(y_true).astype(int) == int(positive_label)).astype(int)
+
+
+def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], positive_label: int = 1,
+                  positive_name: str | None = None) -> matplotlib.figure.Figure:
+    """ROC (left) and precision-recall (right) curves of several models, overlaid.
+
+    ``curves`` maps a model name to ``(y_true, prob_positive)``; the legend gives each AUC.
+    The PR panel's dashed line is the positive prevalence (a random model's precision).
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from bclib.metrics import pr_auc, roc_auc
+
+    if not curves:
+        raise ValueError("no curves to plot")
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4.3))
+    prevalence = None
+    for name, (y_true, prob) in curves.items():
+        truth = _positive_truth(y_true, positive_label)
+        prob = np.asarray(prob, dtype=float)
+        if truth.min() == truth.max():
+            raise ValueError(f"{name}: ROC and PR curves need both classes in y_true")
+        fpr, tpr, _ = roc_curve(truth, prob)
+        precision, recall, _ = precision_recall_curve(truth, prob)
+        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(truth, prob):.3f})")
+        ax_pr.step(recall, precision, where="post", label=f"{name} (AP {pr_auc(truth, prob):.3f})")
+        prevalence = truth.mean()
+    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax_roc.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+               title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    if prevalence is not None:
+        ax_pr.axhline(prevalence, color="k", ls="--", lw=0.8, label=f"chance (prevalence {prevalence:.2f})")
+    label = positive_name or f"label {positive_label}"
+    ax_pr.set(xlabel=f"recall (sensitivity, positive = {label})", ylabel="precision", title="Precision-recall",
+              xlim=(0, 1), ylim=(0, 1.01))
+    for ax in (ax_roc, ax_pr):
+        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
+        ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    _disclaim(fig)
+    return fig
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], positive_label: int | None = 1,
+                     normalize: bool = False, title: str | None = None) -> matplotlib.figure.Figure:
+    """The confusion matrix (rows = truth, columns = prediction) with named classes.
+
+    ``matrix`` is in label order (as :func:`bclib.metrics.binary_metrics` gives it for binary
+    data: ``[[tn, fp], [fn, tp]]`` with the negative class first). The positive class is marked.
+    """
+    counts = np.asarray(matrix, dtype=float)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"the confusion matrix must be square, got shape {counts.shape}")
+    names = [str(name) for name in class_names]
+    if len(names) != counts.shape[0]:
+        raise ValueError(f"{len(names)} class names for a {counts.shape[0]}x{counts.shape[0]} matrix")
+    if len(names) == 2 and positive_label is not None:
+        # binary metrics order the matrix negative first, positive second
+        ordered = [names[1 - positive_label], names[positive_label]]
+        names = [ordered[0], f"{ordered[1]} (positive)"]
+    shown = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    size = max(3.6, 1.1 * len(names) + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    ax.imshow(shown, cmap="Blues", vmin=0, vmax=shown.max() if shown.max() > 0 else 1)
+    for row in range(len(names)):
+        for column in range(len(names)):
+            text = f"{shown[row, column]:.2f}" if normalize else f"{int(counts[row, column]):,}"
+            dark = shown[row, column] > 0.6 * (shown.max() or 1)
+            ax.text(column, row, text, ha="center", va="center", color="white" if dark else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted", ylabel="truth", title=title or ("Confusion matrix" + (" (row-normalised)" if normalize else "")))
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | None = None, n_bins: int = 10,
+                        positive_label: int = 1) -> matplotlib.figure.Figure:
+    """Reliability diagram (top) and bin counts (bottom), before and (optionally) after scaling."""
+    from bclib.calibration import expected_calibration_error, reliability_data
+
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    series = [("before", prob)]
+    if prob_scaled is not None:
+        series.append((f"after T = {temperature:.2f}" if temperature else "after scaling", prob_scaled))
+    width = 1.0 / n_bins
+    for offset, (name, values) in enumerate(series):
+        table = reliability_data(y_true, values, n_bins, positive_label)
+        ece = expected_calibration_error(y_true, values, n_bins, positive_label)
+        filled = table[table["count"] > 0]
+        ax.plot(filled["mean_probability"], filled["positive_fraction"], "o-", label=f"{name} (ECE {ece:.3f})")
+        ax_count.bar(table["bin_low"] + width * (0.25 + 0.5 * offset), table["count"], width=width / 2, alpha=0.8,
+                     label=name)
+    ax.set(ylabel="observed positive fraction", title="Reliability", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax_count.set(xlabel="predicted probability of the positive class", ylabel="images")
+    ax_count.set_yscale("log")
+    fig.tight_layout()
+    return fig
+
+
+def patient_scatter(table: pd.DataFrame, column: str = "mean_probability", annotate: int = 5) -> matplotlib.figure.Figure:
+    """True positive fraction vs predicted (mean probability or predicted fraction), one dot per patient.
+
+    Dot size grows with the patient's image count; the ``annotate`` worst patients are labelled.
+    """
+    from bclib.metrics import fraction_correlation
+
+    if column not in ("mean_probability", "predicted_fraction"):
+        raise ValueError(f"column must be 'mean_probability' or 'predicted_fraction', got {column!r}")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    sizes = 15 + 85 * table["n"] / max(1, table["n"].max())
+    ax.scatter(table["true_fraction"], table[column], s=sizes, alpha=0.6, edgecolor="k", linewidth=0.4)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    errors = (table[column] - table["true_fraction"]).abs()
+    for position in errors.sort_values(ascending=False).index[:annotate]:
+        ax.annotate(str(table.loc[position, "patient_id"]),
+                    (table.loc[position, "true_fraction"], table.loc[position, column]), fontsize=7)
+    correlation = fraction_correlation(table).get(f"pearson_{column}")
+    label = "n/a" if correlation is None else f"{correlation:.2f}"
+    ax.set(xlabel="true positive fraction (per patient)", ylabel=column.replace("_", " "),
+           title=f"Patients (Pearson r = {label}, n = {len(table)})", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    _disclaim(fig)
+    return fig
+
+
+def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int], probs: Sequence[float],
+                 class_names: Sequence[str], positive_label: int = 1, alpha: float = 0.4,
+                 columns: int = 4) -> matplotlib.figure.Figure:
+    """Pairs of axes per image: the image, and its Grad-CAM overlay titled with truth and P(positive)."""
+    from bclib.explain import overlay
+
+    images = np.asarray(images)
+    n = len(images)
+    if not n == len(heatmaps) == len(labels) == len(probs):
+        raise ValueError("images, heatmaps, labels and probs must have the same length")
+    if n == 0:
+        raise ValueError("no images to show")
+    columns = max(1, min(columns, n))
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.3 * 2 * columns, 2.5 * rows + 0.3), squeeze=False)
+    positive_name = class_names[positive_label]
+    for position in range(rows * columns):
+        ax_image, ax_overlay = axes[position // columns, 2 * (position % columns): 2 * (position % columns) + 2]
+        ax_image.axis("off")
+        ax_overlay.axis("off")
+        if position >= n:
+            continue
+        ax_image.imshow(images[position])
+        ax_image.set_title(f"truth: {class_names[int(labels[position])]}", fontsize=8)
+        ax_overlay.imshow(overlay(images[position], heatmaps[position], alpha))
+        ax_overlay.set_title(f"P({positive_name}) = {float(probs[position]):.2f}", fontsize=8)
+    fig.suptitle("Grad-CAM: where the model looked (not where the disease is)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    _disclaim(fig)
+    return fig
+
+
+def slide_view(mosaic: np.ndarray, extent: Sequence[float], truth_map: np.ndarray, prob_map: np.ndarray,
+               patient_id: str | None = None, positive_name: str = "IDC") -> matplotlib.figure.Figure:
+    """Three panels on the same slide coordinates: mosaic | ground-truth map | probability map."""
+    if truth_map.shape != prob_map.shape:
+        raise ValueError(f"truth and probability maps differ in shape: {truth_map.shape} vs {prob_map.shape}")
+    height, width = truth_map.shape
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6 * max(0.5, min(1.6, height / max(width, 1)))))
+    axes[0].imshow(mosaic, extent=extent)
+    axes[0].set_title("slide mosaic")
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("white")
+    axes[1].imshow(np.ma.masked_invalid(truth_map), extent=extent, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    axes[1].set_title(f"truth ({positive_name} = yellow)")
+    shown = axes[2].imshow(np.ma.masked_invalid(prob_map), extent=extent, cmap=cmap, vmin=0, vmax=1,
+                           interpolation="nearest")
+    axes[2].set_title(f"predicted P({positive_name})")
+    for ax in axes:
+        ax.set_xlabel("x (slide pixels)")
+    axes[0].set_ylabel("y (slide pixels)")
+    fig.colorbar(shown, ax=list(axes), shrink=0.8, fraction=0.02, pad=0.01)
+    if patient_id is not None:
+        fig.suptitle(f"patient {patient_id}")
+    _disclaim(fig)
+    return fig
