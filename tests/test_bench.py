@@ -1,0 +1,124 @@
+"""``bclib bench``: report structure, ratio logic, memory sampling, and one tiny end-to-end run.
+
+Targets are never asserted: figures on a shared, loaded 2-core machine vary.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bclib import paths
+from bclib.bench import (
+    SECTIONS,
+    BenchError,
+    BenchReport,
+    BenchRow,
+    PeakMemory,
+    parse_sections,
+    ratio_row,
+    resident_memory,
+    write_report,
+)
+
+#: The throughput figure(s) each section must report as positive numbers.
+THROUGHPUT_KEYS = {
+    "pack": ("decode_img_per_s", "cached_img_per_s"),
+    "pipeline": ("pipeline_img_per_s", "in_ram_img_per_s"),
+    "features": ("head_epochs_per_s", "frozen_epochs_per_s"),
+    "inference": ("predict_img_per_s", "raw_predict_img_per_s"),
+    "memory": ("peak_rss_mb", "packed_mb"),
+}
+
+
+def test_parse_sections_keeps_table_order_and_rejects_typos():
+    assert parse_sections(None) == list(SECTIONS)
+    assert parse_sections("memory,pack") == ["pack", "memory"]
+    assert parse_sections(["inference"]) == ["inference"]
+    with pytest.raises(BenchError, match="pipline"):
+        parse_sections("pack,pipline")
+    with pytest.raises(BenchError):
+        parse_sections(",")
+
+
+def test_ratio_row_judges_against_the_target():
+    faster = ratio_row("pack", "x", {"a": 300.0, "b": 10.0}, "a", "b", 10.0, ">= 10x")
+    assert faster.ratio == pytest.approx(30.0) and faster.passed is True
+    slower = ratio_row("pipeline", "x", {"a": 5.0, "b": 10.0}, "a", "b", 0.9, ">= 0.90")
+    assert slower.ratio == pytest.approx(0.5) and slower.passed is False
+    memory = ratio_row("memory", "x", {"a": 5.0, "b": 100.0}, "a", "b", 0.25, "<= 0.25", higher_is_better=False)
+    assert memory.passed is True
+    missing = ratio_row("features", "x", {"a": 5.0, "b": 0.0}, "a", "b", 20.0, ">= 20x")
+    assert missing.ratio is None and missing.passed is None
+
+
+def test_peak_memory_sees_a_large_allocation():
+    total, anonymous = resident_memory()
+    assert total > 10 * 1024 * 1024 and 0 < anonymous <= total
+    with PeakMemory(interval=0.005) as sampler:
+        block = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MB, touched
+        block[::4096] = 2
+        del block
+    result = sampler.result()
+    assert result["anon_growth_mb"] >= 40
+    assert result["peak_mb"] >= result["start_mb"]
+
+
+def _report() -> BenchReport:
+    rows = [
+        ratio_row("pack", "pack ratio", {"decode_img_per_s": 100.0, "cached_img_per_s": 5000.0},
+                  "cached_img_per_s", "decode_img_per_s", 10.0, ">= 10x"),
+        BenchRow("features", "features", {}, note="not available yet", status="skipped"),
+    ]
+    return BenchReport(rows=rows, environment={"cpu": "test"}, settings={}, data={}, sections=["pack", "features"])
+
+
+def test_table_and_report_file(tmp_path):
+    report = _report()
+    table = report.table()
+    assert "PASS" in table and "skipped" in table and "50.00" in table
+    first = write_report(report, tmp_path)
+    second = write_report(report, tmp_path)
+    assert first != second and first.exists() and second.exists()  # never overwritten
+    data = json.loads(first.read_text())
+    assert set(data["sections"]) == {"pack", "features"}
+    assert data["sections"]["pack"][0]["passed"] is True
+    assert "not for diagnosis" in data["disclaimer"]
+
+
+def test_cli_rejects_bad_options(capsys):
+    from bclib.cli import main
+
+    assert main(["bench", "--only", "nonsense"]) == 2
+    assert main(["bench", "--tiny", "--data", "/nowhere"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_tiny_writes_every_section(capsys):
+    """The CI run: ``bclib bench --tiny`` on synthetic data; every section measured, figures positive."""
+    from bclib.cli import main
+
+    assert main(["bench", "--tiny"]) == 0
+    output = capsys.readouterr().out
+    assert "device:" in output and "versions:" in output and "report:" in output
+    reports = sorted((paths.reports_dir() / "bench").glob("*.json"))
+    assert reports, "no bench report written under reports/bench/"
+    data = json.loads(reports[-1].read_text())
+    assert data["data"]["synthetic"] is True
+    assert data["environment"]["versions"]["tensorflow"]
+    assert set(data["sections"]) == set(SECTIONS)
+    for section, keys in THROUGHPUT_KEYS.items():
+        rows = data["sections"][section]
+        assert rows, f"section {section} has no rows"
+        for row in rows:
+            assert row["status"] == "ok", f"{section}: {row['note']}"
+            assert row["target"], f"{section} row without a target"
+        measured = rows[0]["measured"]
+        for key in keys:
+            assert measured[key] is not None and measured[key] > 0, f"{section}.{key} = {measured.get(key)}"
+    latency = [row for row in data["sections"]["inference"] if "latency" in row["what"]]
+    assert len(latency) == 2 and all(row["measured"]["median_ms"] > 0 for row in latency)
+    aucs = data["sections"]["features"][0]["measured"]
+    assert all(0.0 <= aucs[key] <= 1.0 for key in ("head_val_auc", "frozen_val_auc"))
