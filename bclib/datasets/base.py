@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -112,18 +113,24 @@ class DatasetIndex:
         """
         digest = hashlib.sha256()
         digest.update(f"{self.name}|{sorted(self.options.items())}|{self.class_names}".encode())
-        root = Path(self.root)
+        root = str(Path(self.root))
+        prefix = root.rstrip(os.sep) + os.sep
         extra = [c for c in ("array_key", "array_position", "cx", "cy", "radius") if c in self.frame.columns]
+        stats: dict[str, tuple[int, int]] = {}  # array datasets repeat one file on every row
+        lines = []
         for row in self.frame[["path", "label", *extra]].itertuples(index=False):
-            path = Path(row[0])
-            try:
-                stat = path.stat()
-                size, mtime = stat.st_size, int(stat.st_mtime)
-            except OSError:
-                size, mtime = -1, -1
-            try:
-                relative = str(path.relative_to(root))
-            except ValueError:
-                relative = path.name
-            digest.update(f"{relative}|{size}|{mtime}|{'|'.join(str(v) for v in row[1:])}\n".encode())
+            path = str(row[0])
+            if path not in stats:
+                try:
+                    stat = os.stat(path)
+                    stats[path] = (stat.st_size, int(stat.st_mtime))
+                except OSError:
+                    stats[path] = (-1, -1)
+            size, mtime = stats[path]
+            if path.startswith(prefix):
+                relative = path[len(prefix):]
+            else:
+                relative = "." if path == root else os.path.basename(path)
+            lines.append(f"{relative}|{size}|{mtime}|{'|'.join(str(v) for v in row[1:])}\n")
+        digest.update("".join(lines).encode())
         return digest.hexdigest()[:16]

@@ -72,7 +72,11 @@ def scan(path: str | os.PathLike, **options) -> DatasetIndex:
         raise TypeError(f"the idc scanner takes no options, got {sorted(options)}")
     path = Path(path).expanduser().resolve()
     root = find_root(path)
-    rows: list[dict] = []
+    paths: list[str] = []
+    labels: list[int] = []
+    patient_ids: list[str] = []
+    xs: list[int] = []
+    ys: list[int] = []
     problems: list[Problem] = []
     mismatched: list[str] = []
     ignored = 0
@@ -87,40 +91,37 @@ def scan(path: str | os.PathLike, **options) -> DatasetIndex:
             folder = Path(patient.path) / class_folder
             if not folder.is_dir():
                 continue
+            label = int(class_folder)
             with os.scandir(folder) as files:
                 for entry in files:
-                    if not entry.is_file():
-                        ignored += 1
-                        continue
-                    if not is_image_file(entry.name):
-                        ignored += 1
-                        continue
-                    match = FILE_PATTERN.match(entry.name)
-                    if match is None:
-                        problems.append(Problem(entry.path, "file name does not follow <patient>_idx5_x<X>_y<Y>_class<C>.png"))
+                    name = entry.name
+                    match = FILE_PATTERN.match(name) if not name.startswith(".") else None
+                    if match is None or not entry.is_file():
+                        # rare: checked here so that the common case costs one regex match
+                        if entry.is_file() and is_image_file(name):
+                            problems.append(Problem(entry.path, "file name does not follow <patient>_idx5_x<X>_y<Y>_class<C>.png"))
+                        else:
+                            ignored += 1
                         continue
                     if match["label"] != class_folder:
                         mismatched.append(entry.path)
                         continue
-                    rows.append(
-                        {
-                            "path": entry.path,
-                            "label": int(class_folder),
-                            "patient_id": patient.name,
-                            "x": int(match["x"]),
-                            "y": int(match["y"]),
-                        }
-                    )
+                    paths.append(entry.path)
+                    labels.append(label)
+                    patient_ids.append(patient.name)
+                    xs.append(int(match["x"]))
+                    ys.append(int(match["y"]))
     if mismatched:
-        shown = "\n  ".join(mismatched[:20])
-        more = f"\n  ... and {len(mismatched) - 20} more" if len(mismatched) > 20 else ""
+        shown = ", ".join(mismatched[:5])
+        more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
         raise DatasetError(
             f"{len(mismatched)} IDC file(s) have a class in their name that differs from their folder "
-            f"(fix or remove them from your copy):\n  {shown}{more}"
+            f"(fix or remove them in your copy): {shown}{more}"
         )
-    if not rows:
+    if not paths:
         raise DatasetError(f"no IDC patches found under {str(root)!r}; {EXPECTED_LAYOUT}")
-    frame = pd.DataFrame(rows).sort_values(["patient_id", "label", "y", "x"], kind="stable").reset_index(drop=True)
+    frame = pd.DataFrame({"path": paths, "label": labels, "patient_id": patient_ids, "x": xs, "y": ys})
+    frame = frame.sort_values(["patient_id", "label", "y", "x"], kind="stable").reset_index(drop=True)
     frame["label_name"] = frame["label"].map(dict(enumerate(CLASS_NAMES)))
     frame = frame[["path", "label", "label_name", "patient_id", "x", "y"]]
     return DatasetIndex(
