@@ -172,3 +172,12 @@ def test_gradcam_grid_figure(trained_plain, corner_data):
     assert len(fig.axes) == 2 * 3 * 2  # 2 rows x 3 columns of (image, overlay)
     assert fig.axes[1].get_title().startswith("P(blob)")
     plt.close("all")
+
+
+def test_compiled_calls_match_eager_ones(corner_data):
+    images, _ = corner_data
+    model = _nested_model()
+    results = [explain.grad_cam(model, images[:3]) for _ in range(explain.EAGER_CALLS + 2)]
+    assert explain._forward_for(model, None)._compiled is not None  # the later calls were compiled
+    for heatmaps in results[1:]:
+        assert np.allclose(heatmaps, results[0], atol=1e-4)
