@@ -54,6 +54,7 @@ class Split:
     missing_patients: list[str] = field(default_factory=list)
     missing_by_split: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    _patient_lists: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -71,8 +72,10 @@ class Split:
     def patients(self, name: str) -> list[str]:
         """The patient IDs of split ``name``, sorted (numerically where they are numbers)."""
         self._check_name(name)
-        ids = self.index.frame["patient_id"].to_numpy()[self.assignment[name]]
-        return sorted(set(ids.tolist()), key=_patient_sort_key)
+        if name not in self._patient_lists:
+            ids = pd.unique(self.index.frame["patient_id"].to_numpy()[self.assignment[name]])
+            self._patient_lists[name] = sorted(ids.tolist(), key=_patient_sort_key)
+        return list(self._patient_lists[name])
 
     def overlapping_patients(self) -> list[str]:
         """Patients whose images are in more than one split (empty for patient-level splits)."""
@@ -155,28 +158,27 @@ def _targets(total: int, fractions: tuple[float, ...]) -> np.ndarray:
 
 
 def _deal(count: int, targets: np.ndarray) -> np.ndarray:
-    """Split number of each of ``count`` items in order, spreading every run of items over the
-    splits in proportion to ``targets`` (so consecutive strata are each split proportionally)."""
-    total = max(1, int(targets.sum()))
-    shares = [int(t) / total for t in targets]
-    limits = [int(t) for t in targets]
-    taken = [0] * len(limits)
-    result = np.empty(count, dtype=int)
-    for item in range(count):
-        best, best_deficit = 0, -np.inf
-        for split, share in enumerate(shares):
-            deficit = share * (item + 1) - taken[split]
-            if taken[split] < limits[split] and deficit > best_deficit:
-                best, best_deficit = split, deficit
-        result[item] = best
-        taken[best] += 1
-    return result
+    """Split number of each of ``count`` items in order, interleaving the splits in proportion
+    to ``targets`` (so every run of consecutive items, e.g. one stratum, is split proportionally).
+
+    Split ``s`` gets its ``k``-th item at the ideal time ``(k + 0.5) / share_s``; sorting those
+    times gives the sequence (Sainte-Laguë style), with exactly ``targets[s]`` items each.
+    """
+    targets = np.asarray(targets, dtype=int)
+    if int(targets.sum()) != count:
+        raise ValueError(f"targets {targets.tolist()} do not add up to {count}")
+    shares = targets / max(1, count)
+    times = np.concatenate([(np.arange(t) + 0.5) / shares[s] for s, t in enumerate(targets) if t > 0] or [np.zeros(0)])
+    owners = np.concatenate([np.full(t, s) for s, t in enumerate(targets) if t > 0] or [np.zeros(0, dtype=int)])
+    return owners[np.argsort(times, kind="stable")].astype(int)
 
 
 def _patient_table(index: DatasetIndex) -> pd.DataFrame:
     """Per patient: images per class and a stratum (majority class; ties go to the rarer class)."""
-    frame = index.frame
-    table = pd.crosstab(frame["patient_id"], frame["label"]).reindex(columns=range(index.num_classes), fill_value=0)
+    codes, patients = pd.factorize(index.frame["patient_id"], sort=True)
+    counts = np.zeros((len(patients), index.num_classes), dtype=np.int64)
+    np.add.at(counts, (codes, index.labels), 1)
+    table = pd.DataFrame(counts, index=pd.Index(patients, name="patient_id"), columns=range(index.num_classes))
     rarity = np.argsort(np.argsort(table.sum(axis=0).to_numpy(), kind="stable"), kind="stable")
     scores = table.to_numpy() * (index.num_classes + 1) + (index.num_classes - rarity)
     table["stratum"] = np.argmax(scores, axis=1)
@@ -186,14 +188,16 @@ def _patient_table(index: DatasetIndex) -> pd.DataFrame:
 
 def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray, active: list[int]) -> None:
     """Move patients (in place, ``owner[i]`` = split of patient i) so that every active split
-    holds every class where the data allows. A moved patient is swapped for one that the
-    receiving split can spare, so split sizes stay as planned. Patients are in dealing order
-    (``rank`` = position), which breaks ties reproducibly."""
-    def classes(split: int, without: int = -1) -> np.ndarray:
-        mask = owner == split
-        if without >= 0:
-            mask[without] = False
-        return has_class[mask].any(axis=0)
+    holds every class where the data allows.
+
+    A donor patient comes from the split with the most holders of the missing class and must
+    leave its split with every class it had; the receiving split then gives back a patient it
+    can spare, so split sizes stay as planned. Ties go to the earlier patient in dealing order.
+    """
+    n_splits = int(max(owner.max(initial=0), max(active, default=0))) + 1
+
+    def holders_per_split() -> np.ndarray:
+        return np.stack([has_class[owner == split].sum(axis=0) for split in range(n_splits)])
 
     rarest_first = np.argsort(has_class.sum(axis=0), kind="stable")
     for _ in range(3):
@@ -203,23 +207,26 @@ def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray
                 holders = np.flatnonzero(has_class[:, label])
                 if len(holders) == 0 or np.any(owner[holders] == split):
                     continue
-                donors = [
-                    p for p in holders
-                    if np.sum(owner == owner[p]) > 1 and np.array_equal(classes(owner[p], p), classes(owner[p]))
-                ]
-                if not donors:
+                counts = holders_per_split()
+                sizes = np.bincount(owner, minlength=n_splits)
+                source_counts = counts[owner[holders]]
+                can_leave = np.all(~has_class[holders] | (source_counts >= 2), axis=1) & (sizes[owner[holders]] > 1)
+                donors = holders[can_leave]
+                if len(donors) == 0:
                     continue
-                moved = min(donors, key=lambda p: (-int(np.sum(owner[holders] == owner[p])), int(images[p]), int(p)))
+                order = np.lexsort((donors, images[donors], -counts[owner[donors], label]))
+                moved = int(donors[order[0]])
                 source = int(owner[moved])
                 owner[moved] = split
                 changed = True
-                kept = classes(split)
+                members = np.flatnonzero(owner == split)
+                member_counts = has_class[members].sum(axis=0)
                 spare = [
-                    q for q in np.flatnonzero(owner == split)
-                    if q != moved and np.array_equal(classes(split, q), kept)
+                    int(q) for q in members
+                    if q != moved and not np.any(has_class[q] & (member_counts < 2))
                 ]
                 if spare:
-                    back = min(spare, key=lambda q: (abs(int(images[q]) - int(images[moved])), int(q)))
+                    back = min(spare, key=lambda q: (abs(int(images[q]) - int(images[moved])), q))
                     owner[back] = source
         if not changed:
             return
