@@ -173,3 +173,27 @@ def test_cli_parses_grid(monkeypatch, capsys):
     assert seen["base"] == {"epochs": 1} and seen["notebooks"] == ["02"] and seen["max_workers"] == 2
     assert "sweep_summary.md" in capsys.readouterr().out
     assert main(["sweep"]) == 2
+
+
+def test_default_runner_records_a_failing_subprocess():
+    """The real path (one `bclib.runner` process per run) reports a failure with its log."""
+    result = run_sweep({"seed": [0]}, dataset="no-such-dataset", max_workers=1, sweep_id="sw-proc")
+    assert not result.ok
+    run = result.runs[0]
+    assert "exited with code" in run.error and run.log_path in run.error
+    assert "no-such-dataset" in Path(run.log_path).read_text()
+    assert len(pd.read_csv(result.summary_csv)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_tiny_sweep_two_seeds(real_idc):
+    """Notebook 02 (smoke profile) for two seeds, two processes at once, on the real IDC data."""
+    result = run_sweep({"seed": [0, 1]}, base={"max_images": 256}, max_workers=2, profile="smoke",
+                       data=real_idc, sweep_id="sw-real", notebooks=["02"])
+    assert result.ok, [run.error for run in result.failed]
+    summary = pd.read_csv(result.summary_csv)
+    assert len(summary) >= 2 and set(summary["seed"]) == {0, 1}
+    assert summary["roc_auc"].dropna().between(0, 1).all()
+    for run in result.runs:
+        assert (Path(run.run_dir) / "summary.json").is_file()
