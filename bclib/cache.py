@@ -44,7 +44,7 @@ class CacheError(RuntimeError):
     """A cache folder is unusable (for example its files disagree with each other)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class PackedCache:
     """A complete packed cache.
 

@@ -42,7 +42,7 @@ def _patient_sort_key(patient: str) -> tuple:
     return (0, int(patient), "") if patient.isdigit() else (1, 0, patient)
 
 
-@dataclass
+@dataclass(eq=False)
 class Split:
     """Row positions of each split (``train``, ``val``, ``test``) into ``index``."""
 
