@@ -75,6 +75,14 @@ DATASET_IMAGE_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+#: The split used when a notebook's ``split`` parameter is None: official where one is published.
+DEFAULT_SPLITS: dict[str, str] = {"breastmnist": "official", "pcam": "official"}
+
+
+def default_split(dataset: str) -> str:
+    return DEFAULT_SPLITS.get(dataset, "patient")
+
+
 def profile_names() -> list[str]:
     return list(PROFILES)
 

@@ -257,7 +257,7 @@ def start(
     run_id: str | None = None,
     profile: str = "quick",
     seed: int = 0,
-    split: str = "patient",
+    split: str | None = None,
     dataset_options: dict | None = None,
     kind: str = "baseline",
     progress: bool = True,
@@ -270,6 +270,7 @@ def start(
     from bclib.cache import pack
     from bclib.splits import make_split
 
+    split = split or profiles.default_split(dataset)
     if kind == "transfer" and params.get("image_size") is None:
         params["image_size"] = profiles.resolve(profile, dataset, {})["transfer_image_size"]
     resolved = profiles.resolve(profile, dataset, dict(params, seed=seed, split=split))
