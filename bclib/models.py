@@ -22,6 +22,9 @@ DEFAULT_INPUT_SIZE = {"baseline_cnn": 50, "mobilenetv2": 96, "resnet50": 96}
 #: ImageNet channel means in BGR order, subtracted by the "caffe" preprocessing of ResNet50.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 MIN_TRANSFER_INPUT = 32
+#: BatchNorm momentum of the baseline: 0.9 (not Keras' 0.99) so the moving statistics used at
+#: evaluation catch up within a few dozen steps; with 0.99 a short run predicts a constant.
+BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="bclib")
@@ -104,12 +107,12 @@ def _baseline(inputs, num_classes: int, dropout: float, seed: int):
             x = keras.layers.SeparableConv2D(
                 filters, 3, padding="same", activation="relu", name=f"block{block}_sepconv{repeat}"
             )(x)
-            x = keras.layers.BatchNormalization(name=f"block{block}_bn{repeat}")(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn{repeat}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         x = keras.layers.Dropout(0.25, seed=seed + block, name=f"block{block}_dropout")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(128, activation="relu", name="head_dense")(x)
-    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     return _output_layer(num_classes)(x)
 
