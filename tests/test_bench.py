@@ -122,3 +122,23 @@ def test_bench_tiny_writes_every_section(capsys):
     assert len(latency) == 2 and all(row["measured"]["median_ms"] > 0 for row in latency)
     aucs = data["sections"]["features"][0]["measured"]
     assert all(0.0 <= aucs[key] <= 1.0 for key in ("head_val_auc", "frozen_val_auc"))
+
+
+def test_calibrate_batchnorm_matches_the_data_and_keeps_weights():
+    import keras
+
+    from bclib.bench import calibrate_batchnorm
+
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(2, 1, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn", momentum=0.99)(x)
+    backbone = keras.Model(inputs, x)
+    backbone.trainable = False
+    kernel = backbone.get_layer("conv").get_weights()[0].copy()
+    images = np.random.default_rng(0).normal(5.0, 2.0, size=(16, 4, 4, 3)).astype("float32")
+    calibrate_batchnorm(backbone, images)
+    conv_out = backbone.get_layer("conv")(images).numpy()
+    bn = backbone.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(backbone.get_layer("conv").get_weights()[0], kernel)
+    assert backbone.trainable is False and bn.momentum == 0.99
