@@ -267,6 +267,21 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aggregate_over_seeds(summary: pd.DataFrame, varied_keys: Sequence[str],
+                         metrics: Sequence[str] = ("roc_auc", "pr_auc", "balanced_accuracy")) -> pd.DataFrame:
+    """Mean, standard deviation and count of each metric over seeds, per model and other varied keys."""
+    present = [m for m in metrics if m in summary.columns]
+    if "seed" not in varied_keys or "model" not in summary.columns or not present:
+        return pd.DataFrame()
+    finished = summary[(summary["status"] == "ok") & summary["model"].notna()]
+    if finished.empty:
+        return pd.DataFrame()
+    keys = [k for k in varied_keys if k != "seed" and k in finished.columns] + ["model"]
+    grouped = finished.groupby(keys, dropna=False)[present].agg(["mean", "std", "count"])
+    grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
+    return grouped.reset_index()
+
+
 def write_sweep_summary(result: SweepResult) -> None:
     """Write ``sweep_summary.csv`` / ``.md`` and ``sweep.json`` into the sweep folder."""
     result.summary.to_csv(result.summary_csv, index=False)
@@ -281,8 +296,13 @@ def write_sweep_summary(result: SweepResult) -> None:
         f"- runs: {len(result.runs)} ({len(result.runs) - len(failed)} ok, {len(failed)} failed), "
         f"{result.max_workers} workers, {result.seconds:.1f} s",
         "",
-        _markdown_table(result.summary),
+        "One row per run and model (confidence intervals are in `sweep_summary.csv`).",
+        "",
+        _markdown_table(result.summary[[c for c in result.summary.columns if "_ci_" not in c]]),
     ]
+    across = aggregate_over_seeds(result.summary, list(result.grid))
+    if not across.empty:
+        text += ["## Across seeds", "", _markdown_table(across)]
     if failed:
         text += ["## Failed runs", ""] + [f"- `{r.run_id}`: {r.error} (log: `{r.log_path}`)" for r in failed] + [""]
     result.summary_md.write_text("\n".join(text), encoding="utf-8")

@@ -197,3 +197,15 @@ def test_real_tiny_sweep_two_seeds(real_idc):
     assert summary["roc_auc"].dropna().between(0, 1).all()
     for run in result.runs:
         assert (Path(run.run_dir) / "summary.json").is_file()
+
+
+def test_summary_aggregates_over_seeds():
+    from bclib.sweep import aggregate_over_seeds
+
+    fake = FakeRunner(delay=0.0)
+    result = run_sweep({"dataset": ["idc", "breastmnist"], "seed": [0, 1, 2]}, sweep_id="sw-agg", run_function=fake)
+    across = aggregate_over_seeds(result.summary, list(result.grid), metrics=("test_roc_auc",))
+    assert len(across) == 2 * len(MODELS)
+    assert (across["test_roc_auc_count"] == 3).all()
+    assert across["test_roc_auc_mean"].between(0, 1).all() and (across["test_roc_auc_std"] > 0).all()
+    assert aggregate_over_seeds(result.summary, ["dataset"]).empty  # nothing to aggregate without seeds
