@@ -84,6 +84,13 @@ def configure(mixed_precision: bool | str = "auto", xla: bool | str = "auto") ->
     return _CONFIGURED
 
 
+def reset() -> None:
+    """Back to Keras' defaults: float32 policy, XLA left to Keras (``"auto"``)."""
+    global _CONFIGURED
+    keras.mixed_precision.set_global_policy("float32")
+    _CONFIGURED = None
+
+
 def current() -> DeviceInfo | None:
     """The last :func:`configure` result (``None`` before the first call)."""
     return _CONFIGURED
