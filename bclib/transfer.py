@@ -52,6 +52,37 @@ def show_weights(model: Any) -> dict:
     return record
 
 
+def estimate_batchnorm_statistics(model: Any, images: np.ndarray, batch_size: int = 256) -> int:
+    """Set the backbone's BatchNorm moving statistics from ``images`` (raw RGB 0..255).
+
+    A randomly initialised backbone has moving means 0 and variances 1, which in inference mode
+    leave its activations unnormalised: deep in the network they vanish or explode and every patch
+    gets the same features (the head then learns nothing). Running one large batch through the
+    backbone in training mode with momentum 0 replaces those statistics by the batch's, layer by
+    layer, without training any weight. Used only when ImageNet weights are missing.
+    Returns the number of BatchNorm layers updated.
+    """
+    import keras
+    import tensorflow as tf
+
+    backbone = models.get_backbone(model)
+    batch_norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in batch_norms]
+    was_trainable = backbone.trainable
+    preprocess = model.get_layer("preprocess")
+    try:
+        backbone.trainable = True
+        for layer in batch_norms:
+            layer.momentum = 0.0
+        batch = tf.convert_to_tensor(np.asarray(images[:batch_size], dtype=np.float32))
+        backbone(preprocess(batch), training=True)
+    finally:
+        for layer, momentum in zip(batch_norms, momenta):
+            layer.momentum = momentum
+        backbone.trainable = was_trainable
+    return len(batch_norms)
+
+
 def _rows_key(positions: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(positions, dtype=np.int64).tobytes()).hexdigest()[:12]
 
@@ -71,8 +102,13 @@ def train_head_on_cached_features(
     """
     seed = int(session.params["seed"])
     batch_size = int(session.params["batch_size"])
-    extractor, _ = models.backbone_and_head(model)
     weights_used = models.weights_record(model).get("used")
+    if weights_used == "random":
+        sample = _resized_sample(session, image_size, 256, seed)
+        count = estimate_batchnorm_statistics(model, sample)
+        print(f"random backbone: {count} BatchNorm layers given statistics from {len(sample)} training patches "
+              "(no weight trained; without this every patch would get the same features)")
+    extractor, _ = models.backbone_and_head(model)
     started = time.perf_counter()
     cached: dict[str, np.ndarray] = {}
     for split_name in ("train", "val"):
@@ -120,6 +156,17 @@ def train_head_on_cached_features(
         speedup=speedup,
         speedup_factor=float(timing["speedup"]),
     )
+
+
+def _resized_sample(session: Any, image_size: int, count: int, seed: int) -> np.ndarray:
+    """A seeded sample of training patches at the model's input size (raw 0..255 floats)."""
+    import tensorflow as tf
+
+    positions = session.positions("train")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(positions, size=min(count, len(positions)), replace=False))
+    images = np.asarray(session.cache.images[chosen], dtype=np.float32)
+    return np.asarray(tf.image.resize(images, (image_size, image_size)))
 
 
 def fine_tune(
