@@ -198,7 +198,7 @@ def backbone_and_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """
     get_backbone(model)
     pooled = model.get_layer("pool").output
-    extractor = keras.Model(model.inputs, pooled, name=f"{model.name}_features")
+    extractor = keras.Model(model.inputs[0], pooled, name=f"{model.name}_features")
     head = build_head(int(pooled.shape[-1]), output_classes(model), dropout=model.get_layer("head_dropout").rate)
     head.get_layer("head_output").set_weights(model.get_layer("head_output").get_weights())
     return extractor, head
