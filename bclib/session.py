@@ -69,13 +69,15 @@ def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int, m
         return index
     rng = np.random.default_rng(seed)
     frame = index.frame
-    per_patient = max(4, int(max_images) // min_patients)
+    base_per_patient = max(4, int(max_images) // min_patients)
     groups = [frame] if "split" not in frame.columns else [g for _, g in frame.groupby("split", sort=True)]
     keep: list[int] = []
     for group in groups:
         budget = max(1, round(max_images * len(group) / len(frame)))
+        per_patient = base_per_patient
         rows_by_patient = group.groupby("patient_id", sort=True).indices
         patients = list(rows_by_patient)
+        per_patient = max(per_patient, -(-budget // max(1, len(patients))))
         chosen: list[int] = []
         for patient_position in rng.permutation(len(patients)):
             rows = group.index.to_numpy()[rows_by_patient[patients[patient_position]]]

@@ -38,13 +38,20 @@ def real_idc(shared_data: Path) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_outputs(tmp_path_factory, monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_outputs(tmp_path_factory):
     """Caches and reports of every test go to temporary folders, never into the repo."""
     base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("BCLIB_CACHE", str(base / "cache"))
-    monkeypatch.setenv("BCLIB_REPORTS", str(base / "reports"))
-    monkeypatch.setenv("KERAS_HOME", str(base / "keras_home"))
+    saved = {key: os.environ.get(key) for key in ("BCLIB_CACHE", "BCLIB_REPORTS", "KERAS_HOME")}
+    os.environ["BCLIB_CACHE"] = str(base / "cache")
+    os.environ["BCLIB_REPORTS"] = str(base / "reports")
+    os.environ["KERAS_HOME"] = str(base / "keras_home")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,143 @@
+"""Profiles, the notebook session, experiment.finish, the run comparison and the leakage lesson."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bclib import compare, experiment, explore, leakage, modelcard, profiles
+from bclib.datasets import scan
+from bclib.session import resolve_dataset_location, start, subsample_patients
+
+
+def test_profiles_resolve_explicit_values_over_profile_defaults():
+    values = profiles.resolve("smoke", "idc", {"epochs": 3, "batch_size": None})
+    assert values["epochs"] == 3
+    assert values["batch_size"] == profiles.PROFILES["smoke"]["batch_size"]
+    assert values["pack_size"] == 50
+    assert profiles.resolve("quick", "breastmnist", {})["image_size"] == 28
+    assert profiles.default_split("breastmnist") == "official"
+    assert profiles.default_split("idc") == "patient"
+    with pytest.raises(ValueError, match="unknown profile"):
+        profiles.resolve("huge", "idc", {})
+
+
+def test_subsample_draws_from_many_patients_deterministically(synthetic_idc):
+    index = scan("idc", synthetic_idc)
+    small = subsample_patients(index, 100, seed=1)
+    assert len(small) == 100
+    assert small.frame["patient_id"].nunique() >= 10
+    again = subsample_patients(index, 100, seed=1)
+    assert small.frame["path"].tolist() == again.frame["path"].tolist()
+    assert subsample_patients(index, None, seed=1) is index
+
+
+def test_explicit_missing_data_is_an_error_never_replaced_by_synthetic(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        resolve_dataset_location("idc", tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="breakhis"):
+        resolve_dataset_location("breakhis", None, allow_synthetic=False)
+
+
+@pytest.fixture(scope="module")
+def smoke_session(synthetic_idc):
+    return start("02_baseline_cnn", data_dir=synthetic_idc, profile="smoke", run_id="unit", epochs=2, progress=False)
+
+
+def test_session_resolves_packs_and_splits_by_patient(smoke_session):
+    session = smoke_session
+    assert session.synthetic is True
+    assert session.params["epochs"] == 2 and session.params["image_size"] == 32
+    assert session.cache.images.shape[1:] == (50, 50, 3)
+    patients = [set(session.split.patients(name)) for name in ("train", "val", "test")]
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+    for name in ("train", "val", "test"):
+        assert set(np.unique(session.labels(name))) == {0, 1}
+    card = session.card_base("x")
+    assert card["dataset"]["synthetic"] is True and card["split"]["method"] == "patient"
+    assert sorted(card["split"]["patient_ids"]["test"]) == sorted(session.split.patients("test"))
+    assert (session.out_dir / "params.json").exists()
+
+
+def test_exploration_tables(smoke_session):
+    index = smoke_session.index
+    balance = explore.class_balance(index)
+    assert balance["images"].sum() == len(index)
+    assert abs(balance["share"].sum() - 1) < 1e-9
+    table = explore.patient_table(index)
+    assert table["images"].sum() == len(index)
+    assert table["positive_fraction"].between(0, 1).all()
+    odd = explore.size_anomalies(index, expected=50)
+    assert len(odd) >= 1 and (odd[["width", "height"]].min(axis=1) < 50).all()
+    images, labels = explore.balanced_sample(smoke_session.cache.images, smoke_session.cache.labels, 5)
+    stats = explore.colour_statistics(images, labels, index.class_names)
+    assert len(stats) == 2 and stats["R_mean"].between(0, 255).all()
+
+
+@pytest.fixture(scope="module")
+def finished_card(smoke_session):
+    from bclib import models, train
+
+    session = smoke_session
+    model = models.build_model("baseline_cnn", input_size=32, seed=0)
+    models.compile_model(model, learning_rate=3e-3)
+    result = train.fit(model, session.dataset("train"), session.dataset("val"), epochs=3, patience=3,
+                       out_dir=session.out_dir, verbose=0)
+    return experiment.finish(session, model, "baseline_cnn", result, image_size=32), model
+
+
+def test_finish_writes_model_card_metrics_and_threshold_from_validation(smoke_session, finished_card):
+    card, model = finished_card
+    out = smoke_session.out_dir
+    for name in ("model.keras", "model_card.json", "metrics.json", "history.csv", "predictions.npz"):
+        assert (out / name).exists(), name
+    assert card["threshold"]["chosen_on"] == "val"
+    assert card["threshold"]["info"]["n_val"] == len(smoke_session.positions("val"))
+    assert 0.0 <= card["threshold"]["value"] <= 1.0
+    test = card["metrics"]["test"]
+    assert test["n_images"] == len(smoke_session.positions("test"))
+    assert test["positive_class"] == "IDC"
+    low, high = test["ci"]["roc_auc"]
+    assert low <= test["roc_auc"] <= high
+    tn_fp, fn_tp = test["confusion_matrix"]
+    assert sum(tn_fp) + sum(fn_tp) == test["n_images"]
+    reloaded, reloaded_card = modelcard.load_model(out / "model.keras")
+    batch = smoke_session.images("test", limit=8).astype("float32")
+    import tensorflow as tf
+
+    batch = tf.image.resize(batch, (32, 32)).numpy()
+    assert np.allclose(reloaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-5)
+    assert reloaded_card["class_names"] == ["non-IDC", "IDC"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["threshold"]["value"] == card["threshold"]["value"]
+
+
+def test_validation_report_and_comparison(smoke_session, finished_card):
+    card, _ = finished_card
+    table = experiment.validation_report(card)
+    assert {"roc_auc", "sensitivity", "specificity"} <= set(table.index)
+    session = start("07_evaluation", data_dir=smoke_session.data_path, profile="smoke", run_id="unit", progress=False)
+    run = compare.load_run(session)
+    assert run.names == ["baseline_cnn"]
+    frame = run.table(n_boot=50)
+    assert frame.loc["baseline_cnn", "n_images"] == len(session.positions("test"))
+    assert 0 <= frame.loc["baseline_cnn", "roc_auc"] <= 1
+    assert run.best_model() == "baseline_cnn"
+    calibration = run.calibration_table()
+    assert calibration.loc["baseline_cnn", "temperature"] > 0
+    for figure in (run.plot_curves(), run.plot_confusion_matrices(), run.plot_calibration(), run.plot_patients("baseline_cnn"),
+                   run.plot_gradcam("baseline_cnn", per_row=2)):
+        assert figure.axes
+    slides = run.plot_slides("baseline_cnn", [session.split.patients("test")[0], "no-such-patient"])
+    assert len(slides) == 1
+    path = run.write_evaluation(session, n_boot=20)
+    assert json.loads(path.read_text())["models"] == ["baseline_cnn"]
+
+
+def test_leakage_lesson_puts_test_patients_in_training_only_for_the_image_split(smoke_session):
+    lesson = leakage.lesson(smoke_session, epochs=1, image_size=32)
+    table = lesson.table.set_index("split")
+    assert table.loc["image (leaky)", "test_patients_also_in_train"] > 0
+    assert table.loc["patient", "test_patients_also_in_train"] == 0
+    assert lesson.plot().axes
