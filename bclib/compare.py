@@ -146,7 +146,7 @@ class RunComparison:
         def key(entry: ModelEntry) -> float:
             value = entry.card.get("metrics", {}).get("val", {}).get("roc_auc")
             if value is None:
-                value = entry.card.get("metrics", {}).get("val", {}).get("macro_roc_auc")
+                value = entry.card.get("metrics", {}).get("val", {}).get("roc_auc_macro")
             return -1.0 if value is None else float(value)
 
         if not self.models:

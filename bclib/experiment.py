@@ -55,6 +55,8 @@ def split_metrics(pred: Predictions, session: Any, threshold: float | None, n_bo
 
     if session.num_classes > 2:
         result = metrics.multiclass_metrics(pred.labels, pred.probabilities, session.class_names)
+        result["roc_auc"] = result.get("roc_auc_macro")  # macro one-vs-rest, so summaries compare like with like
+        result["f1"] = result.get("f1_macro")
         result["n_images"] = int(len(pred.labels))
         result["n_patients"] = int(len(np.unique(pred.patient_ids)))
         return result

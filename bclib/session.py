@@ -288,6 +288,8 @@ def start(
     index = scan(dataset, data_path, **resolved["dataset_options"])
     synthetic = synthetic or bool(index.synthetic)
     index = subsample_patients(index, resolved.get("max_images"), seed)
+    if dataset == "folder" and params.get("pack_size") is None and len(index):
+        resolved["pack_size"] = int(min(resolved["pack_size"], max(index.load_image(0).shape[:2])))
     cache = pack(index, resolved["pack_size"], progress=progress)
     split_result = make_split(cache.index, split, seed=seed)
     session = Session(
