@@ -17,18 +17,10 @@ from typing import Any
 import numpy as np
 
 from bclib import metrics, modelcard
+from bclib.explain import model_input_size
 from bclib.imageio import fit_to_square
 
 SPLIT_CHOICES = ("test", "val", "all", "official:test")
-
-
-def _model_input_size(model) -> tuple[int, int] | None:
-    shape = model.input_shape
-    if isinstance(shape, list):
-        shape = shape[0]
-    if len(shape) == 4 and shape[1] and shape[2]:
-        return int(shape[1]), int(shape[2])
-    return None
 
 
 def _decode_batch(index, positions: range, image_size: int, pool: ThreadPoolExecutor) -> np.ndarray:
@@ -53,7 +45,7 @@ def predict_index(model, index, image_size: int, batch_size: int = 256, progress
     n = len(index)
     if n == 0:
         raise ValueError("the index holds no images to predict")
-    target = _model_input_size(model)
+    target = model_input_size(model)
     resize = target is not None and target != (image_size, image_size)
     antialias = bool(target and max(target) < image_size)
     starts = list(range(0, n, batch_size))

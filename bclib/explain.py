@@ -240,7 +240,7 @@ def _forward_for(model, layer_name: str | None) -> _Forward:
     return per_model[layer_name]
 
 
-def _model_input_size(model) -> tuple[int, int] | None:
+def model_input_size(model) -> tuple[int, int] | None:
     shape = model.input_shape
     if isinstance(shape, list):
         shape = shape[0]
@@ -268,7 +268,7 @@ def grad_cam(model, images: np.ndarray, class_index: int | None = None, layer_na
     if len(images) == 0:
         raise ValueError("no images to explain")
     height, width = images.shape[1:3]
-    input_size = _model_input_size(model)
+    input_size = model_input_size(model)
     forward = _forward_for(model, layer_name)
     outputs = int(np.prod(model.output_shape[1:])) if not isinstance(model.output_shape, list) else 0
     if outputs == 1:

@@ -11,7 +11,6 @@ import importlib
 import importlib.metadata
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,6 @@ DEFAULT_PROFILE = "quick"
 DEFAULT_DATASET = "idc"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 #: Size of the generated demo dataset (the same as ``bclib.session`` generates).
-SYNTHETIC_OPTIONS = {"n_patients": 24, "patches_per_patient": 40, "seed": 0}
 #: Stop counting files for the manifest's data hash beyond this many (the scan must stay cheap).
 MAX_FILES_TO_HASH = 60_000
 #: Parameters every run injects (when a notebook declares them).
@@ -156,30 +154,10 @@ def export_html(notebook_path: Path) -> Path:
 # --------------------------------------------------------------------------- data
 
 def _make_synthetic(log: Callable[[str], Any]) -> Path:
-    """The synthetic IDC demo dataset at :func:`bclib.paths.synthetic_dir`, generated once
-    (into a staging folder, then renamed, so an interrupted generation leaves nothing behind).
+    """The synthetic IDC demo dataset, generated once (see :func:`bclib.datasets.synthetic.ensure_demo_dataset`)."""
+    from bclib.datasets.synthetic import ensure_demo_dataset
 
-    Same folder and size as :func:`bclib.session.resolve_dataset_location`, so a notebook run
-    by hand and ``bclib run`` share one demo dataset.
-    """
-    synthetic = importlib.import_module("bclib.datasets.synthetic")
-    root = paths.synthetic_dir()
-    if synthetic.is_synthetic_folder(root):
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise DatasetError(f"{str(root)!r} exists but holds no complete synthetic dataset; remove it and rerun")
-    log(f"generating the synthetic IDC demo dataset in {root} ...")
-    staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        synthetic.make_synthetic_idc(staging, **SYNTHETIC_OPTIONS)
-        if root.exists():
-            root.rmdir()  # empty (checked above)
-        staging.replace(root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return ensure_demo_dataset(log)
 
 
 def _is_synthetic(location: Path) -> bool:

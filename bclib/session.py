@@ -34,27 +34,17 @@ def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None, a
     Returns ``(path, synthetic)``. An explicit ``data_dir`` that does not exist is an error,
     never silently replaced by synthetic data.
     """
+    from bclib.datasets.synthetic import ensure_demo_dataset, is_synthetic_folder
+
     location = paths.find_dataset_dir(dataset, data_dir)
     if location is not None:
-        return location, _is_synthetic_tree(location)
+        return location, is_synthetic_folder(location, location.parent, location.parent.parent)
     if dataset != "idc" or not allow_synthetic:
         raise FileNotFoundError(
             f"no {dataset!r} data found (looked at BCLIB_DATA_{dataset.upper()}, BCLIB_DATA, data/); "
             f"pass data_dir / --data, or see data/README.md (`bclib data download {dataset}`)"
         )
-    from bclib.datasets.synthetic import make_synthetic_idc
-
-    root = paths.synthetic_dir()
-    if not (root / "IDC_regular_ps50_idx5").is_dir():
-        make_synthetic_idc(root, n_patients=24, patches_per_patient=40, seed=0)
-    return root, True
-
-
-def _is_synthetic_tree(path: Path) -> bool:
-    for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / "SYNTHETIC_DATA.txt").exists():
-            return True
-    return False
+    return ensure_demo_dataset(), True
 
 
 def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int, min_patients: int = 40) -> DatasetIndex:

@@ -6,7 +6,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 
 from bclib.cli import main
 from bclib.datasets.synthetic import make_synthetic_idc

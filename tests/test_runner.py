@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import nbformat
@@ -209,7 +208,7 @@ def test_smoke_profile_and_missing_data_use_synthetic_demo_data(project, tmp_pat
     from bclib.datasets import synthetic
 
     monkeypatch.setenv("BCLIB_CACHE", str(tmp_path / "isolated" / "cache"))  # own synthetic_dir
-    monkeypatch.setattr(runner, "SYNTHETIC_OPTIONS", {"n_patients": 2, "patches_per_patient": 4, "seed": 0})
+    monkeypatch.setattr(synthetic, "DEMO_OPTIONS", {"n_patients": 2, "patches_per_patient": 4, "seed": 0})
     calls: list[Path] = []
     real_maker = synthetic.make_synthetic_idc
 

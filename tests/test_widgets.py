@@ -8,7 +8,6 @@ import pytest
 
 from bclib import DISCLAIMER
 from bclib.modelcard import ModelLoadError
-from bclib.predict import Predictor
 from bclib.widgets import PredictApp, find_models, sample_images, static_html
 from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc
 

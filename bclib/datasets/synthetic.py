@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
+from bclib import paths
 from bclib.datasets.base import DatasetError
 
 #: Written at the root (and in the dataset folder); its presence marks a dataset as synthetic.
@@ -148,4 +150,32 @@ def is_synthetic_folder(*folders: str | os.PathLike) -> bool:
     return any((Path(folder) / MARKER_FILE).is_file() for folder in folders)
 
 
-__all__ = ["MARKER_FILE", "is_synthetic_folder", "make_synthetic_idc"]
+DEMO_OPTIONS = {"n_patients": 24, "patches_per_patient": 40, "seed": 0}
+
+
+def ensure_demo_dataset(log: Callable[[str], Any] = print) -> Path:
+    """The synthetic IDC demo dataset at :func:`bclib.paths.synthetic_dir`, generated once
+    (into a staging folder, then renamed, so an interrupted generation leaves nothing behind).
+
+    Shared by ``bclib run`` and notebooks run by hand (:mod:`bclib.session`).
+    """
+    root = paths.synthetic_dir()
+    if is_synthetic_folder(root):
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(f"{str(root)!r} exists but holds no complete synthetic dataset; remove it and rerun")
+    log(f"generating the synthetic IDC demo dataset in {root} ...")
+    staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        make_synthetic_idc(staging, **DEMO_OPTIONS)
+        if root.exists():
+            root.rmdir()  # empty (checked above)
+        staging.replace(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+__all__ = ["DEMO_OPTIONS", "MARKER_FILE", "ensure_demo_dataset", "is_synthetic_folder", "make_synthetic_idc"]
