@@ -22,6 +22,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "speedup_images": 128,
         "gradcam_examples": 2,
         "fine_tune_layers": 10,
+        "leakage_epochs": 1,
     },
     # the real data at hand with CPU-sized epochs: the whole series on 11,749 patches, 2 cores
     "quick": {
@@ -38,7 +39,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "speedup_images": 512,
         "gradcam_examples": 4,
         "fine_tune_layers": 20,
-        "fine_tune_max_images": 4000,
+        "fine_tune_max_images": 3000,
+        "leakage_epochs": 3,
     },
     # paper-scale settings for a GPU and the complete dataset
     "full": {
@@ -56,6 +58,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gradcam_examples": 6,
         "fine_tune_layers": 40,
         "fine_tune_max_images": None,
+        "leakage_epochs": 10,
     },
 }
 
