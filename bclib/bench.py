@@ -515,32 +515,6 @@ def _local_imagenet_weights(input_size: int) -> str | None:
     return str(path) if path.is_file() else None
 
 
-def calibrate_batchnorm(backbone: Any, images: Any) -> None:
-    """Set every BatchNorm layer's moving statistics to those of ``images`` (preprocessed).
-
-    A randomly initialised backbone in inference mode (moving mean 0, variance 1) lets the
-    activations vanish through the network, so every image gets the same features; one
-    forward pass in training mode with momentum 0 gives data-matched statistics instead.
-    Only the statistics change; the convolution weights stay random.
-    """
-    import keras
-
-    layers = [layer for layer in backbone._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [(layer, layer.momentum, layer.trainable) for layer in layers]
-    backbone_trainable = backbone.trainable
-    backbone.trainable = True
-    try:
-        for layer in layers:
-            layer.trainable = True
-            layer.momentum = 0.0
-        backbone(images, training=True)
-    finally:
-        for layer, momentum, trainable in saved:
-            layer.momentum = momentum
-            layer.trainable = trainable
-        backbone.trainable = backbone_trainable
-
-
 def _features_comparison(cache: Any, positions_train: np.ndarray, positions_val: np.ndarray,
                          settings: BenchSettings) -> dict[str, float | None]:
     """Frozen backbone trained end to end against the same head on precomputed features.
@@ -549,7 +523,7 @@ def _features_comparison(cache: Any, positions_train: np.ndarray, positions_val:
     use no dropout, so their validation AUCs should agree; only the speed differs.
     """
     from bclib.features import extract_features
-    from bclib.models import backbone_and_head, build_model, compile_model
+    from bclib.models import backbone_and_head, build_model, calibrate_batchnorm, compile_model
     from bclib.train import EpochTimer
 
     size = settings.mobilenet_size

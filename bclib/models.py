@@ -278,3 +278,29 @@ def compile_model(
         jit_compile=jit_compile,
     )
     return model
+
+
+def calibrate_batchnorm(backbone: keras.Model, images) -> int:
+    """Set every BatchNorm layer's moving statistics to those of ``images`` (preprocessed).
+
+    A randomly initialised backbone in inference mode (moving mean 0, variance 1) lets the
+    activations vanish through the network, so every image gets the same features; one
+    forward pass in training mode with momentum 0 gives data-matched statistics instead.
+    Only the statistics change; the convolution weights stay random. Returns the number of
+    BatchNorm layers set. Used only when ImageNet weights are missing.
+    """
+    layers = [layer for layer in backbone._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer, layer.momentum, layer.trainable) for layer in layers]
+    backbone_trainable = backbone.trainable
+    backbone.trainable = True
+    try:
+        for layer in layers:
+            layer.trainable = True
+            layer.momentum = 0.0
+        backbone(images, training=True)
+    finally:
+        for layer, momentum, trainable in saved:
+            layer.momentum = momentum
+            layer.trainable = trainable
+        backbone.trainable = backbone_trainable
+    return len(layers)

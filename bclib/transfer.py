@@ -62,25 +62,10 @@ def estimate_batchnorm_statistics(model: Any, images: np.ndarray, batch_size: in
     layer, without training any weight. Used only when ImageNet weights are missing.
     Returns the number of BatchNorm layers updated.
     """
-    import keras
     import tensorflow as tf
 
-    backbone = models.get_backbone(model)
-    batch_norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in batch_norms]
-    was_trainable = backbone.trainable
-    preprocess = model.get_layer("preprocess")
-    try:
-        backbone.trainable = True
-        for layer in batch_norms:
-            layer.momentum = 0.0
-        batch = tf.convert_to_tensor(np.asarray(images[:batch_size], dtype=np.float32))
-        backbone(preprocess(batch), training=True)
-    finally:
-        for layer, momentum in zip(batch_norms, momenta):
-            layer.momentum = momentum
-        backbone.trainable = was_trainable
-    return len(batch_norms)
+    batch = tf.convert_to_tensor(np.asarray(images[:batch_size], dtype=np.float32))
+    return models.calibrate_batchnorm(models.get_backbone(model), model.get_layer("preprocess")(batch))
 
 
 def _rows_key(positions: np.ndarray) -> str:

@@ -127,7 +127,7 @@ def test_bench_tiny_writes_every_section(capsys):
 def test_calibrate_batchnorm_matches_the_data_and_keeps_weights():
     import keras
 
-    from bclib.bench import calibrate_batchnorm
+    from bclib.models import calibrate_batchnorm
 
     inputs = keras.Input((4, 4, 3))
     x = keras.layers.Conv2D(2, 1, name="conv")(inputs)
