@@ -61,14 +61,17 @@ def _train_and_score(session: Any, split: Any, epochs: int, image_size: int, bat
     test_ds = session.dataset("test", image_size=image_size, batch_size=batch_size, training=False, positions=test_positions)
     probabilities = np.asarray(train.predict_probabilities(model, test_ds))
     labels = np.asarray(session.cache.labels)[test_positions]
-    positive = session.positive_label if session.positive_label is not None else 1
-    scores = probabilities if probabilities.ndim == 1 and positive == 1 else (
-        1.0 - probabilities if probabilities.ndim == 1 else probabilities[:, positive])
+    if probabilities.ndim == 2:  # more than two classes: macro one-vs-rest AUC
+        auc = metrics.multiclass_metrics(labels, probabilities, session.class_names)["roc_auc_macro"]
+    else:
+        positive = 1 if session.positive_label is None else int(session.positive_label)
+        scores = probabilities if positive == 1 else 1.0 - probabilities
+        auc = metrics.roc_auc(labels, scores, positive_label=positive)
     patients = session.cache.index.frame["patient_id"].to_numpy()
     train_patients = set(patients[split.positions("train")])
     test_patients = set(patients[test_positions])
     return {
-        "test_roc_auc": metrics.roc_auc(labels, scores, positive_label=positive),
+        "test_roc_auc": auc,
         "test_images": int(len(test_positions)),
         "test_patients": len(test_patients),
         "test_patients_also_in_train": len(test_patients & train_patients),

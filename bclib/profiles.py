@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # tiny data, one epoch, small images: the whole series in a few minutes on 2 CPU cores
+    # tiny data, two short epochs, small images: the whole series in a few minutes on 2 CPU cores
     "smoke": {
         "max_images": 480,
         "image_size": 32,
         "transfer_image_size": 32,
-        "epochs": 1,
+        "epochs": 2,
         "fine_tune_epochs": 1,
-        "batch_size": 64,
+        "batch_size": 32,
         "learning_rate": 1e-3,
         "fine_tune_learning_rate": 1e-4,
         "patience": 1,
