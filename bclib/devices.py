@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 _CONFIGURED: "DeviceInfo | None" = None
+_STRATEGY: "tf.distribute.Strategy | None" = None
 
 
 @dataclass
@@ -102,10 +103,18 @@ def jit_compile() -> bool | str:
 
 
 def strategy() -> tf.distribute.Strategy:
-    """``MirroredStrategy`` over all GPUs when there are several, else the default strategy."""
+    """``MirroredStrategy`` over all GPUs when there are several (one per process), else the default."""
+    global _STRATEGY
     if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
+        if _STRATEGY is None:
+            _STRATEGY = tf.distribute.MirroredStrategy()
+        return _STRATEGY
     return tf.distribute.get_strategy()
+
+
+def replicas() -> int:
+    """How many copies of the model train in parallel (the global batch is per-replica x this)."""
+    return int(strategy().num_replicas_in_sync)
 
 
 def describe(info: DeviceInfo | None = None) -> str:

@@ -125,7 +125,19 @@ def build_head(feature_dim: int, num_classes: int = 2, dropout: float = 0.3, see
     return keras.Model(inputs, outputs, name="head")
 
 
-def build_model(
+def build_model(*args, **kwargs) -> keras.Model:
+    """Build ``"baseline_cnn"``, ``"mobilenetv2"`` or ``"resnet50"`` (see :func:`_build_model`).
+
+    Variables are created in the scope of :func:`bclib.devices.strategy`, so with several GPUs
+    the model is mirrored on all of them.
+    """
+    from bclib import devices
+
+    with devices.strategy().scope():
+        return _build_model(*args, **kwargs)
+
+
+def _build_model(
     name: str,
     num_classes: int = 2,
     input_size: int | None = None,
@@ -271,12 +283,13 @@ def compile_model(
     else:
         loss = keras.losses.CategoricalCrossentropy()
         accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=loss,
-        metrics=[keras.metrics.AUC(name="auc"), accuracy],
-        jit_compile=jit_compile,
-    )
+    with devices.strategy().scope():  # optimizer and metric variables beside the model's
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=loss,
+            metrics=[keras.metrics.AUC(name="auc"), accuracy],
+            jit_compile=jit_compile,
+        )
     return model
 
 

@@ -267,6 +267,12 @@ def start(
         params["image_size"] = profiles.resolve(profile, dataset, {})["transfer_image_size"]
     resolved = profiles.resolve(profile, dataset, dict(params, seed=seed, split=split))
     resolved["kind"] = kind
+    from bclib import devices
+
+    device_info = devices.configure()  # GPU: mixed precision + XLA; CPU: float32, no XLA
+    resolved["device"] = {"gpus": device_info.gpus, "policy": device_info.policy, "xla": device_info.xla}
+    if devices.replicas() > 1:  # MirroredStrategy: the batch size parameter is per GPU
+        resolved["batch_size"] = int(resolved["batch_size"]) * devices.replicas()
     resolved["dataset_options"] = dict(dataset_options or {})
     run_id = run_id or INTERACTIVE_RUN_ID
     run_dir = paths.reports_dir() / run_id
