@@ -116,7 +116,8 @@ class Predictor:
         self.card = card
         self.path = Path(path) if path is not None else None
         self.class_names: list[str] = list(card["class_names"])
-        self.positive_label: int = int(card.get("positive_label", 1 if len(self.class_names) == 2 else 0))
+        stored = card.get("positive_label")  # None for multi-class cards: no single disease class
+        self.positive_label: int = int(stored) if stored is not None else (1 if len(self.class_names) == 2 else 0)
         self.threshold: float = float(card["threshold"]["value"])
         self.input_size: int = int(card["input_size"])
         pack = card.get("pack_size")

@@ -76,6 +76,58 @@ class BestWeights(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Re-estimate trainable BatchNorm statistics on training images before each validation.
+
+    BatchNorm's moving averages trail the weights: after a few hundred steps they still carry
+    their initial values, and the model in inference mode gives nearly the same output for every
+    image (validation AUC then reads as chance although the ranking is learnt). One forward pass in
+    training mode over a fixed sample of training images, with momentum 0, replaces the moving
+    statistics by the current ones ("precise BatchNorm"); no weight is trained by it.
+    """
+
+    def __init__(self, images):
+        super().__init__()
+        self.images = images
+
+    def _calibrate(self) -> None:
+        layers = [layer for layer in self.model._flatten_layers()
+                  if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+        if not layers:
+            return
+        momenta = [layer.momentum for layer in layers]
+        try:
+            for layer in layers:
+                layer.momentum = 0.0
+            self.model(self.images, training=True)
+        finally:
+            for layer, momentum in zip(layers, momenta):
+                layer.momentum = momentum
+
+    def on_test_begin(self, logs=None):
+        self._calibrate()
+
+    def on_train_end(self, logs=None):
+        self._calibrate()
+
+
+def batchnorm_sample(train_ds, max_images: int = 512):
+    """Up to ``max_images`` training inputs (first batches of ``train_ds``) for :class:`PreciseBatchNorm`."""
+    batches, count = [], 0
+    for batch in train_ds:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        batches.append(inputs)
+        count += int(inputs.shape[0])
+        if count >= max_images:
+            break
+    return tf.concat(batches, axis=0)[:max_images] if batches else None
+
+
+def _has_trainable_batchnorm(model: keras.Model) -> bool:
+    return any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+               for layer in model._flatten_layers())
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Wall-clock seconds of each epoch (training and validation)."""
 
@@ -146,6 +198,11 @@ def fit(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_path = out_dir / CHECKPOINT_FILE
+    precise: list[keras.callbacks.Callback] = []
+    if _has_trainable_batchnorm(model):
+        sample = batchnorm_sample(train_ds)
+        if sample is not None:
+            precise.append(PreciseBatchNorm(sample))
     best = BestWeights(monitor, checkpoint_path)
     timer = EpochTimer()
     stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, restore_best_weights=False)
@@ -157,7 +214,7 @@ def fit(
         validation_data=val_ds,
         epochs=epochs,
         class_weight=class_weight,
-        callbacks=[timer, best, stopper, *(callbacks or [])],
+        callbacks=[timer, best, stopper, *precise, *(callbacks or [])],  # precise after best: calibrates restored weights
         verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles the training set itself
     )
