@@ -89,6 +89,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def __init__(self, images):
         super().__init__()
         self.images = images
+        self.validated = False
 
     def _calibrate(self) -> None:
         layers = [layer for layer in self.model._flatten_layers()
@@ -104,11 +105,16 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             for layer, momentum in zip(layers, momenta):
                 layer.momentum = momentum
 
+    def on_train_begin(self, logs=None):
+        self.validated = False
+
     def on_test_begin(self, logs=None):
+        self.validated = True
         self._calibrate()
 
     def on_train_end(self, logs=None):
-        self._calibrate()
+        if not self.validated:  # no validation data: calibrate the final weights once
+            self._calibrate()
 
 
 def batchnorm_sample(train_ds, max_images: int = 512):
@@ -214,7 +220,7 @@ def fit(
         validation_data=val_ds,
         epochs=epochs,
         class_weight=class_weight,
-        callbacks=[timer, best, stopper, *precise, *(callbacks or [])],  # precise after best: calibrates restored weights
+        callbacks=[timer, *precise, best, stopper, *(callbacks or [])],
         verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles the training set itself
     )
