@@ -135,9 +135,21 @@ def test_validation_report_and_comparison(smoke_session, finished_card):
     assert json.loads(path.read_text())["models"] == ["baseline_cnn"]
 
 
-def test_leakage_lesson_puts_test_patients_in_training_only_for_the_image_split(smoke_session):
+def test_leaky_positions_differ_only_in_whose_patches_train():
+    patients = np.repeat(np.array(["a", "b", "c", "d", "e"]), 10)
+    train_rows, test_rows = np.arange(0, 30), np.arange(30, 50)
+    honest, leaky, held = leakage.leaky_positions(train_rows, test_rows, patients, seed=0)
+    assert len(honest) == len(leaky)
+    assert not set(held) & set(leaky) and not set(held) & set(honest)
+    assert set(patients[honest]) <= {"a", "b", "c"}
+    assert set(patients[leaky]) & {"d", "e"} == {"d", "e"}
+    assert len(held) == 10 and set(patients[held]) == {"d", "e"}
+
+
+def test_leakage_lesson_scores_both_models_on_the_same_test_patches(smoke_session):
     lesson = leakage.lesson(smoke_session, epochs=1, image_size=32)
-    table = lesson.table.set_index("split")
-    assert table.loc["image (leaky)", "test_patients_also_in_train"] > 0
-    assert table.loc["patient", "test_patients_also_in_train"] == 0
+    table = lesson.table.set_index("training set")
+    assert table.loc[leakage.LEAKY, "test patients seen in training"] > 0
+    assert table.loc[leakage.HONEST, "test patients seen in training"] == 0
+    assert table["training images"].nunique() == 1 and table["test images"].nunique() == 1
     assert lesson.plot().axes
