@@ -71,7 +71,7 @@ def split_metrics(pred: Predictions, session: Any, threshold: float | None, n_bo
     )
     at_half = metrics.binary_metrics(pred.labels, scores, threshold=0.5, positive_label=session.positive_label,
                                      class_names=session.class_names)
-    result["at_0_5"] = {key: at_half[key] for key in ("sensitivity", "specificity", "precision", "f1", "balanced_accuracy")}
+    result["at_0_5"] = {key: at_half[key] for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy")}
     if n_boot and len(np.unique(pred.patient_ids)) > 1:
         result["ci"] = metrics.bootstrap_ci(
             pred.labels,

@@ -77,6 +77,14 @@ DATASET_IMAGE_SIZES: dict[str, dict[str, int]] = {
     "breastmnist": {"image_size": 28, "transfer_image_size": 64},
 }
 
+#: Training length for small datasets (a few hundred images): more, smaller steps per epoch.
+SMALL_DATASET_TRAINING: dict[str, dict[str, dict[str, int]]] = {
+    "breastmnist": {
+        "quick": {"epochs": 40, "batch_size": 32, "patience": 8, "fine_tune_epochs": 6},
+        "full": {"epochs": 100, "batch_size": 32, "patience": 15, "fine_tune_epochs": 20},
+    },
+}
+
 
 #: The split used when a notebook's ``split`` parameter is None: official where one is published.
 DEFAULT_SPLITS: dict[str, str] = {"breastmnist": "official", "pcam": "official"}
@@ -102,6 +110,7 @@ def resolve(profile: str, dataset: str, explicit: dict[str, Any]) -> dict[str, A
     values = get_profile(profile)
     if profile != "smoke":
         values.update(DATASET_IMAGE_SIZES.get(dataset, {}))
+        values.update(SMALL_DATASET_TRAINING.get(dataset, {}).get(profile, {}))
     values["pack_size"] = PACK_SIZES.get(dataset, 224)
     for key, value in explicit.items():
         if value is not None:
