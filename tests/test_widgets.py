@@ -157,6 +157,6 @@ def test_sample_picker_predicts(run_folder, files):
 def test_real_idc_samples_are_predicted(real_idc, run_folder):
     samples = sample_images(None, dataset="idc", data_dir=real_idc, n=4)
     assert len(samples.paths) == 4 and samples.note
-    assert all(p.is_relative_to(real_idc) for p in samples.paths)
+    assert all(Path(p).resolve().is_relative_to(real_idc.resolve()) for p in samples.paths)
     text = static_html(run_folder / "02_baseline_cnn" / "model.keras", samples.paths)
     assert text.count('class="bclib-result"') == 4 and "bclib-error" not in text

@@ -192,8 +192,7 @@ def slide_view(mosaic: np.ndarray, extent: Sequence[float], truth_map: np.ndarra
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6 * max(0.5, min(1.6, height / max(width, 1)))))
     axes[0].imshow(mosaic, extent=extent)
     axes[0].set_title("slide mosaic")
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     axes[1].imshow(np.ma.masked_invalid(truth_map), extent=extent, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     axes[1].set_title(f"truth ({positive_name} = yellow)")
     shown = axes[2].imshow(np.ma.masked_invalid(prob_map), extent=extent, cmap=cmap, vmin=0, vmax=1,
