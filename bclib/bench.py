@@ -197,17 +197,13 @@ def describe_environment() -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
+    from bclib.devices import gpu_names
+
     try:
         usable_cores = len(os.sched_getaffinity(0))
     except AttributeError:
         usable_cores = os.cpu_count()
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        try:
-            details = tf.config.experimental.get_device_details(device)
-        except (ValueError, RuntimeError):
-            details = {}
-        gpus.append(details.get("device_name", device.name))
+    gpus = gpu_names()
     try:
         import psutil
 
@@ -359,11 +355,9 @@ def _subsample(n_total: int, n_wanted: int, seed: int) -> np.ndarray:
 
 def _resize_in_memory(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 images resized to ``size`` (as float32, the model's input), fully in RAM."""
-    import tensorflow as tf
+    from bclib.pipeline import resize_images
 
-    if images.shape[1] == size:
-        return np.asarray(images, dtype=np.float32)
-    return tf.image.resize(np.asarray(images, dtype=np.float32), (size, size)).numpy()
+    return resize_images(images, size)
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bclib import calibration, metrics, modelcard
+from bclib.pipeline import resize_images
 from bclib.plots import evaluation as evaluation_plots
 
 SPLITS = ("val", "test")
@@ -90,7 +91,7 @@ class RunComparison:
         probabilities = entry.probabilities[split]
         if probabilities.ndim == 2:
             return probabilities[:, self.positive_label]
-        return probabilities if self.positive_label == 1 else 1.0 - probabilities
+        return metrics.positive_probability(probabilities, self.positive_label)
 
     # ----- tables --------------------------------------------------------------------------
     def table(self, n_boot: int = 1000) -> pd.DataFrame:
@@ -244,7 +245,7 @@ class RunComparison:
         if not chosen:
             return _not_applicable(f"{name}: no test images to explain")
         images = np.asarray(self.session.cache.images[np.asarray([test_positions[p] for _, p in chosen])])
-        inputs = _resize(images, entry.input_size)
+        inputs = resize_images(images, entry.input_size)
         heatmaps = explain.grad_cam(entry.model(), inputs, class_index=self.positive_label)
         fig = evaluation_plots.gradcam_grid(
             inputs.astype(np.uint8), heatmaps, [int(entry.labels["test"][p]) for _, p in chosen],
@@ -278,7 +279,7 @@ class RunComparison:
             images = np.asarray(self.session.cache.images[positions])
             data = self.session.dataset("test", image_size=entry.input_size, training=False, positions=positions)
             probabilities = np.asarray(predict_probabilities(entry.model(), data))
-            scores = probabilities if self.positive_label == 1 else 1.0 - probabilities
+            scores = metrics.positive_probability(probabilities, self.positive_label)
             canvas, extent = mosaic.build_mosaic(patient_frame, images=images, patch_size=int(self.session.params["pack_size"]))
             truth = mosaic.label_map(patient_frame.assign(label=(patient_frame["label"] == self.positive_label).astype(int)))
             predicted = mosaic.probability_map(patient_frame, scores)
@@ -302,14 +303,6 @@ class RunComparison:
             "figures": list(session.figures),
         }
         return modelcard.write_json(data, session.out_dir / "evaluation.json")
-
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    import tensorflow as tf
-
-    if images.shape[1] == size and images.shape[2] == size:
-        return images.astype(np.float32)
-    return np.asarray(tf.image.resize(images.astype(np.float32), (size, size), antialias=True))
 
 
 def _side_by_side(figures: list) -> Any:

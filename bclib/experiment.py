@@ -34,7 +34,9 @@ class Predictions:
             if positive_label is None:
                 raise ValueError("multi-class predictions have no single positive class")
             return self.probabilities[:, positive_label]
-        return self.probabilities if positive_label in (1, None) else 1.0 - self.probabilities
+        from bclib.metrics import positive_probability
+
+        return positive_probability(self.probabilities, 1 if positive_label is None else positive_label)
 
 
 def predict_split(session: Any, model: Any, split_name: str, image_size: int, batch_size: int | None = None) -> Predictions:
@@ -150,23 +152,6 @@ def finish(
         test_labels=test.labels, test_probabilities=test.probabilities, test_patients=test.patient_ids.astype(str),
     )
     return card
-
-
-def metrics_table(cards: list[dict], split: str = "test") -> pd.DataFrame:
-    """One row per card: the headline metrics of ``split`` (and their 95% CIs when present)."""
-    rows = []
-    for card in cards:
-        values = card.get("metrics", {}).get(split, {})
-        row = {"model": card.get("model_name"), "notebook": card.get("notebook")}
-        for key in ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier"):
-            row[key] = values.get(key)
-            interval = (values.get("ci") or {}).get(key)
-            if interval:
-                row[f"{key}_ci"] = f"[{interval[0]:.3f}, {interval[1]:.3f}]"
-        row["threshold"] = card.get("threshold", {}).get("value")
-        row["weights"] = card.get("weights", {}).get("used")
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 HEADLINE = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "brier")

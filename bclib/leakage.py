@@ -100,8 +100,7 @@ def _train_and_score(session: Any, train_positions: np.ndarray, test_positions: 
         auc = metrics.multiclass_metrics(labels, probabilities, session.class_names)["roc_auc_macro"]
     else:
         positive = 1 if session.positive_label is None else int(session.positive_label)
-        scores = probabilities if positive == 1 else 1.0 - probabilities
-        auc = metrics.roc_auc(labels, scores, positive_label=positive)
+        auc = metrics.roc_auc(labels, metrics.positive_probability(probabilities, positive), positive_label=positive)
     patients = session.cache.index.frame["patient_id"].to_numpy()
     return {
         "test_roc_auc": auc,

@@ -115,6 +115,18 @@ def make_dataset(
     return dataset.prefetch(AUTOTUNE)
 
 
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Images resized to ``size`` x ``size`` in RAM, as float32 0..255 (the models' input).
+
+    Same interpolation as :func:`make_dataset` (bilinear, antialiased when shrinking).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    antialias = size < max(images.shape[1], images.shape[2])
+    return tf.image.resize(images, (size, size), method="bilinear", antialias=antialias).numpy()
+
+
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     """Number of batches :func:`make_dataset` yields for ``n_rows`` rows."""
     return math.ceil(n_rows / batch_size)

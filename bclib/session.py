@@ -131,10 +131,6 @@ class Session:
     def patient_ids(self, split_name: str) -> np.ndarray:
         return self.cache.index.frame["patient_id"].to_numpy()[self.positions(split_name)]
 
-    def frame(self, split_name: str | None = None) -> pd.DataFrame:
-        frame = self.cache.index.frame
-        return frame if split_name is None else frame.iloc[self.positions(split_name)].reset_index(drop=True)
-
     def images(self, split_name: str, limit: int | None = None) -> np.ndarray:
         """The split's packed images as an in-memory uint8 array (for figures and small splits)."""
         positions = self.positions(split_name)[:limit]

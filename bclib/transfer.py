@@ -145,13 +145,12 @@ def train_head_on_cached_features(
 
 def _resized_sample(session: Any, image_size: int, count: int, seed: int) -> np.ndarray:
     """A seeded sample of training patches at the model's input size (raw 0..255 floats)."""
-    import tensorflow as tf
+    from bclib.pipeline import resize_images
 
     positions = session.positions("train")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(positions, size=min(count, len(positions)), replace=False))
-    images = np.asarray(session.cache.images[chosen], dtype=np.float32)
-    return np.asarray(tf.image.resize(images, (image_size, image_size)))
+    return resize_images(session.cache.images[chosen], image_size)
 
 
 def fine_tune(

@@ -19,6 +19,16 @@ class DatasetError(ValueError):
     """A dataset folder is missing, empty, or not in the expected layout."""
 
 
+def mismatch_error(files: list[str], what: str, shown: int = 20) -> DatasetError:
+    """The error for files whose name and folder give different labels, naming the files.
+
+    ``what`` completes the sentence "N <what>", e.g. "IDC file(s) have a class in their name ...".
+    """
+    listed = "\n  ".join(files[:shown])
+    more = f"\n  ... and {len(files) - shown} more" if len(files) > shown else ""
+    return DatasetError(f"{len(files)} {what} (fix or remove them in your copy):\n  {listed}{more}")
+
+
 @dataclass(frozen=True)
 class Problem:
     """A file that was skipped, and why."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bclib.datasets.base import DatasetError, DatasetIndex, Problem
+from bclib.datasets.base import DatasetError, DatasetIndex, Problem, mismatch_error
 from bclib.imageio import is_image_file
 
 #: Binary class names: label 1 (malignant) is the disease.
@@ -177,12 +177,7 @@ def scan(path: str | os.PathLike, labels: str = "binary", magnification: int | s
         if folder.is_dir():
             ignored += _walk_class_folder(folder, class_folder, rows, problems, mismatched)
     if mismatched:
-        shown = "\n  ".join(mismatched[:20])
-        more = f"\n  ... and {len(mismatched) - 20} more" if len(mismatched) > 20 else ""
-        raise DatasetError(
-            f"{len(mismatched)} BreakHis file(s) have a name that disagrees with their folders "
-            f"(fix or remove them from your copy):\n  {shown}{more}"
-        )
+        raise mismatch_error(mismatched, "BreakHis file(s) have a name that disagrees with their folders")
     if not rows:
         raise DatasetError(f"no BreakHis images found under {str(root)!r}; {EXPECTED_LAYOUT}")
     frame = pd.DataFrame(rows)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bclib.datasets.base import DatasetError, DatasetIndex, Problem
+from bclib.datasets.base import DatasetError, DatasetIndex, Problem, mismatch_error
 from bclib.datasets.synthetic import MARKER_FILE, is_synthetic_folder
 from bclib.imageio import is_image_file
 
@@ -112,12 +112,7 @@ def scan(path: str | os.PathLike, **options) -> DatasetIndex:
                     xs.append(int(match["x"]))
                     ys.append(int(match["y"]))
     if mismatched:
-        shown = ", ".join(mismatched[:5])
-        more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
-        raise DatasetError(
-            f"{len(mismatched)} IDC file(s) have a class in their name that differs from their folder "
-            f"(fix or remove them in your copy): {shown}{more}"
-        )
+        raise mismatch_error(mismatched, "IDC file(s) have a class in their name that differs from their folder")
     if not paths:
         raise DatasetError(f"no IDC patches found under {str(root)!r}; {EXPECTED_LAYOUT}")
     frame = pd.DataFrame({"path": paths, "label": labels, "patient_id": patient_ids, "x": xs, "y": ys})
