@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from bclib import DISCLAIMER, __version__, paths, profiles
 from bclib.datasets import DatasetIndex, scan
