@@ -149,6 +149,27 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Wall-clock intervals between consecutive training steps, the first ``skip`` of each
+    epoch left out (while the input pipeline fills)."""
+
+    def __init__(self, skip: int = 2):
+        super().__init__()
+        self.skip = skip
+        self.intervals: list[float] = []
+        self._last: float | None = None
+        self._step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last, self._step = None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self._last is not None and self._step > self.skip:
+            self.intervals.append(now - self._last)
+        self._last, self._step = now, self._step + 1
+
+
 @dataclass
 class TrainResult:
     """``history``: one row per epoch run (``epoch`` 1-based, the logged metrics, ``seconds``);

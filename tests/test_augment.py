@@ -1,11 +1,21 @@
-"""Augmentation layers: shapes, ranges, identity at zero strength, stain jitter, seeds."""
+"""Augmentation: exact symmetries, zoom-crop geometry, stain jitter algebra, ranges, seeds."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 
-from bclib.augment import RandomRot90, RandomStainJitter, build_augmenter, stain_matrices
+from bclib.augment import (
+    Augmenter,
+    RandomBrightnessContrast,
+    RandomStainJitter,
+    RandomZoomCrop,
+    bilinear_weights,
+    build_augmenter,
+    jitter_stains,
+    random_dihedral,
+    stain_matrices,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +33,156 @@ def batch() -> np.ndarray:
     return np.clip(images, 0, 255)
 
 
+def _asymmetric_image(size: int = 5) -> np.ndarray:
+    """An image whose 8 symmetries are all different (distinct values everywhere)."""
+    return np.arange(size * size * 3, dtype="uint8").reshape(size, size, 3)
+
+
+def _symmetries(image: np.ndarray) -> list[np.ndarray]:
+    turns = [np.rot90(image, k) for k in range(4)]
+    return turns + [np.fliplr(t) for t in turns]
+
+
+def _which_symmetry(candidate: np.ndarray, image: np.ndarray) -> int:
+    matches = [k for k, s in enumerate(_symmetries(image)) if np.array_equal(candidate, s)]
+    assert len(matches) == 1, "not exactly one symmetry of the square"
+    return matches[0]
+
+
+# ----- geometric stage -----------------------------------------------------------------------
+
+def test_dihedral_gives_each_of_the_8_symmetries():
+    image = _asymmetric_image()
+    moved = random_dihedral(np.repeat(image[None], 400, axis=0), np.random.default_rng(0))
+    assert moved.dtype == np.uint8 and moved.shape == (400, 5, 5, 3)
+    counts = np.bincount([_which_symmetry(m, image) for m in moved], minlength=8)
+    assert counts.min() >= 25  # 400 draws of a fair 8-sided die: expected 50 each
+
+
+def test_dihedral_turns_only_and_flips_only_stay_in_their_subgroups():
+    image = _asymmetric_image()
+    stack = np.repeat(image[None], 200, axis=0)
+    turned = {_which_symmetry(m, image) for m in random_dihedral(stack, np.random.default_rng(1), flips=False)}
+    assert turned == {0, 1, 2, 3}  # the 4 rotations, no mirror
+    flipped = {_which_symmetry(m, image) for m in random_dihedral(stack, np.random.default_rng(2), turns=False)}
+    assert flipped == {0, 2, 4, 6}  # identity, 180 degrees (both flips), and the two axis mirrors
+    np.testing.assert_array_equal(random_dihedral(stack, np.random.default_rng(3), flips=False, turns=False), stack)
+
+
+def test_dihedral_is_seeded_copies_and_keeps_the_input():
+    stack = np.repeat(_asymmetric_image()[None], 16, axis=0)
+    original = stack.copy()
+    first = random_dihedral(stack, np.random.default_rng(7))
+    np.testing.assert_array_equal(first, random_dihedral(stack, np.random.default_rng(7)))
+    assert not np.array_equal(first, random_dihedral(stack, np.random.default_rng(8)))
+    np.testing.assert_array_equal(stack, original)
+
+
+def test_dihedral_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="square"):
+        random_dihedral(np.zeros((2, 8, 6, 3), "uint8"), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="batch"):
+        random_dihedral(np.zeros((8, 8, 3), "uint8"), np.random.default_rng(0))
+    mirrored = random_dihedral(np.zeros((2, 8, 6, 3), "uint8"), np.random.default_rng(0), turns=False)
+    assert mirrored.shape == (2, 8, 6, 3)
+
+
+# ----- zoom ----------------------------------------------------------------------------------
+
+def test_bilinear_weights_identity_and_partition_of_unity():
+    import tensorflow as tf
+
+    identity = np.asarray(bilinear_weights(tf.zeros(2), tf.fill((2,), 12.0), 12, 12))
+    np.testing.assert_allclose(identity, np.broadcast_to(np.eye(12), (2, 12, 12)), atol=1e-6)
+    crop = np.asarray(bilinear_weights(tf.constant([1.5]), tf.constant([9.0]), 12, 20))
+    np.testing.assert_allclose(crop.sum(axis=-1), 1.0, atol=1e-6)
+    assert crop.min() >= 0.0
+    sampled = crop[0] @ np.arange(12.0)  # resampling a ramp gives the sampled coordinates
+    np.testing.assert_allclose(sampled, 1.5 + (np.arange(20) + 0.5) * 9.0 / 20 - 0.5, atol=1e-5)
+
+
+def test_zoom_crop_magnifies_within_its_range():
+    ramp = np.broadcast_to(np.arange(40, dtype="float32")[None, :, None] * 5.0, (40, 40, 3))
+    images = np.repeat(ramp[None], 32, axis=0)
+    zoomed = np.asarray(RandomZoomCrop(0.2, seed=0)(images, training=True))
+    assert zoomed.shape == images.shape and zoomed.dtype == np.float32
+    # Magnified by 1/s, the ramp climbs s times as fast per pixel: s in [1 - zoom, 1].
+    slopes = (zoomed[:, 20, 30, 0] - zoomed[:, 20, 10, 0]) / 20.0 / 5.0
+    assert slopes.min() >= 0.8 - 1e-4 and slopes.max() <= 1.0 + 1e-4
+    assert slopes.max() - slopes.min() > 0.05  # the factor is drawn per image
+    assert zoomed.min() >= images.min() and zoomed.max() <= images.max()  # crops, no invented border
+
+
+def test_zoom_crop_zero_and_not_training_are_the_identity(batch):
+    np.testing.assert_array_equal(np.asarray(RandomZoomCrop(0.0)(batch, training=True)), batch)
+    np.testing.assert_array_equal(np.asarray(RandomZoomCrop(0.3)(batch, training=False)), batch)
+
+
+# ----- photometric ---------------------------------------------------------------------------
+
+def test_stain_matrices_are_inverse():
+    rgb_from_hed, hed_from_rgb = stain_matrices()
+    np.testing.assert_allclose(rgb_from_hed @ hed_from_rgb, np.eye(3), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(rgb_from_hed, axis=1), 1.0, atol=1e-6)
+
+
+def test_fused_stain_jitter_equals_the_three_step_formula(batch):
+    rng = np.random.default_rng(3)
+    scale = rng.uniform(0.8, 1.2, (len(batch), 3)).astype("float32")
+    shift = rng.uniform(-0.2, 0.2, (len(batch), 3)).astype("float32")
+    rgb_from_hed, hed_from_rgb = stain_matrices()
+    concentrations = (-np.log((batch.astype("float64") + 1.0) / 256.0)) @ hed_from_rgb
+    concentrations = concentrations * scale[:, None, None, :] + shift[:, None, None, :]
+    expected = np.clip(256.0 * np.exp(-(concentrations @ rgb_from_hed)) - 1.0, 0, 255)
+    np.testing.assert_allclose(np.asarray(jitter_stains(batch, scale, shift)), expected, atol=0.05)
+    identity = np.asarray(jitter_stains(batch, np.ones_like(scale), np.zeros_like(shift)))
+    np.testing.assert_allclose(identity, batch, atol=0.05)
+
+
+def test_stain_jitter_changes_colour_but_keeps_structure(batch):
+    jittered = np.asarray(RandomStainJitter(0.1, seed=0)(batch, training=True))
+    assert jittered.min() >= 0 and jittered.max() <= 255
+    mean_colour_shift = np.abs(jittered.mean(axis=(1, 2)) - batch.mean(axis=(1, 2))).max()
+    assert mean_colour_shift > 1.0
+    for original, changed in zip(batch, jittered):
+        intensity_original, intensity_changed = original.mean(-1).ravel(), changed.mean(-1).ravel()
+        assert np.corrcoef(intensity_original, intensity_changed)[0, 1] > 0.9
+    np.testing.assert_allclose(np.asarray(RandomStainJitter(0.0)(batch, training=True)), batch)
+
+
+def test_brightness_shifts_and_contrast_scales_around_the_mean():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(100, 150, (16, 8, 8, 3)).astype("float32")  # far from the clipping range
+    brighter = np.asarray(RandomBrightnessContrast(brightness=0.1, contrast=0.0, seed=1)(images, training=True))
+    shift = brighter - images  # one constant per image, within +-25.5
+    np.testing.assert_allclose(shift, shift[:, :1, :1, :1] * np.ones_like(shift), atol=1e-3)
+    assert np.abs(shift).max() <= 25.5 + 1e-3 and np.ptp(shift[:, 0, 0, 0]) > 1.0
+    contrasted = np.asarray(RandomBrightnessContrast(brightness=0.0, contrast=0.3, seed=2)(images, training=True))
+    np.testing.assert_allclose(contrasted.mean(axis=(1, 2)), images.mean(axis=(1, 2)), atol=1e-3)
+    spread = contrasted.std(axis=(1, 2)) / images.std(axis=(1, 2))
+    assert spread.min() >= 0.7 - 1e-4 and spread.max() <= 1.3 + 1e-4 and np.ptp(spread) > 0.05
+
+
+def test_invalid_strength_is_rejected():
+    with pytest.raises(ValueError, match="zoom"):
+        build_augmenter(zoom=1.5)
+    with pytest.raises(ValueError, match="contrast"):
+        build_augmenter(contrast=-0.1)
+    with pytest.raises(ValueError, match="strength"):
+        RandomStainJitter(-0.1)
+
+
+def test_custom_layers_serialise_round_trip():
+    for layer, attribute, value in ((RandomStainJitter(0.2, seed=5), "strength", 0.2),
+                                    (RandomZoomCrop(0.15, seed=5), "zoom", 0.15),
+                                    (RandomBrightnessContrast(0.05, 0.2, seed=5), "contrast", 0.2)):
+        restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        assert type(restored) is type(layer)
+        assert getattr(restored, attribute) == value and restored.seed == 5
+
+
+# ----- the whole augmenter -------------------------------------------------------------------
+
 def test_full_augmenter_keeps_shape_dtype_and_range(batch):
     augmented = np.asarray(build_augmenter(seed=1)(batch, training=True))
     assert augmented.shape == batch.shape
@@ -33,8 +193,8 @@ def test_full_augmenter_keeps_shape_dtype_and_range(batch):
 
 def test_zero_strengths_are_the_identity(batch):
     augmenter = build_augmenter(flips=False, rot90=False, zoom=0, brightness=0, contrast=0, stain_jitter=0)
+    assert not augmenter.geometric
     np.testing.assert_array_equal(np.asarray(augmenter(batch, training=True)), batch)
-    np.testing.assert_allclose(np.asarray(RandomStainJitter(0.0)(batch, training=True)), batch)
 
 
 def test_not_training_is_the_identity(batch):
@@ -49,58 +209,20 @@ def test_same_seed_same_result_other_seed_differs(batch):
     assert not np.allclose(first, other)
 
 
-def test_rot90_gives_exact_quarter_turns(batch):
-    rotated = np.asarray(RandomRot90(seed=0)(np.repeat(batch[:1], 16, axis=0), training=True))
-    turns = []
-    for image in rotated:
-        matches = [k for k in range(4) if np.array_equal(image, np.rot90(batch[0], k))]
-        assert len(matches) == 1
-        turns.append(matches[0])
-    assert len(set(turns)) >= 3  # 16 draws of a fair 4-sided die
+def test_geometric_only_augmenter_moves_pixels_exactly():
+    image = _asymmetric_image(6)
+    augmenter = build_augmenter(zoom=0, brightness=0, contrast=0, stain_jitter=0, seed=0)
+    moved = np.asarray(augmenter(np.repeat(image[None], 32, axis=0), training=True))
+    kinds = {_which_symmetry(m.astype("uint8"), image) for m in moved}
+    assert len(kinds) >= 5
 
 
-def test_rot90_rejects_non_square():
-    with pytest.raises(ValueError, match="square"):
-        RandomRot90()(np.zeros((2, 8, 6, 3), "float32"), training=True)
-
-
-def test_stain_matrices_are_inverse():
-    rgb_from_hed, hed_from_rgb = stain_matrices()
-    np.testing.assert_allclose(rgb_from_hed @ hed_from_rgb, np.eye(3), atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(rgb_from_hed, axis=1), 1.0, atol=1e-6)
-
-
-def test_stain_jitter_changes_colour_but_keeps_structure(batch):
-    jittered = np.asarray(RandomStainJitter(0.1, seed=0)(batch, training=True))
-    assert jittered.min() >= 0 and jittered.max() <= 255
-    mean_colour_shift = np.abs(jittered.mean(axis=(1, 2)) - batch.mean(axis=(1, 2))).max()
-    assert mean_colour_shift > 1.0
-    for original, changed in zip(batch, jittered):
-        intensity_original, intensity_changed = original.mean(-1).ravel(), changed.mean(-1).ravel()
-        assert np.corrcoef(intensity_original, intensity_changed)[0, 1] > 0.9
-
-
-def test_invalid_strength_is_rejected():
-    with pytest.raises(ValueError, match="zoom"):
-        build_augmenter(zoom=1.5)
-    with pytest.raises(ValueError, match="strength"):
-        RandomStainJitter(-0.1)
-
-
-def test_custom_layers_serialise_round_trip(batch):
-    layer = RandomStainJitter(0.2, seed=5, name="jitter")
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, RandomStainJitter)
-    assert restored.strength == 0.2 and restored.seed == 5
-    rot = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(RandomRot90(seed=2)))
-    assert isinstance(rot, RandomRot90) and rot.seed == 2
-
-
-def test_augmenter_runs_inside_tf_data(batch):
-    import tensorflow as tf
-
-    augmenter = build_augmenter(seed=0)
-    dataset = tf.data.Dataset.from_tensor_slices(batch).batch(3).map(lambda x: augmenter(x, training=True))
-    outputs = [np.asarray(x) for x in dataset]
-    assert [x.shape for x in outputs] == [(3, 16, 16, 3), (3, 16, 16, 3)]
-    assert all(x.min() >= 0 and x.max() <= 255 for x in outputs)
+def test_augmenter_config_rebuilds_the_same_augmenter(batch):
+    augmenter = build_augmenter(zoom=0.2, brightness=0.05, contrast=0.0, stain_jitter=0.1, seed=4)
+    config = augmenter.config()
+    assert config == {"flips": True, "turns": True, "zoom": 0.2, "brightness": 0.05, "contrast": 0.0,
+                      "stain_jitter": 0.1, "seed": 4}
+    rebuilt = Augmenter(**config)
+    np.testing.assert_array_equal(np.asarray(rebuilt(batch)), np.asarray(build_augmenter(
+        zoom=0.2, brightness=0.05, contrast=0.0, stain_jitter=0.1, seed=4)(batch)))
+    assert [layer.name for layer in augmenter.layers.layers] == ["zoom", "stain_jitter", "brightness_contrast"]

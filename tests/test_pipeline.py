@@ -99,3 +99,35 @@ def test_steps_and_validation(memmap_images):
         make_dataset(images, labels % 2, positions=[])
     with pytest.raises(ValueError, match="num_classes"):
         encode_labels(np.zeros(3, int), num_classes=1)
+
+
+def _symmetry_index(candidate: np.ndarray, image: np.ndarray) -> int:
+    turns = [np.rot90(image, k) for k in range(4)]
+    matches = [k for k, s in enumerate(turns + [np.fliplr(t) for t in turns]) if np.array_equal(candidate, s)]
+    assert len(matches) == 1
+    return matches[0]
+
+
+def test_geometric_augmentation_runs_in_the_gather_step_seeded_per_epoch():
+    base = np.arange(6 * 6 * 3, dtype="uint8").reshape(6, 6, 3)
+    images = np.repeat(base[None], 40, axis=0)
+    labels = np.arange(40) % 2
+    geometric = build_augmenter(zoom=0, brightness=0, contrast=0, stain_jitter=0, seed=0)
+    dataset = make_dataset(images, labels, batch_size=8, training=True, seed=3, augmenter=geometric)
+    first, _ = _collect(dataset)
+    second, _ = _collect(dataset)
+    again, _ = _collect(make_dataset(images, labels, batch_size=8, training=True, seed=3, augmenter=geometric))
+    kinds_first = [_symmetry_index(x.astype("uint8"), base) for x in first]
+    kinds_second = [_symmetry_index(x.astype("uint8"), base) for x in second]
+    assert len(set(kinds_first)) >= 5  # 40 draws over the 8 symmetries
+    assert kinds_first != kinds_second  # new draws every epoch
+    np.testing.assert_array_equal(first, again)  # and the same ones for the same seed
+    evaluation, _ = _collect(make_dataset(images, labels, batch_size=8, augmenter=geometric))
+    np.testing.assert_array_equal(evaluation, images.astype("float32"))  # never outside training
+
+
+def test_generic_callable_augmenter_is_applied_to_float_batches(memmap_images):
+    images, labels = memmap_images
+    x, _ = _collect(make_dataset(images, labels % 2, batch_size=8, training=True,
+                                 augmenter=lambda batch, training: batch * 0.0 + 7.0))
+    np.testing.assert_array_equal(x, 7.0)

@@ -137,3 +137,14 @@ def test_plot_history(trained):
         plot_history(result.history, metrics=("precision",))
     with pytest.raises(ValueError, match="empty"):
         plot_history(pd.DataFrame())
+
+
+def test_step_timer_records_the_steady_steps_of_every_epoch():
+    images, labels = separable_images(96, seed=3)
+    model = models.build_model("baseline_cnn", num_classes=2, input_size=SIZE, seed=0)
+    models.compile_model(model, learning_rate=1e-3, num_classes=2)
+    timer = train.StepTimer(skip=2)
+    model.fit(images.astype("float32"), labels.astype("float32"), batch_size=8, epochs=2, verbose=0,
+              callbacks=[timer])
+    assert len(timer.intervals) == 2 * (96 // 8 - 3)  # 12 steps: 11 intervals, the first 2 skipped
+    assert all(0.0 < seconds < 60.0 for seconds in timer.intervals)
