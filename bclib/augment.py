@@ -33,6 +33,7 @@ RUIFROK_JOHNSTON_STAINS = np.array(
     dtype="float64",
 )
 
+
 def stain_matrices() -> tuple[np.ndarray, np.ndarray]:
     """``(rgb_from_hed, hed_from_rgb)``: unit-length stain vectors and their inverse (float32)."""
     rgb_from_hed = RUIFROK_JOHNSTON_STAINS / np.linalg.norm(RUIFROK_JOHNSTON_STAINS, axis=1, keepdims=True)
@@ -268,7 +269,10 @@ class Augmenter:
         return self.flips or self.turns
 
     def dihedral(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """The geometric stage: one random symmetry of the square per image (any dtype)."""
+        """The geometric stage: one random symmetry of the square per image (any dtype).
+
+        Non-square images get mirrors only (a quarter turn would change their shape).
+        """
         turns = self.turns and np.shape(batch)[1] == np.shape(batch)[2]
         return random_dihedral(batch, self._rng if rng is None else rng, flips=self.flips, turns=turns)
 
