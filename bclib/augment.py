@@ -251,15 +251,16 @@ class Augmenter:
         for name in ("zoom", "brightness", "contrast", "stain_jitter"):
             setattr(self, name, _check_strength(name, getattr(self, name)))
         stack: list[keras.layers.Layer] = []
+        float32 = {"dtype": "float32"}  # pixel arithmetic stays float32 under a mixed-precision policy
         if self.zoom > 0:
-            stack.append(RandomZoomCrop(self.zoom, seed=self.seed + 2, name="zoom"))
+            stack.append(RandomZoomCrop(self.zoom, seed=self.seed + 2, name="zoom", **float32))
         if self.stain_jitter > 0:
-            stack.append(RandomStainJitter(self.stain_jitter, seed=self.seed + 3, name="stain_jitter"))
+            stack.append(RandomStainJitter(self.stain_jitter, seed=self.seed + 3, name="stain_jitter", **float32))
         if self.brightness > 0 or self.contrast > 0:
             stack.append(RandomBrightnessContrast(self.brightness, self.contrast, seed=self.seed + 4,
-                                                  name="brightness_contrast"))
+                                                  name="brightness_contrast", **float32))
         if not stack:
-            stack.append(keras.layers.Identity(name="identity"))
+            stack.append(keras.layers.Identity(name="identity", **float32))
         self.layers = keras.Sequential(stack, name="photometric")
         self._rng = np.random.default_rng(self.seed)
 

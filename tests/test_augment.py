@@ -226,3 +226,14 @@ def test_augmenter_config_rebuilds_the_same_augmenter(batch):
     np.testing.assert_array_equal(np.asarray(rebuilt(batch)), np.asarray(build_augmenter(
         zoom=0.2, brightness=0.05, contrast=0.0, stain_jitter=0.1, seed=4)(batch)))
     assert [layer.name for layer in augmenter.layers.layers] == ["zoom", "stain_jitter", "brightness_contrast"]
+
+
+def test_augmenter_stays_float32_under_mixed_precision(batch):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        augmented = np.asarray(build_augmenter(seed=2)(batch, training=True))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert augmented.dtype == np.float32
+    assert augmented.min() >= 0.0 and augmented.max() <= 255.0
