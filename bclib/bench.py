@@ -20,6 +20,7 @@ for this machine, never asserted by tests: figures on a shared, loaded CPU vary.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -443,7 +444,8 @@ def bench_pack(context: BenchContext) -> list[BenchRow]:
                       "decode_img_per_s", 10.0, ">= 10x", note=note)]
 
 
-def _interleaved_rates(model: Any, fits: dict[str, dict], batch_size: int, rounds: int) -> dict[str, float]:
+def _interleaved_rates(model: Any, fits: dict[str, dict], batch_size: int, steps_per_epoch: int,
+                       rounds: int) -> dict[str, float]:
     """Images/s of each way of feeding ``model.fit`` in its steady state.
 
     A short warm-up fit per input traces the train step first; then the inputs take turns
@@ -455,10 +457,14 @@ def _interleaved_rates(model: Any, fits: dict[str, dict], batch_size: int, round
 
     for fit_input in fits.values():
         model.fit(**fit_input, epochs=1, steps_per_epoch=2, verbose=0)
-    timers = {name: StepTimer() for name in fits}
+    skip = 2 if steps_per_epoch >= 6 else 0  # tiny runs: every interval counts
+    timers = {name: StepTimer(skip=skip) for name in fits}
     for _ in range(rounds):
         for name, fit_input in fits.items():
             model.fit(**fit_input, epochs=1, verbose=0, callbacks=[timers[name]])
+    if any(not timer.intervals for timer in timers.values()):
+        raise BenchError(f"{steps_per_epoch} training step(s) per epoch give no step interval to time; "
+                         "use more images or a smaller batch")
     return {name: batch_size / float(np.median(timer.intervals)) for name, timer in timers.items()}
 
 
@@ -488,7 +494,7 @@ def bench_pipeline(context: BenchContext) -> list[BenchRow]:
             "pipeline": {"x": dataset, "shuffle": False},  # the dataset shuffles itself
             "in_ram": {"x": in_memory, "y": labels.astype(np.float32).reshape(-1, 1),
                        "batch_size": settings.batch_size, "shuffle": True},
-        }, settings.batch_size, settings.timed_epochs)
+        }, settings.batch_size, math.ceil(n_images / settings.batch_size), settings.timed_epochs)
         measured = {"pipeline_img_per_s": rates["pipeline"], "in_ram_img_per_s": rates["in_ram"],
                     "images": float(n_images)}
         rows.append(ratio_row(
