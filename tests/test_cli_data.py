@@ -98,8 +98,8 @@ def test_download_calls_the_downloader_lazily(capsys, tmp_path, monkeypatch):
     class DownloadError(RuntimeError):
         pass
 
-    def fake_download(dataset, destination=None, url=None, progress=True):
-        calls.append((dataset, destination, url, progress))
+    def fake_download(dataset, destination=None, url=None, progress=True, force=False):
+        calls.append((dataset, destination, url, force))
         if dataset == "broken":
             raise DownloadError("the server said no; download it by hand from https://example.org")
         return Path(destination)
@@ -113,5 +113,8 @@ def test_download_calls_the_downloader_lazily(capsys, tmp_path, monkeypatch):
     code, out, _ = run(capsys, "data", "download", "idc", "--dest", str(tmp_path), "--url", "https://example.org/x.zip")
     assert code == 0 and str(tmp_path) in out
     assert calls[0][0] == "idc" and str(calls[0][1]) == str(tmp_path) and calls[0][2] == "https://example.org/x.zip"
+    assert calls[0][3] is False
+    assert run(capsys, "data", "download", "idc", "--dest", str(tmp_path), "--force")[0] == 0
+    assert calls[1][3] is True
     code, _, err = run(capsys, "data", "download", "broken", "--dest", str(tmp_path))
     assert code == 2 and "error: the server said no" in err

@@ -460,6 +460,25 @@ def test_existing_unrecorded_data_is_never_overwritten_without_force(server, mon
     assert len(scan("idc", destination).frame) == 12
 
 
+def test_cli_refuses_to_overwrite_and_replaces_with_force(server, monkeypatch, tmp_path, capsys):
+    from bclib.cli import main
+
+    _use_files(monkeypatch, "idc", _idc_remote(server, _zip_bytes(_idc_members())))
+    destination = tmp_path / "idc"
+    (destination / "IDC_regular_ps50_idx5").mkdir(parents=True)
+    keep = destination / "IDC_regular_ps50_idx5" / "mine.txt"
+    keep.write_text("hand-made copy")
+
+    assert main(["data", "download", "idc", "--dest", str(destination)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert keep.exists() and server.requests == []
+
+    assert main(["data", "download", "idc", "--dest", str(destination), "--force"]) == 0
+    assert f"idc is in {destination}" in capsys.readouterr().out
+    assert not keep.exists()
+    assert len(scan("idc", destination).frame) == 12
+
+
 def test_unknown_dataset_is_a_value_error():
     with pytest.raises(ValueError, match="unknown dataset"):
         dl.download("imagenet", progress=False)

@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("name", help="dataset name, e.g. idc")
     download.add_argument("--dest", default=None, help="destination folder (default: data/<name>)")
     download.add_argument("--url", default=None, help="download from this URL instead")
+    download.add_argument("--force", action="store_true",
+                          help="download again, replacing what is already in the destination")
     download.set_defaults(func=run_download)
 
 
@@ -164,17 +166,11 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_download(args: argparse.Namespace) -> int:
     from bclib.cli import CommandError
+    from bclib.download import DownloadError, download
 
     try:
-        from bclib import download as download_module
-    except ImportError as error:
-        raise CommandError(f"downloading is not available in this installation ({error})") from None
-    failure_types = tuple(
-        getattr(download_module, name) for name in ("DownloadError",) if isinstance(getattr(download_module, name, None), type)
-    ) or (RuntimeError,)
-    try:
-        folder = download_module.download(args.name, destination=args.dest, url=args.url, progress=True)
-    except failure_types as error:
+        folder = download(args.name, destination=args.dest, url=args.url, progress=True, force=args.force)
+    except (DownloadError, ValueError) as error:
         raise CommandError(str(error)) from None
     print(f"{args.name} is in {folder}")
     print(f"use it with: bclib data info --dataset {args.name} --data {folder}")
