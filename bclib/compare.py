@@ -250,9 +250,10 @@ class RunComparison:
         fig = evaluation_plots.gradcam_grid(
             inputs.astype(np.uint8), heatmaps, [int(entry.labels["test"][p]) for _, p in chosen],
             [float(scores[p]) for _, p in chosen], self.session.class_names, self.positive_label, columns=per_row,
+            captions=[group[:-1] for group, _ in chosen],
         )
         present = ", ".join(f"{group}: {len(positions)}" for group, positions in groups.items())
-        fig.suptitle(f"{name} Grad-CAM ({present}); rows in that order", fontsize=10)
+        fig.suptitle(f"{name} Grad-CAM, the most confident of each ({present})", fontsize=10)
         return fig
 
     def plot_slides(self, name: str, patients: list[str]) -> dict[str, Any]:

@@ -171,6 +171,12 @@ def test_gradcam_grid_figure(trained_plain, corner_data):
     fig = gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], columns=3)
     assert len(fig.axes) == 2 * 3 * 2  # 2 rows x 3 columns of (image, overlay)
     assert fig.axes[1].get_title().startswith("P(blob)")
+    captioned = gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], columns=3,
+                             captions=["group a"] * 2 + ["group b"] * 3)
+    assert captioned.axes[2].get_title() == f"group a\ntruth: {['plain', 'blob'][int(labels[1])]}"
+    assert captioned.axes[4].get_title().startswith("group b\n")
+    with pytest.raises(ValueError, match="captions"):
+        gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], captions=["one"])
     plt.close("all")
 
 

@@ -153,8 +153,11 @@ def patient_scatter(table: pd.DataFrame, column: str = "mean_probability", annot
 
 def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int], probs: Sequence[float],
                  class_names: Sequence[str], positive_label: int = 1, alpha: float = 0.4,
-                 columns: int = 4) -> matplotlib.figure.Figure:
-    """Pairs of axes per image: the image, and its Grad-CAM overlay titled with truth and P(positive)."""
+                 columns: int = 4, captions: Sequence[str] | None = None) -> matplotlib.figure.Figure:
+    """Pairs of axes per image: the image, and its Grad-CAM overlay titled with truth and P(positive).
+
+    ``captions``: one line per image put before its truth (e.g. "false positive").
+    """
     from bclib.explain import overlay
 
     images = np.asarray(images)
@@ -163,9 +166,11 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int]
         raise ValueError("images, heatmaps, labels and probs must have the same length")
     if n == 0:
         raise ValueError("no images to show")
+    if captions is not None and len(captions) != n:
+        raise ValueError(f"{len(captions)} captions for {n} images")
     columns = max(1, min(columns, n))
     rows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.3 * 2 * columns, 2.5 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.3 * 2 * columns, 2.8 * rows + 0.5), squeeze=False)
     positive_name = class_names[positive_label]
     for position in range(rows * columns):
         ax_image, ax_overlay = axes[position // columns, 2 * (position % columns): 2 * (position % columns) + 2]
@@ -174,7 +179,8 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int]
         if position >= n:
             continue
         ax_image.imshow(images[position])
-        ax_image.set_title(f"truth: {class_names[int(labels[position])]}", fontsize=8)
+        truth = f"truth: {class_names[int(labels[position])]}"
+        ax_image.set_title(truth if captions is None else f"{captions[position]}\n{truth}", fontsize=8)
         ax_overlay.imshow(overlay(images[position], heatmaps[position], alpha))
         ax_overlay.set_title(f"P({positive_name}) = {float(probs[position]):.2f}", fontsize=8)
     fig.suptitle("Grad-CAM: where the model looked (not where the disease is)", fontsize=10)
