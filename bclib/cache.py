@@ -38,6 +38,7 @@ POSITIONS_FILE = "positions.npy"
 FRAME_FILE = "index.csv"
 FAILED_FILE = "failed.json"
 META_FILE = "meta.json"
+LAST_USED_FILE = "LAST_USED"  # its modification time: when the cache was last opened
 
 
 class CacheError(RuntimeError):
@@ -180,7 +181,19 @@ def _write_cache(index: DatasetIndex, image_size: int, folder: Path, chunk_size:
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
+def mark_used(path: Path) -> None:
+    """Record that a cache (folder) or a cache file was just used (for clean-ups by last use)."""
+    try:
+        if path.is_dir():
+            (path / LAST_USED_FILE).touch()
+        else:
+            os.utime(path)
+    except OSError:  # a read-only cache stays usable
+        pass
+
+
 def _open(directory: Path, index: DatasetIndex, image_size: int, reused: bool, seconds: float) -> PackedCache:
+    mark_used(directory)
     images = np.load(directory / IMAGES_FILE, mmap_mode="r")
     labels = np.load(directory / LABELS_FILE)
     positions = np.load(directory / POSITIONS_FILE)
@@ -260,4 +273,4 @@ def open_cache(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, pd
     )
 
 
-__all__ = ["CacheError", "PackedCache", "cache_key", "is_complete", "open_cache", "pack"]
+__all__ = ["CacheError", "PackedCache", "cache_key", "is_complete", "mark_used", "open_cache", "pack"]

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from bclib import paths
+from bclib.cache import mark_used
 from bclib.models import build_head, compile_model, freeze_backbone, output_classes
 from bclib.pipeline import encode_labels
 from bclib.train import EpochTimer, TrainResult, fit
@@ -61,6 +62,7 @@ def extract_features(
     if cache_key is not None:
         cache_file = Path(cache_dir or features_cache_dir()) / f"{cache_key}.npy"
         if cache_file.is_file():
+            mark_used(cache_file)
             return np.load(cache_file)
     if isinstance(data, tf.data.Dataset):
         features = feature_model.predict(_images_only(data), verbose=0)

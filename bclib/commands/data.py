@@ -1,4 +1,4 @@
-"""``bclib data info|split|pack|check|synth|download``: look at, split, pack, check or fetch a dataset."""
+"""``bclib data info|split|pack|check|synth|cache|download``: look at, split, pack, check, clean up or fetch."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--patches", type=int, default=24, help="patches per patient (default: 24)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.set_defaults(func=run_synth)
+
+    cache = commands.add_parser("cache", help="list the packed caches and feature files; --clean removes old ones",
+                                description="List the cache folder (largest first). --clean removes unfinished "
+                                            "builds, caches whose data folder is gone, and with --unused-days or "
+                                            "--all more; every cache is rebuilt on demand.")
+    cache.add_argument("--cache-dir", default=None, help="cache folder (default: $BCLIB_CACHE or data/cache)")
+    cache.add_argument("--clean", action="store_true", help="remove what is no longer needed")
+    cache.add_argument("--unused-days", type=float, default=None, help="with --clean: also what was not used for N days")
+    cache.add_argument("--all", action="store_true", help="with --clean: remove everything")
+    cache.add_argument("--dry-run", action="store_true", help="with --clean: only say what would be removed")
+    cache.add_argument("--json", action="store_true", help="print JSON")
+    cache.set_defaults(func=run_cache)
 
     download = commands.add_parser("download", help="download a public dataset")
     download.add_argument("name", help="dataset name, e.g. idc")
@@ -161,6 +173,39 @@ def run_synth(args: argparse.Namespace) -> int:
     folder = make_synthetic_idc(args.path, n_patients=args.patients, patches_per_patient=args.patches, seed=args.seed)
     print(f"synthetic IDC data ({args.patients} patients x {args.patches} patches) written to {folder}")
     print(f"use it with: bclib data info --dataset idc --data {Path(args.path)}")
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from bclib import cache_maintenance as maintenance
+    from bclib import paths
+    from bclib.cli import CommandError
+
+    if not args.clean and (args.all or args.unused_days is not None or args.dry_run):
+        raise CommandError("--all, --unused-days and --dry-run go with --clean")
+    root = Path(args.cache_dir) if args.cache_dir else paths.cache_dir()
+    entries = maintenance.inventory(root)
+    chosen = maintenance.select_for_removal(entries, everything=args.all, unused_days=args.unused_days) \
+        if args.clean else []
+    freed = maintenance.remove(chosen) if chosen and not args.dry_run else 0
+    if args.json:
+        _print_json({"cache_dir": str(root), "entries": [entry.as_dict() for entry in entries],
+                     "removed": [str(entry.path) for entry in chosen] if not args.dry_run else [],
+                     "would_remove": [str(entry.path) for entry in chosen] if args.dry_run else [],
+                     "freed_bytes": freed})
+        return 0
+    print(f"cache folder: {root} ({len(entries)} item(s), {maintenance.human_bytes(sum(e.bytes for e in entries))})")
+    removing = {entry.path for entry in chosen}
+    for entry in entries:
+        what = {"packed": f"{entry.dataset} {entry.image_size}px, {entry.images} images, from {entry.source}"
+                          + ("" if entry.source_exists else " (folder gone)"),
+                "unfinished": "an interrupted pack", "features": "cached features"}[entry.kind]
+        mark = ("would remove " if args.dry_run else "removed ") if entry.path in removing else ""
+        print(f"  {mark}{entry.path.name}  {maintenance.human_bytes(entry.bytes)}, "
+              f"used {entry.age_days():.1f} days ago: {what}")
+    if args.clean:
+        total = maintenance.human_bytes(sum(entry.bytes for entry in chosen))
+        print(f"{len(chosen)} item(s), {total} " + ("would be freed (dry run)" if args.dry_run else "freed"))
     return 0
 
 
