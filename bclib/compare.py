@@ -184,21 +184,15 @@ class RunComparison:
             if self.binary:
                 result = metrics.binary_metrics(y, self.scores(entry, "test"), entry.threshold, self.positive_label)
                 matrix = np.asarray(result["confusion_matrix"])
-                names = [self.session.class_names[1 - self.positive_label], f"{self.positive_name} (positive)"]
             else:
                 predicted = np.argmax(entry.probabilities["test"], axis=1)
                 matrix = pd.crosstab(pd.Categorical(y, categories=range(self.session.num_classes)),
                                      pd.Categorical(predicted, categories=range(self.session.num_classes)),
                                      dropna=False).to_numpy()
-                names = self.session.class_names
-            ax.imshow(matrix, cmap="Blues")
-            for row in range(matrix.shape[0]):
-                for column in range(matrix.shape[1]):
-                    ax.text(column, row, f"{int(matrix[row, column]):,}", ha="center", va="center",
-                            color="white" if matrix[row, column] > 0.6 * matrix.max() else "black")
-            ax.set_xticks(range(len(names)), names, fontsize=8)
-            ax.set_yticks(range(len(names)), names, fontsize=8)
-            ax.set(xlabel="decision", ylabel="truth", title=f"{entry.name}\nthreshold {entry.threshold:.3f}")
+            evaluation_plots.confusion_matrix(
+                matrix, self.session.class_names, self.positive_label if self.binary else None, ax=ax,
+                xlabel="decision", title=f"{entry.name}\nthreshold {entry.threshold:.3f}",
+            )
         fig.tight_layout()
         return fig
 

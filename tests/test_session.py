@@ -129,6 +129,10 @@ def test_validation_report_and_comparison(smoke_session, finished_card):
     for figure in (run.plot_curves(), run.plot_confusion_matrices(), run.plot_calibration(), run.plot_patients("baseline_cnn"),
                    run.plot_gradcam("baseline_cnn", per_row=2)):
         assert figure.axes
+    matrices = run.plot_confusion_matrices()
+    counts = [int(text.get_text().replace(",", "")) for text in matrices.axes[0].texts]
+    assert len(counts) == 4 and sum(counts) == len(session.positions("test"))
+    assert any("(positive)" in label.get_text() for label in matrices.axes[0].get_yticklabels())
     slides = run.plot_slides("baseline_cnn", [session.split.patients("test")[0], "no-such-patient"])
     assert len(slides) == 1
     path = run.write_evaluation(session, n_boot=20)

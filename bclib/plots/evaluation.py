@@ -65,11 +65,13 @@ def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], positive_
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], positive_label: int | None = 1,
-                     normalize: bool = False, title: str | None = None) -> matplotlib.figure.Figure:
+                     normalize: bool = False, title: str | None = None, ax=None,
+                     xlabel: str = "predicted") -> matplotlib.figure.Figure:
     """The confusion matrix (rows = truth, columns = prediction) with named classes.
 
     ``matrix`` is in label order (as :func:`bclib.metrics.binary_metrics` gives it for binary
     data: ``[[tn, fp], [fn, tp]]`` with the negative class first). The positive class is marked.
+    ``ax``: draw into this axes (of a larger figure) instead of a new figure.
     """
     counts = np.asarray(matrix, dtype=float)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
@@ -82,8 +84,11 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
         ordered = [names[1 - positive_label], names[positive_label]]
         names = [ordered[0], f"{ordered[1]} (positive)"]
     shown = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
-    size = max(3.6, 1.1 * len(names) + 1.5)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    if ax is None:
+        size = max(3.6, 1.1 * len(names) + 1.5)
+        fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    else:
+        fig = ax.figure
     ax.imshow(shown, cmap="Blues", vmin=0, vmax=shown.max() if shown.max() > 0 else 1)
     for row in range(len(names)):
         for column in range(len(names)):
@@ -92,7 +97,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
             ax.text(column, row, text, ha="center", va="center", color="white" if dark else "black")
     ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted", ylabel="truth", title=title or ("Confusion matrix" + (" (row-normalised)" if normalize else "")))
+    ax.set(xlabel=xlabel, ylabel="truth", title=title or ("Confusion matrix" + (" (row-normalised)" if normalize else "")))
     fig.tight_layout()
     return fig
 
