@@ -354,22 +354,6 @@ def _subsample(n_total: int, n_wanted: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_total, size=n_wanted, replace=False))
 
 
-def _resize_in_memory(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 images resized to ``size`` (as float32, the model's input), fully in RAM."""
-    from bclib.pipeline import resize_images
-
-    return resize_images(images, size)
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels).ravel()
-    if len(np.unique(labels)) < 2:
-        return None
-    return float(roc_auc_score(labels, np.asarray(scores).ravel()))
-
-
 def _train_val_positions(labels: np.ndarray, positions: np.ndarray, seed: int, val_fraction: float = 0.3):
     """A seeded stratified split of ``positions`` (a bench needs both classes on each side)."""
     rng = np.random.default_rng(seed)
@@ -472,7 +456,7 @@ def bench_pipeline(context: BenchContext) -> list[BenchRow]:
     """tf.data pipeline with augmentation against ``model.fit`` on an in-RAM array."""
     from bclib.augment import build_augmenter
     from bclib.models import build_model, compile_model
-    from bclib.pipeline import make_dataset
+    from bclib.pipeline import make_dataset, resize_images
 
     settings = context.settings
     cache = context.ensure_cache()
@@ -489,7 +473,7 @@ def bench_pipeline(context: BenchContext) -> list[BenchRow]:
         dataset = make_dataset(cache.images, cache.labels, positions=positions, batch_size=settings.batch_size,
                                training=True, image_size=size, augmenter=build_augmenter(seed=settings.seed),
                                seed=settings.seed, num_classes=2)
-        in_memory = _resize_in_memory(cache.images[positions], size)
+        in_memory = resize_images(cache.images[positions], size)
         rates = _interleaved_rates(model, {
             "pipeline": {"x": dataset, "shuffle": False},  # the dataset shuffles itself
             "in_ram": {"x": in_memory, "y": labels.astype(np.float32).reshape(-1, 1),
@@ -515,6 +499,20 @@ def _local_imagenet_weights(input_size: int) -> str | None:
     return str(path) if path.is_file() else None
 
 
+def _timed_fit(model: Any, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+               settings: BenchSettings) -> tuple[float, float | None]:
+    """Compile and train ``model`` in order (no shuffling); its fastest epoch and validation AUC."""
+    from bclib.metrics import roc_auc
+    from bclib.models import compile_model
+    from bclib.train import EpochTimer
+
+    compile_model(model, learning_rate=1e-3, num_classes=2)
+    timer = EpochTimer()
+    model.fit(train_x, train_y, batch_size=settings.batch_size, epochs=settings.feature_epochs,
+              shuffle=False, verbose=0, callbacks=[timer])
+    return min(timer.seconds), roc_auc(val_y, model.predict(val_x, batch_size=settings.batch_size, verbose=0))
+
+
 def _features_comparison(cache: Any, positions_train: np.ndarray, positions_val: np.ndarray,
                          settings: BenchSettings) -> dict[str, float | None]:
     """Frozen backbone trained end to end against the same head on precomputed features.
@@ -523,12 +521,12 @@ def _features_comparison(cache: Any, positions_train: np.ndarray, positions_val:
     use no dropout, so their validation AUCs should agree; only the speed differs.
     """
     from bclib.features import extract_features
-    from bclib.models import backbone_and_head, build_model, calibrate_batchnorm, compile_model
-    from bclib.train import EpochTimer
+    from bclib.models import backbone_and_head, build_model, calibrate_batchnorm
+    from bclib.pipeline import resize_images
 
     size = settings.mobilenet_size
-    train_x = _resize_in_memory(cache.images[positions_train], size)
-    val_x = _resize_in_memory(cache.images[positions_val], size)
+    train_x = resize_images(cache.images[positions_train], size)
+    val_x = resize_images(cache.images[positions_val], size)
     labels = np.asarray(cache.labels).astype(np.float32)
     train_y, val_y = labels[positions_train].reshape(-1, 1), labels[positions_val]
 
@@ -539,23 +537,13 @@ def _features_comparison(cache: Any, positions_train: np.ndarray, positions_val:
         calibrate_batchnorm(frozen.get_layer("backbone"), frozen.get_layer("preprocess")(train_x[:256]))
     extractor, head = backbone_and_head(frozen)  # the head copies the initial head weights
 
-    compile_model(frozen, learning_rate=1e-3, num_classes=2)
-    timer = EpochTimer()
-    frozen.fit(train_x, train_y, batch_size=settings.batch_size, epochs=settings.feature_epochs,
-               shuffle=False, verbose=0, callbacks=[timer])
-    frozen_epoch_seconds = min(timer.seconds)
-    frozen_auc = _auc(val_y, frozen.predict(val_x, batch_size=settings.batch_size, verbose=0))
+    frozen_epoch_seconds, frozen_auc = _timed_fit(frozen, train_x, train_y, val_x, val_y, settings)
 
     start = time.perf_counter()
     features = extract_features(extractor, np.concatenate([train_x, val_x]), batch_size=settings.batch_size)
     extract_seconds = time.perf_counter() - start
     train_features, val_features = features[: len(train_x)], features[len(train_x):]
-    compile_model(head, learning_rate=1e-3, num_classes=2)
-    timer = EpochTimer()
-    head.fit(train_features, train_y, batch_size=settings.batch_size, epochs=settings.feature_epochs,
-             shuffle=False, verbose=0, callbacks=[timer])
-    head_epoch_seconds = min(timer.seconds)
-    head_auc = _auc(val_y, head.predict(val_features, batch_size=settings.batch_size, verbose=0))
+    head_epoch_seconds, head_auc = _timed_fit(head, train_features, train_y, val_features, val_y, settings)
     return {
         "head_epochs_per_s": 1.0 / head_epoch_seconds,
         "frozen_epochs_per_s": 1.0 / frozen_epoch_seconds,

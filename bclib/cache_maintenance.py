@@ -81,8 +81,8 @@ def inventory(cache_root: str | os.PathLike | None = None) -> list[CacheEntry]:
     for folder in sorted(path for path in root.iterdir() if path.is_dir() and not path.is_symlink()):
         if folder.name == "features":
             for file in sorted(folder.glob("*.npy")):
-                stat = file.stat()
-                entries.append(CacheEntry(file, "features", stat.st_size, max(stat.st_mtime, stat.st_atime)))
+                stat = file.stat()  # its modification time is its last use (see cache.mark_used)
+                entries.append(CacheEntry(file, "features", stat.st_size, stat.st_mtime))
         elif ".building-" in folder.name:
             entries.append(CacheEntry(folder, "unfinished", _folder_bytes(folder), folder.stat().st_mtime))
         elif (folder / COMPLETE_MARKER).exists():
@@ -127,9 +127,11 @@ def remove(entries: list[CacheEntry]) -> int:
 
 
 def human_bytes(count: float) -> str:
-    """``1536`` -> ``'1.5 KB'`` (powers of 1024)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+    """``1536`` -> ``'1.5 KB'`` (powers of 1024, GB at most)."""
+    if abs(count) < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KB", "MB", "GB"):
         count /= 1024
-    raise AssertionError("unreachable")
+        if abs(count) < 1024 or unit == "GB":
+            break
+    return f"{count:.1f} {unit}"

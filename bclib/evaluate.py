@@ -58,7 +58,7 @@ def predict_index(model, index, image_size: int, batch_size: int = 256, progress
     workers = workers or min(8, (os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as prefetch:
         pending = prefetch.submit(_decode_batch, index, range(0, min(batch_size, n)), image_size, pool)
-        for number, start in enumerate(starts):
+        for number in range(len(starts)):
             batch = pending.result()
             if number + 1 < len(starts):
                 following = starts[number + 1]
