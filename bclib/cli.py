@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import sys
 from typing import Sequence
 
@@ -37,9 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up INFO lines (oneDNN, CUDA probing) drown the command's own output;
-    # warnings and errors still show, and an explicit TF_CPP_MIN_LOG_LEVEL wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import types
 from pathlib import Path
 
-import pytest
 
 from bclib.cli import main
 from bclib.datasets.synthetic import make_synthetic_idc
@@ -120,14 +118,3 @@ def test_download_calls_the_downloader_lazily(capsys, tmp_path, monkeypatch):
     assert calls[1][3] is True
     code, _, err = run(capsys, "data", "download", "broken", "--dest", str(tmp_path))
     assert code == 2 and "error: the server said no" in err
-
-
-@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
-def test_cli_quiets_tensorflow_info_logs_unless_told_otherwise(monkeypatch, capsys, preset, expected):
-    if preset is None:
-        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    else:
-        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", preset)
-    with pytest.raises(SystemExit):
-        main(["--version"])
-    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == expected
