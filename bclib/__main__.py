@@ -1,6 +1,6 @@
 """``python -m bclib`` runs the console command."""
 import sys
 
-from bclib.cli import main
+from bclib.run.cli import main
 
 sys.exit(main())

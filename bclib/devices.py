@@ -3,7 +3,7 @@
 Call :func:`configure` once, before building models (the mixed-precision policy applies to
 layers created afterwards). On a GPU the defaults turn on ``mixed_float16`` and XLA; on a
 CPU everything stays float32. Model outputs are float32 in every case (the output layers
-of :mod:`bclib.models` force it).
+of :mod:`bclib.models.builders` force it).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Every notebook calls :func:`start` right after its ``parameters`` cell::
                                   run_id=run_id, profile=profile, seed=seed, epochs=epochs)
 
 and then asks the session for data (``session.dataset("train", ...)``), saves figures with
-``session.save_fig`` and writes its model with :mod:`bclib.experiment`.
+``session.save_fig`` and writes its model with :mod:`bclib.evaluation.experiment`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bclib import DISCLAIMER, __version__, paths, profiles
-from bclib.datasets import DatasetIndex, scan
+from bclib.data.datasets import DatasetIndex, scan
 
 INTERACTIVE_RUN_ID = "interactive"
 SYNTHETIC_BANNER = "SYNTHETIC DEMO DATA: generated patches, not patients. No metric here says anything about cancer."
@@ -33,7 +33,7 @@ def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None, a
     Returns ``(path, synthetic)``. An explicit ``data_dir`` that does not exist is an error,
     never silently replaced by synthetic data.
     """
-    from bclib.datasets.synthetic import ensure_demo_dataset, is_synthetic_folder
+    from bclib.data.synthetic import ensure_demo_dataset, is_synthetic_folder
 
     location = paths.find_dataset_dir(dataset, data_dir)
     if location is not None:
@@ -138,7 +138,7 @@ class Session:
     def dataset(self, split_name: str, image_size: int | None = None, batch_size: int | None = None,
                 training: bool | None = None, augmenter: Any = None, positions: np.ndarray | None = None):
         """A tf.data pipeline over one split (shuffled and augmented only for ``train``)."""
-        from bclib.pipeline import make_dataset
+        from bclib.data.pipeline import make_dataset
 
         training = (split_name == "train") if training is None else training
         return make_dataset(
@@ -156,7 +156,7 @@ class Session:
     # ----- outputs ------------------------------------------------------------------------
     def save_fig(self, fig: Any, name: str) -> Path:
         """Save ``fig`` as PNG into this notebook's run folder (listed in its figures.json)."""
-        from bclib.reports import save_fig
+        from bclib.run.reports import save_fig
 
         path = save_fig(fig, name, self.out_dir)
         if path.name not in self.figures:
@@ -254,8 +254,8 @@ def start(
 
     ``kind="transfer"`` makes ``image_size`` default to the profile's transfer input size.
     """
-    from bclib.cache import pack
-    from bclib.splits import make_split
+    from bclib.data.cache import pack
+    from bclib.data.splits import make_split
 
     split = split or profiles.default_split(dataset)
     if kind == "transfer" and params.get("image_size") is None:

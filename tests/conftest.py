@@ -57,7 +57,7 @@ def _isolated_outputs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_idc(tmp_path_factory) -> Path:
     """A small synthetic dataset in the real IDC layout (12 patients, both classes each)."""
-    from bclib.datasets.synthetic import make_synthetic_idc
+    from bclib.data.synthetic import make_synthetic_idc
 
     root = tmp_path_factory.mktemp("synthetic_idc")
     make_synthetic_idc(root, n_patients=12, patches_per_patient=24, seed=0)

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from bclib.augment import (
+from bclib.data.augment import (
     Augmenter,
     RandomBrightnessContrast,
     RandomStainJitter,

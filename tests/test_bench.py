@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bclib import paths
-from bclib.bench import (
+from bclib.run.bench import (
     SECTIONS,
     BenchError,
     BenchReport,
@@ -88,7 +88,7 @@ def test_table_and_report_file(tmp_path):
 
 
 def test_cli_rejects_bad_options(capsys):
-    from bclib.cli import main
+    from bclib.run.cli import main
 
     assert main(["bench", "--only", "nonsense"]) == 2
     assert main(["bench", "--tiny", "--data", "/nowhere"]) == 2
@@ -98,7 +98,7 @@ def test_cli_rejects_bad_options(capsys):
 @pytest.mark.slow
 def test_bench_tiny_writes_every_section(capsys):
     """The CI run: ``bclib bench --tiny`` on synthetic data; every section measured, figures positive."""
-    from bclib.cli import main
+    from bclib.run.cli import main
 
     assert main(["bench", "--tiny"]) == 0
     output = capsys.readouterr().out
@@ -130,7 +130,7 @@ def test_bench_tiny_writes_every_section(capsys):
 def test_calibrate_batchnorm_matches_the_data_and_keeps_weights():
     import keras
 
-    from bclib.models import calibrate_batchnorm
+    from bclib.models.builders import calibrate_batchnorm
 
     inputs = keras.Input((4, 4, 3))
     x = keras.layers.Conv2D(2, 1, name="conv")(inputs)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib.datasets import breakhis
-from bclib.datasets import scan as registry_scan
-from bclib.datasets.base import DatasetError
+from bclib.data.datasets import breakhis
+from bclib.data.datasets import scan as registry_scan
+from bclib.data.index import DatasetError
 
 LETTER = {"benign": "B", "malignant": "M"}
 CODES = {subtype: code for code, (subtype, _) in breakhis.SUBTYPE_CODES.items()}
@@ -159,7 +159,7 @@ def test_registry_and_content_hash(synthetic_breakhis: Path) -> None:
 
 
 def test_patient_split_is_disjoint(synthetic_breakhis: Path) -> None:
-    splits = pytest.importorskip("bclib.splits")
+    splits = pytest.importorskip("bclib.data.splits")
     index = breakhis.scan(synthetic_breakhis)
     split = splits.make_split(index, "patient", seed=0)
     seen: dict[str, str] = {}
@@ -200,7 +200,7 @@ def test_real_sample(shared_data: Path) -> None:
 
 @pytest.mark.realdata
 def test_real_sample_patient_split(shared_data: Path) -> None:
-    splits = pytest.importorskip("bclib.splits")
+    splits = pytest.importorskip("bclib.data.splits")
     root = shared_data / "breakhis"
     if not root.is_dir():
         pytest.skip("no breakhis folder in the shared data")

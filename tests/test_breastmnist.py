@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bclib.datasets import breastmnist
-from bclib.datasets import scan as registry_scan
-from bclib.datasets.base import DatasetError
+from bclib.data.datasets import breastmnist
+from bclib.data.datasets import scan as registry_scan
+from bclib.data.index import DatasetError
 
 SIZES = {"train": 6, "val": 3, "test": 4}
 
@@ -104,7 +104,7 @@ def test_mismatched_lengths_and_bad_labels(tmp_path: Path) -> None:
 
 
 def test_official_split_from_the_split_column(small_npz: Path) -> None:
-    splits = pytest.importorskip("bclib.splits")
+    splits = pytest.importorskip("bclib.data.splits")
     index = breastmnist.scan(small_npz)
     split = splits.make_split(index, "official", seed=0)
     for name, size in SIZES.items():

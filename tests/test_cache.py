@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bclib import cache as cache_module
-from bclib.cache import COMPLETE_MARKER, CacheError, is_complete, open_cache, pack
-from bclib.datasets import idc
-from bclib.datasets.base import _read_path
-from bclib.datasets.synthetic import make_synthetic_idc
-from bclib.imageio import fit_to_square
+from bclib.data import cache as cache_module
+from bclib.data.cache import COMPLETE_MARKER, CacheError, is_complete, open_cache, pack
+from bclib.data.datasets import idc
+from bclib.data.index import _read_path
+from bclib.data.synthetic import make_synthetic_idc
+from bclib.data.imageio import fit_to_square
 
 
 @pytest.fixture()

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bclib import cache_maintenance as maintenance
-from bclib.cache import LAST_USED_FILE, pack
-from bclib.cli import main
-from bclib.datasets import idc
-from bclib.datasets.synthetic import make_synthetic_idc
+from bclib.data import cache_maintenance as maintenance
+from bclib.data.cache import LAST_USED_FILE, pack
+from bclib.run.cli import main
+from bclib.data.datasets import idc
+from bclib.data.synthetic import make_synthetic_idc
 
 DAY = 86400.0
 

@@ -1,10 +1,11 @@
-"""bclib.calibration: ECE, reliability data, temperature scaling."""
+"""bclib.evaluation.calibration: ECE, reliability data, temperature scaling."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bclib import calibration, metrics
+from bclib.evaluation import calibration
+from bclib.evaluation import metrics
 
 
 def _calibrated(n: int = 20_000, seed: int = 0):

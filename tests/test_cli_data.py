@@ -1,4 +1,4 @@
-"""``bclib data ...`` called in-process through ``bclib.cli.main``."""
+"""``bclib data ...`` called in-process through ``bclib.run.cli.main``."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import types
 from pathlib import Path
 
 
-from bclib.cli import main
-from bclib.datasets.synthetic import make_synthetic_idc
+from bclib.run.cli import main
+from bclib.data.synthetic import make_synthetic_idc
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -104,9 +104,9 @@ def test_download_calls_the_downloader_lazily(capsys, tmp_path, monkeypatch):
             raise DownloadError("the server said no; download it by hand from https://example.org")
         return Path(destination)
 
-    fake = types.ModuleType("bclib.download")
+    fake = types.ModuleType("bclib.data.download")
     fake.download, fake.DownloadError = fake_download, DownloadError
-    monkeypatch.setitem(sys.modules, "bclib.download", fake)
+    monkeypatch.setitem(sys.modules, "bclib.data.download", fake)
     import bclib
 
     monkeypatch.setattr(bclib, "download", fake, raising=False)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib import download as dl
-from bclib.datasets import DatasetError, scan
+from bclib.data import download as dl
+from bclib.data.datasets import DatasetError, scan
 
 PATIENTS = ("8863", "9036")
 
@@ -461,7 +461,7 @@ def test_existing_unrecorded_data_is_never_overwritten_without_force(server, mon
 
 
 def test_cli_refuses_to_overwrite_and_replaces_with_force(server, monkeypatch, tmp_path, capsys):
-    from bclib.cli import main
+    from bclib.run.cli import main
 
     _use_files(monkeypatch, "idc", _idc_remote(server, _zip_bytes(_idc_members())))
     destination = tmp_path / "idc"

@@ -30,7 +30,7 @@ def test_environment_parses_and_matches_pyproject():
 
 def test_pyproject_declares_console_command_and_dev_extra():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["bclib"] == "bclib.cli:main"
+    assert pyproject["project"]["scripts"]["bclib"] == "bclib.run.cli:main"
     dev = {_name(item) for item in pyproject["project"]["optional-dependencies"]["dev"]}
     assert {"pytest", "pytest-timeout", "pytest-xdist"} <= dev
     required = {"tensorflow", "keras", "jupyterlab", "ipykernel", "ipywidgets", "papermill", "seaborn",

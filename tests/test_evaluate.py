@@ -1,4 +1,4 @@
-"""bclib.evaluate and `bclib evaluate`: saved model + card, synthetic IDC tree, honest errors."""
+"""bclib.evaluation.evaluate and `bclib evaluate`: saved model + card, synthetic IDC tree, honest errors."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,10 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from bclib import evaluate, modelcard  # noqa: E402
-from bclib.datasets import DatasetError, idc  # noqa: E402
-from bclib.imageio import fit_to_square  # noqa: E402
+from bclib.evaluation import evaluate# noqa: E402
+from bclib.evaluation import modelcard
+from bclib.data.datasets import DatasetError, idc  # noqa: E402
+from bclib.data.imageio import fit_to_square  # noqa: E402
 
 
 def _tiny_model(input_size: int = 50) -> keras.Model:
@@ -43,7 +44,7 @@ def _card(split_hash: str | None = None, seed: int = 0, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, synthetic_idc) -> Path:
-    from bclib.splits import make_split
+    from bclib.data.splits import make_split
 
     folder = tmp_path_factory.mktemp("model")
     _tiny_model(32).save(folder / "model.keras")
@@ -80,7 +81,7 @@ def test_predict_index_keeps_row_order_and_resizes(synthetic_idc):
 
 
 def test_evaluate_test_split(saved_model, synthetic_idc):
-    from bclib.splits import make_split
+    from bclib.data.splits import make_split
 
     result = evaluate.evaluate_model(saved_model, "idc", synthetic_idc, split="test", n_boot=200)
     index = idc.scan(synthetic_idc)
@@ -133,7 +134,7 @@ def test_clear_errors(saved_model, synthetic_idc, tmp_path):
 
 
 def test_cli_table_json_and_errors(saved_model, synthetic_idc, capsys):
-    from bclib.cli import main
+    from bclib.run.cli import main
 
     code = main(["evaluate", "--model", str(saved_model), "--data", str(synthetic_idc), "--n-boot", "50"])
     out = capsys.readouterr().out
@@ -156,7 +157,8 @@ def _scores(n: int = 200, seed: int = 0):
 def test_roc_pr_confusion_and_reliability_figures():
     import matplotlib.pyplot as plt
 
-    from bclib import calibration, metrics
+    from bclib.evaluation import calibration
+    from bclib.evaluation import metrics
     from bclib.plots import evaluation as figures
 
     y, prob = _scores()
@@ -179,7 +181,7 @@ def test_roc_pr_confusion_and_reliability_figures():
 def test_patient_scatter_figure():
     import matplotlib.pyplot as plt
 
-    from bclib import metrics
+    from bclib.evaluation import metrics
     from bclib.plots import evaluation as figures
 
     y, prob = _scores()

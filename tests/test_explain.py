@@ -1,4 +1,4 @@
-"""bclib.explain: Grad-CAM on plain and nested models, overlays."""
+"""bclib.evaluation.explain: Grad-CAM on plain and nested models, overlays."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from bclib import explain  # noqa: E402
+from bclib.evaluation import explain# noqa: E402
 
 SIZE = 32
 CORNER = 12  # the blob lives in the top-left CORNER x CORNER pixels

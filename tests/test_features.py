@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bclib import features, models
-from bclib.pipeline import make_dataset
+from bclib.models import features
+from bclib.models import builders as models
+from bclib.data.pipeline import make_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIZE = 32

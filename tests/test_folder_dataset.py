@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib.datasets import folder
-from bclib.datasets import scan as registry_scan
-from bclib.datasets.base import DatasetError
+from bclib.data.datasets import folder
+from bclib.data.datasets import scan as registry_scan
+from bclib.data.index import DatasetError
 
 
 def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (7, 5)) -> Path:
@@ -112,7 +112,7 @@ def test_parent_wrapping_one_dataset_folder(tree: Path) -> None:
 
 
 def test_patient_split_with_csv_is_disjoint(tmp_path: Path) -> None:
-    splits = pytest.importorskip("bclib.splits")
+    splits = pytest.importorskip("bclib.data.splits")
     lines = ["path,patient_id"]
     for patient in range(12):
         for copy in range(2):

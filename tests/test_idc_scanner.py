@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib.cache import pack
-from bclib.datasets import idc, scan
-from bclib.datasets.base import DatasetError
-from bclib.datasets.check import check_dataset
-from bclib.datasets.synthetic import MARKER_FILE, make_synthetic_idc
+from bclib.data.cache import pack
+from bclib.data.datasets import idc, scan
+from bclib.data.index import DatasetError
+from bclib.data.check import check_dataset
+from bclib.data.synthetic import MARKER_FILE, make_synthetic_idc
 
 
 def write_patch(folder: Path, patient: str, x: int, y: int, label: int, mode: str = "RGB", size=(50, 50)) -> Path:

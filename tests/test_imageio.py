@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib import imageio
-from bclib.imageio import ImageReadError, fit_to_square, is_image_file, read_image
+from bclib.data import imageio
+from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, read_image
 
 
 def png_bytes(image: Image.Image, format: str = "PNG") -> bytes:

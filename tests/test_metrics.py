@@ -1,4 +1,4 @@
-"""bclib.metrics against scikit-learn and hand-computed cases."""
+"""bclib.evaluation.metrics against scikit-learn and hand-computed cases."""
 from __future__ import annotations
 
 import time
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from bclib import metrics
+from bclib.evaluation import metrics
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib.datasets import mias
-from bclib.datasets import scan as registry_scan
-from bclib.datasets.base import DatasetError
+from bclib.data.datasets import mias
+from bclib.data.datasets import scan as registry_scan
+from bclib.data.index import DatasetError
 
 SIZE = 96
 INFO = """REFNUM BG CLASS SEVERITY X Y RADIUS
@@ -160,7 +160,7 @@ def test_registry_accepts_parent_folder_and_hash_depends_on_mode(synthetic_mias:
 
 @pytest.mark.filterwarnings("ignore:split .* holds no:UserWarning")
 def test_patient_split_keeps_pairs_together(synthetic_mias: Path) -> None:
-    splits = pytest.importorskip("bclib.splits")
+    splits = pytest.importorskip("bclib.data.splits")
     index = mias.scan(synthetic_mias, mode="roi")
     split = splits.make_split(index, "patient", seed=0)
     assert split.overlapping_patients() == []

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from bclib import modelcard, models
+from bclib.evaluation import modelcard
+from bclib.models import builders as models
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIZE = 32

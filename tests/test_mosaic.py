@@ -1,4 +1,4 @@
-"""bclib.mosaic: patches at their slide coordinates, truth and probability maps."""
+"""bclib.evaluation.mosaic: patches at their slide coordinates, truth and probability maps."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bclib import mosaic
+from bclib.evaluation import mosaic
 
 
 def _synthetic_slide(tmp_path=None):
@@ -78,8 +78,8 @@ def test_clear_errors():
 
 @pytest.mark.realdata
 def test_real_patient_10253(real_idc):
-    from bclib.datasets import idc
-    from bclib.imageio import read_image
+    from bclib.data.datasets import idc
+    from bclib.data.imageio import read_image
 
     index = idc.scan(real_idc)
     patient = index.subset(np.flatnonzero(index.frame["patient_id"].to_numpy() == "10253"))

@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from bclib.datasets import pcam
-from bclib.datasets import scan as registry_scan
-from bclib.datasets.base import DatasetError
+from bclib.data.datasets import pcam
+from bclib.data.datasets import scan as registry_scan
+from bclib.data.index import DatasetError
 
 SIZES = {"train": 6, "valid": 3, "test": 4}
 
@@ -103,6 +103,6 @@ def test_shape_mismatch_is_an_error(tmp_path: Path) -> None:
 def test_official_split_and_registry(small_pcam: Path) -> None:
     index = registry_scan("pcam", small_pcam)
     assert index.content_hash() == pcam.scan(small_pcam).content_hash()
-    splits = pytest.importorskip("bclib.splits")
+    splits = pytest.importorskip("bclib.data.splits")
     split = splits.make_split(index, "official", seed=0)
     assert {name: len(split.positions(name)) for name in ("train", "val", "test")} == {"train": 6, "val": 3, "test": 4}

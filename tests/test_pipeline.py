@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bclib.augment import build_augmenter
-from bclib.pipeline import dataset_labels, encode_labels, make_dataset, steps_per_epoch
+from bclib.data.augment import build_augmenter
+from bclib.data.pipeline import dataset_labels, encode_labels, make_dataset, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
 def memmap_images(tmp_path_factory):
-    """A memory-mapped uint8 cache like bclib.cache writes (30 images, 12x12); image i is filled with i."""
+    """A memory-mapped uint8 cache like bclib.data.cache writes (30 images, 12x12); image i is filled with i."""
     path = tmp_path_factory.mktemp("pipeline") / "images.npy"
     images = np.lib.format.open_memmap(path, mode="w+", dtype="uint8", shape=(30, 12, 12, 3))
     images[:] = np.arange(30, dtype="uint8")[:, None, None, None]

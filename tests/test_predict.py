@@ -1,4 +1,4 @@
-"""bclib.predict and `bclib predict`: image preparation, batching, and every kind of bad input."""
+"""bclib.app.predict and `bclib predict`: image preparation, batching, and every kind of bad input."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib.modelcard import ModelLoadError, write_card
-from bclib.predict import (
+from bclib.evaluation.modelcard import ModelLoadError, write_card
+from bclib.app.predict import (
     Predictor,
     class_probabilities,
     collect_image_paths,
@@ -180,7 +180,7 @@ def test_folders_are_walked_and_missing_paths_reported(odd_files, tmp_path):
 # ---------------------------------------------------------------- the CLI, in process
 
 def _cli(argv, capsys):
-    from bclib.cli import main
+    from bclib.run.cli import main
 
     code = main(argv)
     captured = capsys.readouterr()
@@ -254,7 +254,7 @@ def test_latency_and_throughput_helpers(model_path, odd_files):
 
 
 def test_latency_with_gradcam(model_path):
-    pytest.importorskip("bclib.explain")
+    pytest.importorskip("bclib.evaluation.explain")
     predictor = Predictor.load(model_path)
     latency = measure_latency(predictor, np.zeros((50, 50, 3), np.uint8), n=3, with_gradcam=True)
     assert latency["median_ms"] > 0

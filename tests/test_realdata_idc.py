@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from bclib.cache import pack
-from bclib.cli import main
-from bclib.datasets import idc, scan
-from bclib.datasets.base import DatasetError
-from bclib.datasets.check import check_dataset
-from bclib.official_splits import IDC_OFFICIAL_SPLITS
-from bclib.splits import make_split
+from bclib.data.cache import pack
+from bclib.run.cli import main
+from bclib.data.datasets import idc, scan
+from bclib.data.index import DatasetError
+from bclib.data.check import check_dataset
+from bclib.data.official_splits import IDC_OFFICIAL_SPLITS
+from bclib.data.splits import make_split
 
 pytestmark = pytest.mark.realdata
 

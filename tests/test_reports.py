@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from bclib import paths, reports  # noqa: E402
+from bclib import paths# noqa: E402
+from bclib.run import reports
 
 
 def _card(notebook: str, model: str, *, used: str = "imagenet", requested: str | None = "imagenet",

@@ -9,9 +9,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bclib import paths, reports, runner
-from bclib.cli import main as cli_main
-from bclib.commands.run import parse_parameter
+from bclib import paths
+from bclib.run import reports
+from bclib.run import runner
+from bclib.run.cli import main as cli_main
+from bclib.run.commands.run import parse_parameter
 
 FAIL_SWITCH = "BCLIB_TEST_NOTEBOOK_FAIL"
 
@@ -28,7 +30,7 @@ def _notebook(parameters: str, *cells: str) -> nbformat.NotebookNode:
 
 
 WRITE_PARAMS_AND_CARD = """
-from bclib import reports
+from bclib.run import reports
 folder = reports.notebook_dir(run_id, "01_train")
 (folder / "params.json").write_text(json.dumps(
     {"run_id": run_id, "profile": profile, "dataset": dataset, "data_dir": data_dir, "message": message,
@@ -123,7 +125,7 @@ def test_run_writes_notebooks_html_manifest_and_summary(project):
 
 
 def test_failure_keeps_completed_notebooks_and_resume_runs_the_rest(project, monkeypatch):
-    from bclib.datasets.synthetic import MARKER_FILE
+    from bclib.data.synthetic import MARKER_FILE
 
     demo = project / "demo_data"
     demo.mkdir()
@@ -205,7 +207,7 @@ def test_resume_of_missing_run_is_refused(project):
 
 
 def test_smoke_profile_and_missing_data_use_synthetic_demo_data(project, tmp_path, monkeypatch):
-    from bclib.datasets import synthetic
+    from bclib.data import synthetic
 
     monkeypatch.setenv("BCLIB_CACHE", str(tmp_path / "isolated" / "cache"))  # own synthetic_dir
     monkeypatch.setattr(synthetic, "DEMO_OPTIONS", {"n_patients": 2, "patches_per_patient": 4, "seed": 0})

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bclib import runner
-from bclib.cli import main
-from bclib.reports import run_dir as reports_run_dir
+from bclib.run import runner
+from bclib.run.cli import main
+from bclib.run.reports import run_dir as reports_run_dir
 
 pytestmark = pytest.mark.slow
 

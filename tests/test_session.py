@@ -6,8 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from bclib import compare, experiment, explore, leakage, modelcard, profiles
-from bclib.datasets import scan
+from bclib import profiles
+from bclib.evaluation import compare
+from bclib.evaluation import experiment
+from bclib.data import explore
+from bclib.evaluation import leakage
+from bclib.evaluation import modelcard
+from bclib.data.datasets import scan
 from bclib.session import resolve_dataset_location, start, subsample_patients
 
 
@@ -77,7 +82,8 @@ def test_exploration_tables(smoke_session):
 
 @pytest.fixture(scope="module")
 def finished_card(smoke_session):
-    from bclib import models, train
+    from bclib.models import builders as models
+    from bclib.models import training as train
 
     session = smoke_session
     model = models.build_model("baseline_cnn", input_size=32, seed=0)

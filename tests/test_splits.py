@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bclib.datasets import idc
-from bclib.datasets.base import DatasetError, DatasetIndex
-from bclib.official_splits import IDC_OFFICIAL_SPLITS, IDC_TEST_PATIENTS, IDC_TRAIN_PATIENTS, IDC_VAL_PATIENTS
-from bclib.splits import LeakageWarning, make_split
+from bclib.data.datasets import idc
+from bclib.data.index import DatasetError, DatasetIndex
+from bclib.data.official_splits import IDC_OFFICIAL_SPLITS, IDC_TEST_PATIENTS, IDC_TRAIN_PATIENTS, IDC_VAL_PATIENTS
+from bclib.data.splits import LeakageWarning, make_split
 
 
 def make_index(patients_labels: dict[str, list[int]], name: str = "folder", class_names=None, split_column=None) -> DatasetIndex:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bclib import paths
-from bclib.sweep import (
+from bclib.run.sweep import (
     RunRequest,
     SweepError,
     expand_grid,
@@ -156,8 +156,8 @@ def test_sweep_never_overwrites():
 
 
 def test_cli_parses_grid(monkeypatch, capsys):
-    import bclib.commands.sweep as command
-    from bclib.cli import main
+    import bclib.run.commands.sweep as command
+    from bclib.run.cli import main
 
     seen = {}
 
@@ -176,7 +176,7 @@ def test_cli_parses_grid(monkeypatch, capsys):
 
 
 def test_default_runner_records_a_failing_subprocess():
-    """The real path (one `bclib.runner` process per run) reports a failure with its log."""
+    """The real path (one `bclib.run.runner` process per run) reports a failure with its log."""
     result = run_sweep({"seed": [0]}, dataset="no-such-dataset", max_workers=1, sweep_id="sw-proc")
     assert not result.ok
     run = result.runs[0]
@@ -200,7 +200,7 @@ def test_real_tiny_sweep_two_seeds(real_idc):
 
 
 def test_summary_aggregates_over_seeds():
-    from bclib.sweep import aggregate_over_seeds
+    from bclib.run.sweep import aggregate_over_seeds
 
     fake = FakeRunner(delay=0.0)
     result = run_sweep({"dataset": ["idc", "breastmnist"], "seed": [0, 1, 2]}, sweep_id="sw-agg", run_function=fake)

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from bclib.datasets import idc, scan
-from bclib.datasets.base import DatasetError
-from bclib.datasets.synthetic import MARKER_FILE, make_synthetic_idc
-from bclib.imageio import read_image
+from bclib.data.datasets import idc, scan
+from bclib.data.index import DatasetError
+from bclib.data.synthetic import MARKER_FILE, make_synthetic_idc
+from bclib.data.imageio import read_image
 
 NAME = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
 

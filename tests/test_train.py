@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bclib import models, train
-from bclib.pipeline import make_dataset
+from bclib.models import builders as models
+from bclib.models import training as train
+from bclib.data.pipeline import make_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIZE = 16

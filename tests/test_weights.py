@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from bclib import models
-from bclib.weights import (
+from bclib.models import builders as models
+from bclib.models.weights import (
     WeightsError,
     keras_home,
     resolve_weights,

@@ -1,4 +1,4 @@
-"""bclib.widgets: model discovery, samples, the static view and the upload handler with bad inputs."""
+"""bclib.app.widgets: model discovery, samples, the static view and the upload handler with bad inputs."""
 from __future__ import annotations
 
 import datetime
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bclib import DISCLAIMER
-from bclib.modelcard import ModelLoadError
-from bclib.widgets import PredictApp, find_models, sample_images, static_html
+from bclib.evaluation.modelcard import ModelLoadError
+from bclib.app.widgets import PredictApp, find_models, sample_images, static_html
 from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc
 
 
@@ -113,7 +113,7 @@ def test_gradcam_overlay_or_a_clear_fallback(run_folder, files):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     app.handle_upload(upload_value([files["rgb"]]))
     try:
-        import bclib.explain  # noqa: F401
+        import bclib.evaluation.explain  # noqa: F401
     except ImportError:
         assert "bclib-gradcam-missing" in app.output.value
     else:

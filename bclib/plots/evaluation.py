@@ -32,7 +32,7 @@ def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], positive_
     """
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from bclib.metrics import pr_auc, roc_auc
+    from bclib.evaluation.metrics import pr_auc, roc_auc
 
     if not curves:
         raise ValueError("no curves to plot")
@@ -69,7 +69,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
                      xlabel: str = "predicted") -> matplotlib.figure.Figure:
     """The confusion matrix (rows = truth, columns = prediction) with named classes.
 
-    ``matrix`` is in label order (as :func:`bclib.metrics.binary_metrics` gives it for binary
+    ``matrix`` is in label order (as :func:`bclib.evaluation.metrics.binary_metrics` gives it for binary
     data: ``[[tn, fp], [fn, tp]]`` with the negative class first). The positive class is marked.
     ``ax``: draw into this axes (of a larger figure) instead of a new figure.
     """
@@ -105,7 +105,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
 def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | None = None, n_bins: int = 10,
                         positive_label: int = 1) -> matplotlib.figure.Figure:
     """Reliability diagram (top) and bin counts (bottom), before and (optionally) after scaling."""
-    from bclib.calibration import expected_calibration_error, reliability_data
+    from bclib.evaluation.calibration import expected_calibration_error, reliability_data
 
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
@@ -134,7 +134,7 @@ def patient_scatter(table: pd.DataFrame, column: str = "mean_probability", annot
 
     Dot size grows with the patient's image count; the ``annotate`` worst patients are labelled.
     """
-    from bclib.metrics import fraction_correlation
+    from bclib.evaluation.metrics import fraction_correlation
 
     if column not in ("mean_probability", "predicted_fraction"):
         raise ValueError(f"column must be 'mean_probability' or 'predicted_fraction', got {column!r}")
@@ -163,7 +163,7 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int]
 
     ``captions``: one line per image put before its truth (e.g. "false positive").
     """
-    from bclib.explain import overlay
+    from bclib.evaluation.explain import overlay
 
     images = np.asarray(images)
     n = len(images)

@@ -1,0 +1,375 @@
+"""Predict single images or folders with a saved ``model.keras`` and its model card.
+
+One preparation path (:func:`prepare_image`) is shared by ``bclib predict`` and the notebook-08
+widget, so both see exactly what the model saw: decode with :func:`bclib.data.imageio.read_image`,
+pad small patches like the training cache did (``pack_size`` from the card), resize to the
+model's ``input_size``. Bad files give a per-file error message; the others are still predicted.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from bclib import DISCLAIMER
+from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, read_image
+from bclib.evaluation.modelcard import ModelLoadError, load_model
+
+DEFAULT_BATCH_SIZE = 64
+
+
+class PredictError(ValueError):
+    """Inputs that cannot be predicted at all (no images found, bad threshold...)."""
+
+
+def prepare_image(image: np.ndarray, input_size: int, pack_size: int | None = None) -> np.ndarray:
+    """Make a decoded RGB ``uint8`` image the model's ``input_size x input_size x 3`` input.
+
+    Patches are first placed in a ``pack_size`` square exactly as the training cache packed
+    them (padded bottom/right with white, or downscaled keeping the aspect ratio), then resized
+    to ``input_size`` (bilinear). Without ``pack_size`` the image is fitted to ``input_size``.
+    Returns ``uint8`` raw RGB values 0..255: preprocessing lives inside the model.
+    """
+    if not isinstance(input_size, (int, np.integer)) or input_size < 1:
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    if pack_size is not None and (not isinstance(pack_size, (int, np.integer)) or pack_size < 1):
+        raise ValueError(f"pack_size must be a positive integer or None, got {pack_size!r}")
+    square = fit_to_square(image, int(pack_size or input_size))
+    if square.shape[0] != input_size:
+        square = np.asarray(
+            Image.fromarray(square).resize((int(input_size), int(input_size)), Image.Resampling.BILINEAR)
+        )
+    return np.ascontiguousarray(square, dtype=np.uint8)
+
+
+def class_probabilities(output: np.ndarray, num_classes: int) -> np.ndarray:
+    """Model outputs as ``(N, num_classes)`` probabilities (a sigmoid unit is P(label 1))."""
+    output = np.asarray(output, dtype=np.float64)
+    if output.ndim == 1:
+        output = output[:, None]
+    if output.shape[1] == 1:
+        if num_classes != 2:
+            raise PredictError(f"a single sigmoid output cannot name {num_classes} classes")
+        positive = np.clip(output[:, 0], 0.0, 1.0)
+        return np.stack([1.0 - positive, positive], axis=1)
+    if output.shape[1] != num_classes:
+        raise PredictError(f"the model outputs {output.shape[1]} values but its card names {num_classes} classes")
+    return np.clip(output, 0.0, 1.0)
+
+
+def decide(probabilities: Sequence[float], class_names: Sequence[str], positive_label: int, threshold: float) -> str:
+    """The decided class name: binary models compare P(positive) with ``threshold``; others take the argmax."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(class_names) == 2:
+        if probabilities[positive_label] >= threshold:
+            return class_names[positive_label]
+        return class_names[1 - positive_label]
+    return class_names[int(np.argmax(probabilities))]
+
+
+@dataclass
+class Prediction:
+    """One image's result (``error`` set instead of probabilities when it could not be predicted)."""
+
+    source: str
+    probabilities: dict[str, float] = field(default_factory=dict)
+    decision: str | None = None
+    threshold: float | None = None
+    error: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)  # the decoded image (kept in memory only)
+    model_input: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: path, probabilities named from the card, decision and threshold (or error)."""
+        if self.error is not None:
+            return {"path": self.source, "error": self.error}
+        return {
+            "path": self.source,
+            "probabilities": {name: round(float(p), 6) for name, p in self.probabilities.items()},
+            "decision": self.decision,
+            "threshold": self.threshold,
+        }
+
+    def to_line(self) -> str:
+        """One tab-separated line: path, ``class=probability`` for every class, ``decision=...``."""
+        if self.error is not None:
+            return f"{self.source}\terror: {self.error}"
+        probabilities = "\t".join(f"{name}={p:.4f}" for name, p in self.probabilities.items())
+        return f"{self.source}\t{probabilities}\tdecision={self.decision}"
+
+
+class Predictor:
+    """A loaded model with its card: prepares images, predicts in batches, decides at the threshold."""
+
+    def __init__(self, model: Any, card: dict, path: str | os.PathLike | None = None):
+        self.model = model
+        self.card = card
+        self.path = Path(path) if path is not None else None
+        self.class_names: list[str] = list(card["class_names"])
+        stored = card.get("positive_label")  # None for multi-class cards: no single disease class
+        self.positive_label: int = int(stored) if stored is not None else (1 if len(self.class_names) == 2 else 0)
+        self.threshold: float = float(card["threshold"]["value"])
+        self.input_size: int = int(card["input_size"])
+        pack = card.get("pack_size")
+        self.pack_size: int | None = int(pack) if pack else None
+        if not 0 <= self.positive_label < len(self.class_names):
+            raise ModelLoadError(f"card positive_label {self.positive_label} is not a label of {self.class_names}")
+
+    @classmethod
+    def load(cls, model_path: str | os.PathLike) -> "Predictor":
+        """Load ``model.keras`` (Keras safe mode) and its card; raises :class:`ModelLoadError`."""
+        model, card = load_model(model_path)
+        path = Path(model_path)
+        return cls(model, card, path / "model.keras" if path.is_dir() else path)
+
+    # -- describing the model -------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return str(self.card.get("model_name", "model"))
+
+    @property
+    def weights_used(self) -> str:
+        return str((self.card.get("weights") or {}).get("used", "unknown"))
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the model was trained from random weights (no pretrained backbone)."""
+        return self.weights_used.lower().startswith("random")
+
+    @property
+    def val_auc(self) -> float | None:
+        value = ((self.card.get("metrics") or {}).get("val") or {}).get("roc_auc")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    # -- predicting -----------------------------------------------------------------------
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return prepare_image(image, self.input_size, self.pack_size)
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, S, S, 3)`` prepared images -> ``(N, C)`` class probabilities."""
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[0] == 0:
+            raise PredictError(f"expected a non-empty (N, S, S, 3) batch, got shape {batch.shape}")
+        output = self.model.predict_on_batch(batch.astype(np.float32))
+        return class_probabilities(np.asarray(output), len(self.class_names))
+
+    def result(self, source: str, probabilities: np.ndarray, threshold: float | None = None) -> Prediction:
+        threshold = self.threshold if threshold is None else float(threshold)
+        return Prediction(
+            source=source,
+            probabilities={name: float(p) for name, p in zip(self.class_names, probabilities)},
+            decision=decide(probabilities, self.class_names, self.positive_label, threshold),
+            threshold=threshold,
+        )
+
+    def predict_images(
+        self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None, threshold: float | None = None
+    ) -> list[Prediction]:
+        """Predict decoded RGB images (any size); results keep the image and model input in memory."""
+        sources = list(sources) if sources is not None else [f"image {i + 1}" for i in range(len(images))]
+        if len(sources) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sources)} names")
+        if not images:
+            return []
+        inputs = np.stack([self.prepare(image) for image in images])
+        probabilities = self.predict_batch(inputs)
+        results = []
+        for source, image, model_input, row in zip(sources, images, inputs, probabilities):
+            result = self.result(source, row, threshold)
+            result.image, result.model_input = image, model_input
+            results.append(result)
+        return results
+
+    def _load_one(self, source: str | os.PathLike | bytes) -> np.ndarray:
+        return self.prepare(read_image(source))
+
+    def predict_sources(
+        self,
+        sources: Iterable[str | os.PathLike],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        threshold: float | None = None,
+        workers: int | None = None,
+    ) -> Iterator[Prediction]:
+        """Predict files in order: decode in a thread pool, predict in batches; bad files yield an error."""
+        if batch_size < 1:
+            raise PredictError(f"batch size must be at least 1, got {batch_size}")
+        sources = [str(source) for source in sources]
+        workers = workers or min(8, (os.cpu_count() or 2) + 2)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(sources), batch_size):
+                chunk = sources[start : start + batch_size]
+                futures = [pool.submit(self._load_one, source) for source in chunk]
+                ready: list[tuple[int, np.ndarray]] = []
+                errors: dict[int, str] = {}
+                for position, future in enumerate(futures):
+                    try:
+                        ready.append((position, future.result()))
+                    except ImageReadError as error:
+                        errors[position] = _strip_label(str(error), chunk[position])
+                    except Exception as error:  # a decoder bug must not stop the other files
+                        errors[position] = f"could not read the image ({type(error).__name__}: {error})"
+                probabilities = self.predict_batch(np.stack([a for _, a in ready])) if ready else []
+                by_position = {position: row for (position, _), row in zip(ready, probabilities)}
+                for position, source in enumerate(chunk):
+                    if position in errors:
+                        yield Prediction(source=source, error=errors[position])
+                    else:
+                        yield self.result(source, by_position[position], threshold)
+
+
+def _strip_label(message: str, source: str) -> str:
+    """ImageReadError messages start with the path; the result already names it."""
+    prefix = f"{source}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Prediction]]:
+    """Expand files and folders (walked recursively, sorted) into image paths.
+
+    Returns ``(paths, problems)``: a path that does not exist becomes a :class:`Prediction`
+    with an error. Files named explicitly are kept whatever their suffix (the decoder says
+    whether they are images); inside folders only image suffixes count.
+    """
+    paths: list[Path] = []
+    problems: list[Prediction] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                Path(root) / name
+                for root, _, names in os.walk(path)
+                for name in names
+                if is_image_file(name)
+            )
+            if not found:
+                problems.append(Prediction(source=str(path), error="the folder holds no image files"))
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            problems.append(Prediction(source=str(path), error="no such file or folder"))
+    return paths, problems
+
+
+def predict_paths(
+    model_path: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threshold: float | None = None,
+) -> list[Prediction]:
+    """Load the model and predict every image file / folder in ``inputs`` (errors per file)."""
+    predictor = Predictor.load(model_path)
+    paths, problems = collect_image_paths(inputs)
+    return problems + list(predictor.predict_sources(paths, batch_size=batch_size, threshold=threshold))
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise PredictError(f"threshold must lie between 0 and 1, got {threshold}")
+    return None if threshold is None else float(threshold)
+
+
+# -- latency helpers (used by `bclib bench`) ---------------------------------------------------
+def _model_input_size(model: Any) -> int:
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list):
+        shape = shape[0]
+    if not shape or shape[1] is None:
+        raise ValueError("the model has no fixed input size; pass an image already at its size")
+    return int(shape[1])
+
+
+def measure_latency(model: Any, image: np.ndarray, n: int = 50, with_gradcam: bool = False) -> dict[str, float]:
+    """Single-image latency of ``model`` (a keras model or a :class:`Predictor`) in milliseconds.
+
+    Each of ``n`` timed calls prepares the image and predicts it (plus a Grad-CAM heatmap when
+    ``with_gradcam``); two untimed warm-up calls come first. Returns ``median_ms``, ``p90_ms``, ``n``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    predictor = model if isinstance(model, Predictor) else None
+    keras_model = predictor.model if predictor else model
+    if predictor:
+        prepare = predictor.prepare
+    else:
+        size = _model_input_size(keras_model)
+        prepare = lambda array: prepare_image(array, size)  # noqa: E731
+    grad_cam = None
+    if with_gradcam:
+        from bclib.evaluation.explain import grad_cam  # noqa: F811  (needs bclib.evaluation.explain)
+
+    def one_call() -> None:
+        batch = prepare(image)[None].astype(np.float32)
+        keras_model.predict_on_batch(batch)
+        if grad_cam is not None:
+            grad_cam(keras_model, batch)
+
+    for _ in range(2):
+        one_call()
+    timings = []
+    for _ in range(n):
+        start = time.perf_counter()
+        one_call()
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return {"median_ms": float(np.median(timings)), "p90_ms": float(np.percentile(timings, 90)), "n": n}
+
+
+def folder_throughput(
+    model_path: str | os.PathLike, folder: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE
+) -> dict[str, float]:
+    """Images per second of ``bclib predict``'s path (files: decode + prepare + batches) on ``folder``,
+    against raw ``model.predict`` on the same prepared images already in memory; ``ratio`` = path / raw.
+    """
+    predictor = Predictor.load(model_path)
+    paths, _ = collect_image_paths([folder])
+    if not paths:
+        raise PredictError(f"no image files in {str(folder)!r}")
+    list(predictor.predict_sources(paths[: min(len(paths), batch_size)], batch_size=batch_size))  # warm-up
+    start = time.perf_counter()
+    results = list(predictor.predict_sources(paths, batch_size=batch_size))
+    path_seconds = time.perf_counter() - start
+    prepared = []
+    for path in paths:
+        try:
+            prepared.append(predictor.prepare(read_image(path)))
+        except ImageReadError:
+            continue
+    arrays = np.stack(prepared).astype(np.float32)
+    start = time.perf_counter()
+    predictor.model.predict(arrays, batch_size=batch_size, verbose=0)
+    raw_seconds = time.perf_counter() - start
+    images_per_second = sum(r.ok for r in results) / max(path_seconds, 1e-9)
+    raw_images_per_second = len(arrays) / max(raw_seconds, 1e-9)
+    return {
+        "images_per_second": images_per_second,
+        "raw_images_per_second": raw_images_per_second,
+        "ratio": images_per_second / raw_images_per_second,
+        "n_images": len(paths),
+    }
+
+
+__all__ = [
+    "DISCLAIMER",
+    "ModelLoadError",
+    "PredictError",
+    "Prediction",
+    "Predictor",
+    "check_threshold",
+    "class_probabilities",
+    "collect_image_paths",
+    "decide",
+    "folder_throughput",
+    "measure_latency",
+    "predict_paths",
+    "prepare_image",
+]

@@ -1,1 +1,0 @@
-"""Sub-commands of the ``bclib`` console command, one module each (see ``bclib.cli``)."""

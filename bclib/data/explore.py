@@ -1,0 +1,97 @@
+"""Dataset exploration for notebook 01: tables a learner reads before any model is trained."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bclib.data.index import DatasetIndex
+
+
+def class_balance(index: DatasetIndex) -> pd.DataFrame:
+    """Images per class, their share, and the ratio to the largest class."""
+    counts = index.frame["label"].value_counts().reindex(range(index.num_classes), fill_value=0)
+    table = pd.DataFrame({"class": index.class_names, "images": counts.to_numpy()})
+    table["share"] = table["images"] / max(1, table["images"].sum())
+    table["vs_largest"] = table["images"] / max(1, table["images"].max())
+    return table
+
+
+def patient_table(index: DatasetIndex) -> pd.DataFrame:
+    """One row per patient: images, images per class, and the positive fraction."""
+    frame = index.frame
+    table = pd.crosstab(frame["patient_id"], frame["label"]).reindex(columns=range(index.num_classes), fill_value=0)
+    table.columns = [str(name) for name in index.class_names]
+    table.insert(0, "images", table.sum(axis=1))
+    if index.positive_label is not None:
+        table["positive_fraction"] = table[str(index.class_names[index.positive_label])] / table["images"]
+    return table.sort_values("images", ascending=False)
+
+
+def image_sizes(index: DatasetIndex, workers: int = 4) -> pd.DataFrame:
+    """Width and height of every file, read from headers only (fast, no decoding)."""
+
+    def size_of(path: str) -> tuple[int, int]:
+        try:
+            with Image.open(path) as image:
+                return image.size
+        except OSError:
+            return (-1, -1)
+
+    if "array_key" in index.frame.columns:
+        shape = index.load_image(0).shape
+        return pd.DataFrame({"width": shape[1], "height": shape[0]}, index=index.frame.index)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sizes = list(pool.map(size_of, index.frame["path"]))
+    return pd.DataFrame(sizes, columns=["width", "height"], index=index.frame.index)
+
+
+def size_anomalies(index: DatasetIndex, expected: int | None = None) -> pd.DataFrame:
+    """Images whose size differs from the most common one (IDC: edge patches under 50x50)."""
+    sizes = image_sizes(index)
+    if expected is None:
+        expected_size = sizes.value_counts().idxmax()
+    else:
+        expected_size = (expected, expected)
+    odd = (sizes["width"] != expected_size[0]) | (sizes["height"] != expected_size[1])
+    table = index.frame.loc[odd, ["path", "label_name", "patient_id"]].copy()
+    table["width"] = sizes.loc[odd, "width"]
+    table["height"] = sizes.loc[odd, "height"]
+    return table.reset_index(drop=True)
+
+
+def colour_statistics(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation of each RGB channel per class (white padding excluded)."""
+    rows = []
+    for label, name in enumerate(class_names):
+        chosen = images[labels == label]
+        if len(chosen) == 0:
+            continue
+        pixels = chosen.reshape(-1, 3).astype(np.float64)
+        tissue = pixels[pixels.min(axis=1) < 250]
+        pixels = tissue if len(tissue) else pixels
+        row = {"class": name, "images": int(len(chosen))}
+        for channel, channel_name in enumerate("RGB"):
+            row[f"{channel_name}_mean"] = pixels[:, channel].mean()
+            row[f"{channel_name}_std"] = pixels[:, channel].std()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sample_positions(labels: np.ndarray, per_class: int, seed: int = 0) -> dict[int, np.ndarray]:
+    """Up to ``per_class`` random positions of each label (seeded)."""
+    rng = np.random.default_rng(seed)
+    chosen = {}
+    for label in np.unique(labels):
+        positions = np.flatnonzero(labels == label)
+        chosen[int(label)] = np.sort(rng.choice(positions, size=min(per_class, len(positions)), replace=False))
+    return chosen
+
+
+def balanced_sample(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``per_class`` images of each label, read from a (memory-mapped) array in order."""
+    chosen = sample_positions(labels, per_class, seed)
+    positions = np.sort(np.concatenate(list(chosen.values())))
+    return np.asarray(images[positions]), np.asarray(labels[positions])

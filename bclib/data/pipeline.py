@@ -1,0 +1,156 @@
+"""tf.data input pipeline over the packed uint8 image cache (a memmap or any numpy array).
+
+The dataset is built over *row positions*, not pixels: positions are (shuffled when training,)
+batched, and each batch of images is gathered from the array in one numpy call, so a cache
+larger than memory streams from the memory map and only ``batch_size`` images are copied per
+step. Then, on whole batches: cast to float32 (values stay 0..255, models rescale inside),
+augment (training only), resize (bilinear) and prefetch.
+
+An :class:`bclib.data.augment.Augmenter` is split in two: its geometric stage (flips and 90-degree
+turns, exact pixel moves) runs in NumPy on the uint8 batch inside the gather step, with a
+random stream per batch drawn from the dataset's seed; its photometric layers run on the float
+batch. Any other callable is applied to the float batch as ``augmenter(batch, training=True)``.
+
+Labels: two classes give float32 ``(batch, 1)`` (for the sigmoid output and binary
+cross-entropy); more classes give one-hot float32 ``(batch, num_classes)`` (categorical
+cross-entropy; one-hot also lets the AUC metric work). Without ``training`` the order is
+exactly ``positions`` order, so predictions line up with ``labels[positions]``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from bclib.data.augment import Augmenter
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def encode_labels(labels: np.ndarray, num_classes: int = 2) -> np.ndarray:
+    """Integer labels -> float32 ``(n, 1)`` (two classes) or one-hot ``(n, num_classes)``."""
+    labels = np.asarray(labels)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array of integers, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in 0..{num_classes - 1}, got values {labels.min()}..{labels.max()}")
+    if num_classes == 2:
+        return labels.astype("float32").reshape(-1, 1)
+    return np.eye(num_classes, dtype="float32")[labels.astype("int64")]
+
+
+def _check_inputs(images, labels, positions) -> np.ndarray:
+    if getattr(images, "ndim", None) != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be an (N, H, W, 3) array, got shape {getattr(images, 'shape', None)}")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if positions is None:
+        return np.arange(len(images), dtype="int64")
+    positions = np.asarray(positions, dtype="int64").reshape(-1)
+    if positions.size and (positions.min() < 0 or positions.max() >= len(images)):
+        raise ValueError(f"positions must be in 0..{len(images) - 1}, got {positions.min()}..{positions.max()}")
+    return positions
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    positions: np.ndarray | None = None,
+    batch_size: int = 64,
+    training: bool = False,
+    image_size: int | None = None,
+    augmenter: Callable | None = None,
+    seed: int = 0,
+    num_classes: int = 2,
+    cache_in_memory: bool = False,
+) -> tf.data.Dataset:
+    """Batches ``(images float32 0..255, labels)`` of the rows ``positions`` (default: all).
+
+    ``training``: reshuffle every epoch (deterministic for ``seed``), keep the last partial
+    batch, and apply ``augmenter(batch, training=True)`` if given. Otherwise the order equals
+    ``positions`` and no augmentation is applied. ``image_size``: resize square (bilinear,
+    antialiased when shrinking). ``cache_in_memory``: copy the selected rows into RAM first
+    (fast for small sets; the default streams from the memory map).
+    """
+    positions = _check_inputs(images, labels, positions)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(positions) == 0:
+        raise ValueError("no rows selected (positions is empty)")
+    encoded = encode_labels(np.asarray(labels), num_classes)
+    if cache_in_memory:
+        images = np.ascontiguousarray(images[np.sort(positions)] if training else images[positions])
+        encoded = encoded[np.sort(positions)] if training else encoded[positions]
+        positions = np.arange(len(positions), dtype="int64")
+    height, width = int(images.shape[1]), int(images.shape[2])
+    label_width = encoded.shape[1]
+
+    geometric = augmenter.dihedral if training and isinstance(augmenter, Augmenter) and augmenter.geometric else None
+
+    def gather(batch_positions: np.ndarray, batch_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if training:  # order inside a shuffled batch is irrelevant; sorted reads are faster
+            batch_positions = np.sort(batch_positions)
+        batch_images = np.asarray(images[batch_positions])
+        if geometric is not None:
+            batch_images = geometric(batch_images, np.random.default_rng(int(batch_seed)))
+        return batch_images, encoded[batch_positions]
+
+    def gather_batch(batch_positions, batch_seed):
+        batch_images, batch_labels = tf.numpy_function(
+            gather, [batch_positions, batch_seed], [tf.as_dtype(images.dtype), tf.float32], stateful=False
+        )
+        batch_images.set_shape([None, height, width, 3])
+        batch_labels.set_shape([None, label_width])
+        return batch_images, batch_labels
+
+    dataset = tf.data.Dataset.from_tensor_slices(positions)
+    if training:
+        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True) if training \
+        else tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    dataset = tf.data.Dataset.zip(dataset, batch_seeds)
+    dataset = dataset.map(gather_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+    photometric = None
+    if training and augmenter is not None:
+        photometric = augmenter.layers if isinstance(augmenter, Augmenter) else augmenter
+    size = None if image_size is None or (int(image_size) == height == width) else int(image_size)
+    antialias = size is not None and size < max(height, width)
+
+    def to_model_input(batch_images, batch_labels):
+        batch_images = tf.cast(batch_images, tf.float32)
+        if photometric is not None:
+            batch_images = photometric(batch_images, training=True)
+        if size is not None:
+            batch_images = tf.image.resize(batch_images, (size, size), method="bilinear", antialias=antialias)
+        return batch_images, batch_labels
+
+    dataset = dataset.map(to_model_input, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Images resized to ``size`` x ``size`` in RAM, as float32 0..255 (the models' input).
+
+    Same interpolation as :func:`make_dataset` (bilinear, antialiased when shrinking).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    antialias = size < max(images.shape[1], images.shape[2])
+    return tf.image.resize(images, (size, size), method="bilinear", antialias=antialias).numpy()
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Number of batches :func:`make_dataset` yields for ``n_rows`` rows."""
+    return math.ceil(n_rows / batch_size)
+
+
+def dataset_labels(dataset: tf.data.Dataset) -> np.ndarray:
+    """Concatenate the labels of a (non-shuffled) dataset, in its order."""
+    parts = [np.asarray(labels) for _, labels in dataset]
+    return np.concatenate(parts) if parts else np.empty((0,))

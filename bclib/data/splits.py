@@ -1,0 +1,384 @@
+"""Train / validation / test splits of a :class:`DatasetIndex`, deterministic for a seed.
+
+Three methods:
+
+* ``patient`` (default): every patient's images go to one split, patients stratified by their
+  majority class, and each split holds every class where the data allows;
+* ``official``: the published split (IDC: Janowczyk & Madabhushi 2016 patient lists; other
+  datasets: the index's ``split`` column);
+* ``image``: images shuffled one by one. Images of one patient land in several splits, which
+  inflates every metric; it exists only to show that leak once (a :class:`LeakageWarning`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bclib.data.index import DatasetError, DatasetIndex
+from bclib.data.official_splits import CITATION, IDC_OFFICIAL_SPLITS
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+METHODS: tuple[str, ...] = ("patient", "official", "image")
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+_SPLIT_COLUMN_VALUES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+
+
+class LeakageWarning(UserWarning):
+    """A split puts images of one patient into more than one split."""
+
+
+def _patient_sort_key(patient: str) -> tuple:
+    return (0, int(patient), "") if patient.isdigit() else (1, 0, patient)
+
+
+@dataclass(eq=False)
+class Split:
+    """Row positions of each split (``train``, ``val``, ``test``) into ``index``."""
+
+    index: DatasetIndex
+    method: str
+    seed: int
+    fractions: tuple[float, ...]
+    assignment: dict[str, np.ndarray]
+    missing_patients: list[str] = field(default_factory=list)
+    missing_by_split: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    _patient_lists: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.assignment)
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.assignment:
+            raise ValueError(f"unknown split {name!r}; choose one of {list(self.assignment)}")
+
+    def positions(self, name: str) -> np.ndarray:
+        """Sorted row positions of split ``name`` into the index."""
+        self._check_name(name)
+        return self.assignment[name].copy()
+
+    def patients(self, name: str) -> list[str]:
+        """The patient IDs of split ``name``, sorted (numerically where they are numbers)."""
+        self._check_name(name)
+        if name not in self._patient_lists:
+            ids = pd.unique(self.index.frame["patient_id"].to_numpy()[self.assignment[name]])
+            self._patient_lists[name] = sorted(ids.tolist(), key=_patient_sort_key)
+        return list(self._patient_lists[name])
+
+    def overlapping_patients(self) -> list[str]:
+        """Patients whose images are in more than one split (empty for patient-level splits)."""
+        seen: dict[str, int] = {}
+        for name in self.assignment:
+            for patient in self.patients(name):
+                seen[patient] = seen.get(patient, 0) + 1
+        return sorted((p for p, n in seen.items() if n > 1), key=_patient_sort_key)
+
+    def _positive_fraction(self, positions: np.ndarray) -> float | None:
+        if self.index.positive_label is None or len(positions) == 0:
+            return None
+        return float(np.mean(self.index.labels[positions] == self.index.positive_label))
+
+    def summary(self) -> pd.DataFrame:
+        """One row per split: patients, images, positive fraction and images per class."""
+        labels = self.index.labels
+        rows = []
+        for name, positions in self.assignment.items():
+            row = {
+                "split": name,
+                "patients": len(self.patients(name)),
+                "images": int(len(positions)),
+                "positive_fraction": self._positive_fraction(positions),
+            }
+            for label, class_name in enumerate(self.index.class_names):
+                row[class_name] = int(np.sum(labels[positions] == label))
+            rows.append(row)
+        frame = pd.DataFrame(rows).set_index("split")
+        frame["positive_fraction"] = frame["positive_fraction"].astype(float)
+        return frame
+
+    def patients_hash(self) -> str:
+        """A short fingerprint of the patient lists (and, for image splits, the positions)."""
+        content: dict = {name: self.patients(name) for name in self.assignment}
+        if self.method == "image":
+            content["positions"] = {name: positions.tolist() for name, positions in self.assignment.items()}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        """JSON-ready description: method, seed, counts per split, patient ID lists, warnings."""
+        return {
+            "dataset": self.index.name,
+            "method": self.method,
+            "seed": int(self.seed),
+            "fractions": [float(f) for f in self.fractions],
+            "patients_hash": self.patients_hash(),
+            "patients": {name: len(self.patients(name)) for name in self.assignment},
+            "images": {name: int(len(p)) for name, p in self.assignment.items()},
+            "positive_fraction": {name: self._positive_fraction(p) for name, p in self.assignment.items()},
+            "patient_ids": {name: self.patients(name) for name in self.assignment},
+            "missing_patients": list(self.missing_patients),
+            "warnings": list(self.warnings),
+        }
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(f) for f in fractions)
+    if len(values) != len(SPLIT_NAMES):
+        raise ValueError(f"fractions needs {len(SPLIT_NAMES)} numbers for {SPLIT_NAMES}, got {fractions!r}")
+    if any(not np.isfinite(f) or f < 0 for f in values) or values[0] <= 0:
+        raise ValueError(f"fractions must be non-negative with a positive train fraction, got {fractions!r}")
+    if abs(sum(values) - 1.0) > 1e-3:
+        raise ValueError(f"fractions must add up to 1, got {fractions!r} (sum {sum(values):.4f})")
+    return values
+
+
+def _targets(total: int, fractions: tuple[float, ...]) -> np.ndarray:
+    """Items per split (largest remainder), at least one for every non-zero fraction."""
+    raw = np.asarray(fractions) * total
+    counts = np.floor(raw).astype(int)
+    for position in np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]:
+        counts[position] += 1
+    for position in np.flatnonzero((np.asarray(fractions) > 0) & (counts == 0)):
+        donor = int(np.argmax(counts))
+        if counts[donor] > 1:
+            counts[donor] -= 1
+            counts[position] += 1
+    return counts
+
+
+def _deal(count: int, targets: np.ndarray) -> np.ndarray:
+    """Split number of each of ``count`` items in order, interleaving the splits in proportion
+    to ``targets`` (so every run of consecutive items, e.g. one stratum, is split proportionally).
+
+    Split ``s`` gets its ``k``-th item at the ideal time ``(k + 0.5) / share_s``; sorting those
+    times gives the sequence (Sainte-Laguë style), with exactly ``targets[s]`` items each.
+    """
+    targets = np.asarray(targets, dtype=int)
+    if int(targets.sum()) != count:
+        raise ValueError(f"targets {targets.tolist()} do not add up to {count}")
+    shares = targets / max(1, count)
+    times = np.concatenate([(np.arange(t) + 0.5) / shares[s] for s, t in enumerate(targets) if t > 0] or [np.zeros(0)])
+    owners = np.concatenate([np.full(t, s) for s, t in enumerate(targets) if t > 0] or [np.zeros(0, dtype=int)])
+    return owners[np.argsort(times, kind="stable")].astype(int)
+
+
+def _patient_table(index: DatasetIndex) -> pd.DataFrame:
+    """Per patient: images per class and a stratum (majority class; ties go to the rarer class)."""
+    codes, patients = pd.factorize(index.frame["patient_id"], sort=True)
+    counts = np.zeros((len(patients), index.num_classes), dtype=np.int64)
+    np.add.at(counts, (codes, index.labels), 1)
+    table = pd.DataFrame(counts, index=pd.Index(patients, name="patient_id"), columns=range(index.num_classes))
+    rarity = np.argsort(np.argsort(table.sum(axis=0).to_numpy(), kind="stable"), kind="stable")
+    scores = table.to_numpy() * (index.num_classes + 1) + (index.num_classes - rarity)
+    table["stratum"] = np.argmax(scores, axis=1)
+    table["images"] = table[list(range(index.num_classes))].sum(axis=1)
+    return table
+
+
+def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray, active: list[int]) -> None:
+    """Move patients (in place, ``owner[i]`` = split of patient i) so that every active split
+    holds every class where the data allows.
+
+    A donor patient comes from the split with the most holders of the missing class and must
+    leave its split with every class it had; the receiving split then gives back a patient it
+    can spare, so split sizes stay as planned. Ties go to the earlier patient in dealing order.
+    """
+    n_splits = int(max(owner.max(initial=0), max(active, default=0))) + 1
+
+    def holders_per_split() -> np.ndarray:
+        return np.stack([has_class[owner == split].sum(axis=0) for split in range(n_splits)])
+
+    rarest_first = np.argsort(has_class.sum(axis=0), kind="stable")
+    for _ in range(3):
+        changed = False
+        for split in active:
+            for label in rarest_first:
+                holders = np.flatnonzero(has_class[:, label])
+                if len(holders) == 0 or np.any(owner[holders] == split):
+                    continue
+                counts = holders_per_split()
+                sizes = np.bincount(owner, minlength=n_splits)
+                source_counts = counts[owner[holders]]
+                can_leave = np.all(~has_class[holders] | (source_counts >= 2), axis=1) & (sizes[owner[holders]] > 1)
+                donors = holders[can_leave]
+                if len(donors) == 0:
+                    continue
+                order = np.lexsort((donors, images[donors], -counts[owner[donors], label]))
+                moved = int(donors[order[0]])
+                source = int(owner[moved])
+                owner[moved] = split
+                changed = True
+                members = np.flatnonzero(owner == split)
+                member_counts = has_class[members].sum(axis=0)
+                spare = [
+                    int(q) for q in members
+                    if q != moved and not np.any(has_class[q] & (member_counts < 2))
+                ]
+                if spare:
+                    back = min(spare, key=lambda q: (abs(int(images[q]) - int(images[moved])), q))
+                    owner[back] = source
+        if not changed:
+            return
+
+
+def _patient_split(index: DatasetIndex, seed: int, fractions: tuple[float, ...]) -> tuple[dict[str, np.ndarray], list[str]]:
+    table = _patient_table(index)
+    active = [i for i, f in enumerate(fractions) if f > 0]
+    if len(table) < len(active):
+        raise DatasetError(
+            f"a patient-level split into {len(active)} parts needs at least {len(active)} patients; "
+            f"{index.name!r} holds {len(table)}"
+        )
+    rng = np.random.default_rng(seed)
+    order: list[str] = []
+    for stratum in sorted(table["stratum"].unique()):
+        members = table.index[table["stratum"] == stratum].to_numpy()
+        order.extend(members[rng.permutation(len(members))].tolist())
+    table = table.loc[order]
+    class_columns = list(range(index.num_classes))
+    has_class = table[class_columns].to_numpy() > 0
+    owner = _deal(len(order), _targets(len(order), fractions))
+    _repair_classes(has_class, table["images"].to_numpy(), owner, active)
+    notes = []
+    for split in active:
+        for label, class_name in enumerate(index.class_names):
+            if has_class[:, label].any() and not has_class[owner == split, label].any():
+                notes.append(
+                    f"split {SPLIT_NAMES[split]!r} holds no {class_name!r} images: only "
+                    f"{int(has_class[:, label].sum())} patient(s) have that class, too few to reach every split"
+                )
+    split_of_patient = dict(zip(order, owner.tolist()))
+    split_of_row = index.frame["patient_id"].map(split_of_patient).to_numpy(dtype=int)
+    return {name: np.flatnonzero(split_of_row == i) for i, name in enumerate(SPLIT_NAMES)}, notes
+
+
+def _image_split(index: DatasetIndex, seed: int, fractions: tuple[float, ...]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = index.labels
+    order = np.concatenate([
+        np.flatnonzero(labels == label)[rng.permutation(int(np.sum(labels == label)))]
+        for label in np.unique(labels)
+    ])
+    dealt = _deal(len(order), _targets(len(order), fractions))
+    return {name: np.sort(order[dealt == i]) for i, name in enumerate(SPLIT_NAMES)}
+
+
+def _official_from_lists(index: DatasetIndex) -> tuple[dict[str, np.ndarray], dict[str, list[str]], list[str]]:
+    patients = index.frame["patient_id"].to_numpy()
+    present = set(patients.tolist())
+    assignment, missing, notes = {}, {}, []
+    listed: set[str] = set()
+    for name in SPLIT_NAMES:
+        wanted = IDC_OFFICIAL_SPLITS[name]
+        listed.update(wanted)
+        assignment[name] = np.flatnonzero(np.isin(patients, list(wanted)))
+        missing[name] = sorted((p for p in wanted if p not in present), key=_patient_sort_key)
+        if len(assignment[name]) == 0:
+            hint = (" This is synthetic data, whose made-up patients are in no official list." if index.synthetic
+                    else " The shared development subset holds the 49 benchmark test patients out on purpose.")
+            raise DatasetError(
+                f"the official {name!r} split is empty: none of its {len(wanted)} patients "
+                f"(Janowczyk & Madabhushi 2016) are in the data at {str(index.root)!r}.{hint} "
+                "Use the patient split instead (split='patient', `--split patient`)."
+            )
+        if missing[name]:
+            notes.append(
+                f"{len(missing[name])} of the {len(wanted)} official {name!r} patients are not in the data: "
+                f"{', '.join(missing[name][:10])}{' ...' if len(missing[name]) > 10 else ''}"
+            )
+    unlisted = sorted(present - listed, key=_patient_sort_key)
+    if unlisted:
+        notes.append(f"{len(unlisted)} patient(s) of the data are in no official list and are left out of every split")
+    return assignment, missing, notes
+
+
+def _official_from_column(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[str]]:
+    values = index.frame["split"].astype("string").str.strip().str.lower()
+    mapped = values.map(_SPLIT_COLUMN_VALUES)
+    unknown = sorted(set(values[mapped.isna() & values.notna()].tolist()))
+    if unknown:
+        raise DatasetError(f"the {index.name!r} index has unknown values in its 'split' column: {unknown}; expected train/val/test")
+    notes = []
+    unassigned = int(mapped.isna().sum())
+    if unassigned:
+        notes.append(f"{unassigned} image(s) have no official split and are left out")
+    assignment = {}
+    for name in SPLIT_NAMES:
+        assignment[name] = np.flatnonzero((mapped == name).to_numpy(dtype=bool, na_value=False))
+        if len(assignment[name]) == 0:
+            raise DatasetError(f"the official {name!r} split of {index.name!r} is empty in the data at {str(index.root)!r}")
+    return assignment, notes
+
+
+def make_split(
+    index: DatasetIndex,
+    method: str = "patient",
+    seed: int = 0,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+) -> Split:
+    """Split ``index`` into train / val / test row positions (see the module docstring).
+
+    ``seed`` and ``fractions`` apply to the ``patient`` and ``image`` methods; ``official``
+    ignores them. Raises :class:`DatasetError` when the data cannot be split that way (too
+    few patients, an empty official split, no official split for the dataset).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown split method {method!r}; choose one of {list(METHODS)}")
+    fractions = _check_fractions(fractions)
+    if len(index) == 0:
+        raise DatasetError(f"cannot split {index.name!r}: the index holds no images")
+    seed = int(seed)
+    missing: dict[str, list[str]] = {}
+    if method == "patient":
+        assignment, notes = _patient_split(index, seed, fractions)
+    elif method == "image":
+        assignment = _image_split(index, seed, fractions)
+        notes = []
+    elif index.name == "idc":
+        assignment, missing, notes = _official_from_lists(index)
+        notes.insert(0, f"official split: {CITATION}")
+    elif "split" in index.frame.columns:
+        assignment, notes = _official_from_column(index)
+    else:
+        raise DatasetError(
+            f"dataset {index.name!r} has no official split (no 'split' column in its index); "
+            "use split='patient' (`--split patient`)"
+        )
+    split = Split(
+        index=index,
+        method=method,
+        seed=seed,
+        fractions=fractions,
+        assignment=assignment,
+        missing_patients=sorted({p for ids in missing.values() for p in ids}, key=_patient_sort_key),
+        missing_by_split=missing,
+        warnings=notes,
+    )
+    if method == "image":
+        leaking = split.overlapping_patients()
+        message = (
+            f"an image-level split leaks patients: {len(leaking)} of {index.frame['patient_id'].nunique()} patients "
+            "have images in more than one split, which inflates every metric. Use it only for the leakage "
+            "lesson; report results of split='patient'."
+        )
+        split.warnings.append(message)
+        warnings.warn(message, LeakageWarning, stacklevel=2)
+    else:
+        for note in split.warnings:
+            if not note.startswith("official split:"):
+                warnings.warn(note, UserWarning, stacklevel=2)
+    return split
+
+
+__all__ = ["DEFAULT_FRACTIONS", "LeakageWarning", "METHODS", "SPLIT_NAMES", "Split", "make_split"]

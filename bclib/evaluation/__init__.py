@@ -1,0 +1,1 @@
+"""Scoring models honestly: metrics with patient-bootstrap intervals, calibration, Grad-CAM, model cards."""

@@ -1,0 +1,116 @@
+"""Calibration: expected calibration error, reliability-diagram data, temperature scaling.
+
+Binary case throughout: ``prob`` is P(positive class) and ``positive_label`` names that class.
+
+* **ECE** uses ``n_bins`` equal-width bins of the predicted probability on [0, 1] (the last
+  bin includes 1.0): ECE = sum over non-empty bins of (images in bin / all images) x
+  |mean predicted probability - observed positive fraction|. 0 is perfect calibration.
+* **Temperature scaling** divides the logit ``log(p / (1 - p))`` by one scalar ``T`` fitted on
+  validation data by minimising the negative log-likelihood; ``T > 1`` softens an
+  over-confident model, ``T < 1`` sharpens an under-confident one. The ranking of images, hence
+  every AUC, is unchanged; thresholds chosen before scaling must be re-chosen after.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+
+from bclib.evaluation.metrics import _binary_truth, _scores
+
+#: Probabilities are clipped to [EPSILON, 1 - EPSILON] before taking logits.
+EPSILON = 1e-7
+
+
+def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    return np.minimum((p * n_bins).astype(int), n_bins - 1)
+
+
+def reliability_data(y_true, prob, n_bins: int = 10, positive_label: int = 1) -> pd.DataFrame:
+    """One row per equal-width bin: ``bin_low, bin_high, count, mean_probability, positive_fraction, gap``.
+
+    Empty bins are kept with ``count`` 0 and ``NaN`` means, so plots show the whole range.
+    """
+    y = _binary_truth(y_true, positive_label)
+    p = _scores(prob, len(y))
+    bins = _bin_index(p, n_bins)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_probability = np.bincount(bins, weights=p, minlength=n_bins) / count
+        positive_fraction = np.bincount(bins, weights=y.astype(float), minlength=n_bins) / count
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return pd.DataFrame({
+        "bin_low": edges[:-1],
+        "bin_high": edges[1:],
+        "count": count,
+        "mean_probability": mean_probability,
+        "positive_fraction": positive_fraction,
+        "gap": mean_probability - positive_fraction,
+    })
+
+
+def expected_calibration_error(y_true, prob, n_bins: int = 10, positive_label: int = 1) -> float:
+    """Expected calibration error with ``n_bins`` equal-width bins (see the module docstring)."""
+    table = reliability_data(y_true, prob, n_bins, positive_label)
+    filled = table[table["count"] > 0]
+    if filled.empty:
+        raise ValueError("no images to compute a calibration error on")
+    return float((filled["count"] * filled["gap"].abs()).sum() / filled["count"].sum())
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPSILON, 1 - EPSILON)
+    return np.log(p) - np.log1p(-p)
+
+
+def _negative_log_likelihood(y: np.ndarray, logits: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    # log(1 + exp(-z)) for positives, log(1 + exp(z)) for negatives, computed stably
+    return float(np.mean(np.logaddexp(0.0, np.where(y, -z, z))))
+
+
+def fit_temperature(y_val, p_val, positive_label: int = 1, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature ``T`` minimising the validation NLL of ``sigmoid(logit(p) / T)``.
+
+    Fit on **validation** data only. Raises ``ValueError`` when validation holds one class only
+    (any large ``T`` would then look best).
+    """
+    y = _binary_truth(y_val, positive_label)
+    p = _scores(p_val, len(y), "p_val")
+    if y.all() or not y.any():
+        raise ValueError("temperature scaling needs both classes in the validation data")
+    logits = _logit(p)
+    low, high = np.log(bounds[0]), np.log(bounds[1])
+    result = minimize_scalar(lambda log_t: _negative_log_likelihood(y, logits, float(np.exp(log_t))),
+                             bounds=(low, high), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+def apply_temperature(p, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / T)``: probabilities after temperature scaling (same shape as ``p``)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    probs = np.asarray(p, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-_logit(probs) / float(temperature)))
+
+
+def calibration_summary(y_true, prob, temperature: float | None = None, n_bins: int = 10,
+                        positive_label: int = 1) -> dict:
+    """ECE and Brier score before (and, given ``temperature``, after) scaling, for reports."""
+    from bclib.evaluation.metrics import brier_score
+
+    summary = {
+        "n_bins": n_bins,
+        "ece": expected_calibration_error(y_true, prob, n_bins, positive_label),
+        "brier": brier_score(y_true, prob, positive_label),
+    }
+    if temperature is not None:
+        scaled = apply_temperature(prob, temperature)
+        summary.update(
+            temperature=float(temperature),
+            ece_scaled=expected_calibration_error(y_true, scaled, n_bins, positive_label),
+            brier_scaled=brier_score(y_true, scaled, positive_label),
+        )
+    return summary

@@ -1,0 +1,260 @@
+"""Evaluate a saved model (``model.keras`` + its card) on a dataset folder, honestly.
+
+``evaluate_model`` reloads the model and its card, scans the data, selects the patients of a
+split (re-made with the card's method and seed, and checked against the card's patient hash)
+or every image (``split="all"``, for a folder the model has never seen), predicts in a stable
+order, and reports every metric at the card's validation-chosen threshold with 95 % patient
+bootstrap intervals. Undefined metrics (one class only) are ``None`` with a note, never a crash.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bclib.evaluation import metrics
+from bclib.evaluation import modelcard
+from bclib.evaluation.explain import model_input_size
+from bclib.data.imageio import fit_to_square
+
+SPLIT_CHOICES = ("test", "val", "all", "official:test")
+
+
+def _decode_batch(index, positions: range, image_size: int, pool: ThreadPoolExecutor) -> np.ndarray:
+    images = pool.map(lambda position: fit_to_square(index.load_image(position), image_size), positions)
+    return np.stack(list(images))
+
+
+def predict_index(model, index, image_size: int, batch_size: int = 256, progress: bool = True,
+                  workers: int | None = None) -> np.ndarray:
+    """Probabilities for every row of ``index``, in row order.
+
+    Each image is decoded with ``index.load_image`` and placed in an ``image_size`` square
+    (:func:`bclib.data.imageio.fit_to_square`, as the training cache packs it), then resized to the
+    model's input size (bilinear, as the training pipeline does). Decoding of the next batch
+    overlaps prediction of the current one. Returns ``(N,)`` P(label 1) for a one-sigmoid
+    model, ``(N, C)`` otherwise.
+    """
+    import tensorflow as tf
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n = len(index)
+    if n == 0:
+        raise ValueError("the index holds no images to predict")
+    target = model_input_size(model)
+    resize = target is not None and target != (image_size, image_size)
+    antialias = bool(target and max(target) < image_size)
+    starts = list(range(0, n, batch_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="predict", unit="img")
+    outputs = []
+    workers = workers or min(8, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as prefetch:
+        pending = prefetch.submit(_decode_batch, index, range(0, min(batch_size, n)), image_size, pool)
+        for number in range(len(starts)):
+            batch = pending.result()
+            if number + 1 < len(starts):
+                following = starts[number + 1]
+                pending = prefetch.submit(_decode_batch, index, range(following, min(following + batch_size, n)),
+                                          image_size, pool)
+            tensor = tf.convert_to_tensor(batch, dtype=tf.float32)
+            if resize:
+                tensor = tf.image.resize(tensor, target, method="bilinear", antialias=antialias)
+            outputs.append(np.asarray(model(tensor, training=False), dtype=np.float32))
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    probabilities = np.concatenate(outputs)
+    if probabilities.ndim == 2 and probabilities.shape[1] == 1:
+        probabilities = probabilities[:, 0]
+    return probabilities
+
+
+def _pack_size(card: dict) -> int:
+    for value in (card.get("pack_size"), card.get("params", {}).get("pack_size"), card.get("input_size")):
+        if isinstance(value, (int, float)) and value > 0:
+            return int(value)
+    raise modelcard.ModelLoadError("the model card names no pack_size or input_size")
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    try:
+        return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+    except (OSError, TypeError):
+        return False
+
+
+def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -> tuple[np.ndarray, dict]:
+    """Row positions of the chosen split's patients, and a description of the selection."""
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLIT_CHOICES)}")
+    card_split = card.get("split") or {}
+    if split == "all":
+        trained_on = (card.get("dataset") or {}).get("root")
+        if card.get("dataset", {}).get("name") == index.name and (
+            _same_path(trained_on, index.root) or _same_path(trained_on, Path(index.root).parent)
+        ):
+            notes.append(
+                "split='all' on the folder the model was trained on includes its training and validation "
+                "patients: these metrics are optimistic; use split='test'"
+            )
+        return np.arange(len(index)), {"split": "all", "split_method": None, "seed": None, "split_matches_card": None}
+    try:
+        from bclib.data.splits import make_split
+    except ImportError as error:  # pragma: no cover - splits.py is part of the package
+        raise RuntimeError(f"bclib.data.splits is not available: {error}") from None
+    if split == "official:test":
+        method, name, used_seed = "official", "test", 0
+    else:
+        method = card_split.get("method") or "patient"
+        name = split
+        used_seed = int(card_split.get("seed", 0) if seed is None else seed)
+    split_index = index
+    max_images = card_split.get("max_images")
+    if method != "official" and max_images:
+        from bclib.session import subsample_patients
+
+        split_index = subsample_patients(index, int(max_images), used_seed)
+    fractions = card_split.get("fractions") or (0.7, 0.15, 0.15)
+    made = make_split(split_index, method, seed=used_seed, fractions=fractions)
+    patients = set(made.patients(name))
+    positions = np.flatnonzero(index.frame["patient_id"].isin(patients).to_numpy())
+    stored_hash = card_split.get("patients_hash")
+    comparable = bool(stored_hash) and (split != "official:test" or card_split.get("method") == "official")
+    matches = (stored_hash == made.patients_hash()) if comparable else None
+    if method == "image":
+        notes.append("the card's split is image-level: patients leak between train and test, metrics are inflated")
+    if matches is False:
+        notes.append(
+            "the re-made split's patients differ from those recorded in the model card (other data, seed or "
+            "max_images): some of these patients may have been used for training; treat the metrics as optimistic"
+        )
+    if split == "official:test" and card_split.get("method") not in (None, "official"):
+        notes.append(
+            f"the model was trained on a {card_split.get('method')!r} split: official test patients may have been "
+            "in its training data"
+        )
+    if max_images and method != "official":
+        notes.append(f"all images of the {len(patients)} {name} patients are evaluated "
+                     f"(training used a subsample of {max_images} images)")
+    return positions, {"split": split, "split_method": method, "seed": used_seed, "split_matches_card": matches}
+
+
+def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: str | os.PathLike | None = None,
+                   split: str = "test", seed: int | None = None, n_boot: int = 1000, batch_size: int = 256,
+                   progress: bool = False) -> dict:
+    """Metrics of a saved model on ``dataset`` at the card's threshold, with patient bootstrap CIs.
+
+    ``split``: ``"test"`` / ``"val"`` (the card's split method, re-made with ``seed`` or the
+    card's seed), ``"official:test"`` (the published test patients), or ``"all"`` (every image:
+    for a folder the model has never seen). Raises :class:`bclib.evaluation.modelcard.ModelLoadError` for a
+    missing/corrupt model or card, :class:`bclib.data.datasets.DatasetError` for bad data.
+    Returns the flat metric dict of :func:`bclib.evaluation.metrics.binary_metrics` (or
+    :func:`~bclib.evaluation.metrics.multiclass_metrics`) plus ``ci``, the selection, and ``notes``.
+    """
+    from bclib.data.datasets import DatasetError, scan
+
+    started = time.perf_counter()
+    model, card = modelcard.load_model(model_path)
+    class_names = list(card["class_names"])
+    options = (card.get("dataset") or {}).get("options") or {}
+    if (card.get("dataset") or {}).get("name") not in (None, dataset):
+        options = {}
+    index = scan(dataset, data, **options)
+    if list(index.class_names) != class_names:
+        raise DatasetError(
+            f"the model's classes {class_names} differ from the {dataset!r} classes {list(index.class_names)}; "
+            "evaluate it on the kind of data it was trained on"
+        )
+    notes: list[str] = []
+    positions, selection = _select(index, card, split, seed, notes)
+    if len(positions) == 0:
+        raise DatasetError(f"split {split!r} selects no image of {str(index.root)!r}")
+    subset = index.subset(positions)
+    probabilities = predict_index(model, subset, _pack_size(card), batch_size=batch_size, progress=progress)
+    labels = subset.labels
+    patients = subset.frame["patient_id"].to_numpy()
+    threshold = card["threshold"]
+    if len(class_names) > 2:
+        result = metrics.multiclass_metrics(labels, probabilities, class_names)
+        result["n_patients"] = int(len(np.unique(patients)))
+    else:
+        positive_label = int(card.get("positive_label", 1) if card.get("positive_label") is not None else 1)
+        scores = metrics.positive_probability(probabilities, positive_label)
+        result = metrics.binary_metrics(labels, scores, float(threshold["value"]), positive_label,
+                                        class_names, patients)
+        unique_patients = len(np.unique(patients))
+        if n_boot and unique_patients > 1:
+            result["ci"] = metrics.bootstrap_ci(labels, scores, patients, n_boot=int(n_boot),
+                                                seed=selection["seed"] or 0, threshold=float(threshold["value"]),
+                                                positive_label=positive_label)
+        else:
+            result["ci"] = {}
+            if n_boot:
+                result["notes"].append("one patient only: no patient bootstrap interval")
+    weights_used = str((card.get("weights") or {}).get("used", ""))
+    if weights_used == "random" and card.get("model_name") not in ("baseline_cnn",):
+        notes.append("this transfer model was built with random weights (no ImageNet weights were available)")
+    if index.synthetic:
+        notes.append("synthetic data: the numbers test the code, they say nothing about cancer detection")
+    elif (card.get("dataset") or {}).get("synthetic"):
+        notes.append("the model was trained on synthetic data: expect nothing useful on real images")
+    if "roc_auc" in result:
+        notes.extend(metrics.sanity_notes(result))
+    result["notes"] = list(result.get("notes", [])) + notes
+    result.update(
+        selection,
+        model=str(model_path),
+        model_name=card.get("model_name"),
+        dataset=dataset,
+        data=str(index.root),
+        threshold_method=threshold.get("method"),
+        threshold_chosen_on=threshold.get("chosen_on"),
+        class_names=class_names,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A readable text table: metric, value, 95 % CI, then counts and notes."""
+    ci = result.get("ci") or {}
+    names = ["roc_auc", "pr_auc", "brier", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
+             "precision", "f1"]
+    if "roc_auc_macro" in result:
+        names = ["accuracy", "balanced_accuracy", "roc_auc_macro", "roc_auc_micro", "f1_macro"]
+    lines = [
+        f"model     {result.get('model')} ({result.get('model_name')})",
+        f"data      {result.get('dataset')} at {result.get('data')}, split {result.get('split')}"
+        + (f" ({result.get('split_method')}, seed {result.get('seed')})" if result.get("split_method") else ""),
+        f"images    {result.get('n_images')} from {result.get('n_patients')} patients",
+    ]
+    if "threshold" in result and result.get("threshold") is not None:
+        lines.append(f"threshold {result['threshold']:.4f} ({result.get('threshold_method')}, chosen on "
+                     f"{result.get('threshold_chosen_on')}); positive class: {result.get('positive_class')}")
+    lines += ["", f"{'metric':<20}{'value':>8}   95% CI (patients resampled)", "-" * 58]
+    for name in names:
+        value = result.get(name)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        interval = ci.get(name)
+        band = "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+        lines.append(f"{name:<20}{shown:>8}   {band}")
+    matrix = result.get("confusion_matrix")
+    if matrix is not None and len(matrix) == 2:
+        (tn, fp), (fn, tp) = matrix
+        lines += ["", f"confusion (rows = truth): TN {tn}  FP {fp}  FN {fn}  TP {tp}"]
+    for note in result.get("notes") or []:
+        lines.append(f"note: {note}")
+    from bclib import DISCLAIMER
+
+    lines.append(DISCLAIMER)
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""The end of every training notebook: threshold on validation, test once, write everything.
+
+``finish(session, model, ...)`` predicts the validation and test splits in their stored order,
+chooses the decision threshold on validation only, computes the metrics (with patient
+bootstrap intervals), and writes ``model.keras``, ``model_card.json``, ``metrics.json`` and
+``history.csv`` into the notebook's run folder. It returns the card.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bclib.evaluation import modelcard
+
+THRESHOLD_METHODS = ("sensitivity", "youden", "f1")
+
+
+@dataclass
+class Predictions:
+    """Probabilities of one split in split order, with the truth and the patients."""
+
+    split: str
+    labels: np.ndarray
+    probabilities: np.ndarray  # (N,) P(label 1) for binary models, (N, C) otherwise
+    patient_ids: np.ndarray
+
+    def positive_scores(self, positive_label: int | None) -> np.ndarray:
+        """P(positive class): the model's sigmoid is P(label 1); flip it when the disease is 0."""
+        if self.probabilities.ndim == 2:
+            if positive_label is None:
+                raise ValueError("multi-class predictions have no single positive class")
+            return self.probabilities[:, positive_label]
+        from bclib.evaluation.metrics import positive_probability
+
+        return positive_probability(self.probabilities, 1 if positive_label is None else positive_label)
+
+
+def predict_split(session: Any, model: Any, split_name: str, image_size: int, batch_size: int | None = None) -> Predictions:
+    """Predict one split in its stored (unshuffled) order."""
+    from bclib.models.training import predict_probabilities
+
+    dataset = session.dataset(split_name, image_size=image_size, batch_size=batch_size, training=False)
+    probabilities = np.asarray(predict_probabilities(model, dataset))
+    labels = session.labels(split_name)
+    if len(probabilities) != len(labels):
+        raise RuntimeError(f"{split_name}: {len(probabilities)} predictions for {len(labels)} labels")
+    return Predictions(split_name, labels, probabilities, session.patient_ids(split_name))
+
+
+def split_metrics(pred: Predictions, session: Any, threshold: float | None, n_boot: int, seed: int) -> dict:
+    """Binary or multi-class metrics for one split, with patient-bootstrap CIs."""
+    from bclib.evaluation import metrics
+
+    if session.num_classes > 2:
+        result = metrics.multiclass_metrics(pred.labels, pred.probabilities, session.class_names)
+        result["roc_auc"] = result.get("roc_auc_macro")  # macro one-vs-rest, so summaries compare like with like
+        result["f1"] = result.get("f1_macro")
+        result["n_images"] = int(len(pred.labels))
+        result["n_patients"] = int(len(np.unique(pred.patient_ids)))
+        return result
+    scores = pred.positive_scores(session.positive_label)
+    result = metrics.binary_metrics(
+        pred.labels,
+        scores,
+        threshold=threshold,
+        positive_label=session.positive_label,
+        class_names=session.class_names,
+        patient_ids=pred.patient_ids,
+    )
+    at_half = metrics.binary_metrics(pred.labels, scores, threshold=0.5, positive_label=session.positive_label,
+                                     class_names=session.class_names)
+    result["at_0_5"] = {key: at_half[key] for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy")}
+    if n_boot and len(np.unique(pred.patient_ids)) > 1:
+        result["ci"] = metrics.bootstrap_ci(
+            pred.labels,
+            scores,
+            pred.patient_ids,
+            threshold=threshold,
+            positive_label=session.positive_label,
+            n_boot=n_boot,
+            seed=seed,
+        )
+    return result
+
+
+def choose_threshold(session: Any, val: Predictions, method: str = "sensitivity", target_sensitivity: float = 0.90) -> dict:
+    """The decision threshold, from the validation split only."""
+    from bclib.evaluation import metrics
+
+    if session.num_classes > 2:
+        return {"value": 0.0, "method": "argmax", "chosen_on": "val"}
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}")
+    value, info = metrics.choose_threshold(
+        val.labels,
+        val.positive_scores(session.positive_label),
+        method=method,
+        target_sensitivity=target_sensitivity,
+        positive_label=session.positive_label,
+    )
+    label = f"sensitivity@{target_sensitivity:.2f}" if method == "sensitivity" else method
+    return {"value": float(value), "method": label, "chosen_on": "val", "info": info}
+
+
+def finish(
+    session: Any,
+    model: Any,
+    model_name: str,
+    train_result: Any = None,
+    image_size: int | None = None,
+    weights: dict | None = None,
+    threshold_method: str = "sensitivity",
+    target_sensitivity: float = 0.90,
+    extra_params: dict | None = None,
+    train_seconds: float | None = None,
+) -> dict:
+    """Threshold on validation, metrics on validation and (once) on test, write model + card."""
+    image_size = int(image_size or session.params["image_size"])
+    started = time.perf_counter()
+    val = predict_split(session, model, "val", image_size)
+    test = predict_split(session, model, "test", image_size)
+    threshold = choose_threshold(session, val, threshold_method, target_sensitivity)
+    n_boot = int(session.params.get("n_boot", 500))
+    seed = int(session.params["seed"])
+    val_metrics = split_metrics(val, session, threshold["value"], n_boot, seed)
+    test_metrics = split_metrics(test, session, threshold["value"], n_boot, seed)
+
+    out = session.out_dir
+    model.save(out / modelcard.MODEL_FILE)
+    card = session.card_base(model_name)
+    card["input_size"] = image_size
+    card["weights"] = weights or {"requested": None, "used": "random", "note": "trained from scratch"}
+    card["threshold"] = threshold
+    card["metrics"] = {"val": val_metrics, "test": test_metrics}
+    card["params"].update(extra_params or {})
+    seconds = train_seconds if train_seconds is not None else getattr(train_result, "seconds", None)
+    card["train_seconds"] = None if seconds is None else round(float(seconds), 2)
+    card["evaluation_seconds"] = round(time.perf_counter() - started, 2)
+    modelcard.write_card(card, out)
+    modelcard.write_json({"model_name": model_name, "threshold": threshold, "val": val_metrics, "test": test_metrics},
+                         out / "metrics.json")
+    history = getattr(train_result, "history", None)
+    if isinstance(history, pd.DataFrame) and not (out / "history.csv").exists():
+        history.to_csv(out / "history.csv", index_label="epoch")
+    np.savez_compressed(
+        out / "predictions.npz",
+        val_labels=val.labels, val_probabilities=val.probabilities, val_patients=val.patient_ids.astype(str),
+        test_labels=test.labels, test_probabilities=test.probabilities, test_patients=test.patient_ids.astype(str),
+    )
+    return card
+
+
+HEADLINE = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "brier")
+
+
+def validation_report(card: dict, split: str = "val") -> pd.DataFrame:
+    """The card's metrics on one split as a readable table: value and 95% patient-bootstrap CI."""
+    values = card.get("metrics", {}).get(split, {})
+    intervals = values.get("ci") or {}
+    rows = []
+    for key in HEADLINE + ("accuracy",):
+        if key not in values:
+            continue
+        interval = intervals.get(key)
+        rows.append({
+            "metric": key,
+            "value": values[key],
+            "95% CI": f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
+        })
+    table = pd.DataFrame(rows).set_index("metric") if rows else pd.DataFrame()
+    threshold = card.get("threshold", {})
+    print(f"{card.get('model_name')} on {split}: threshold {threshold.get('value', float('nan')):.3f} "
+          f"({threshold.get('method')}, chosen on {threshold.get('chosen_on')}); "
+          f"positive class {values.get('positive_class')!r}; n_images {values.get('n_images')}, "
+          f"n_patients {values.get('n_patients')}")
+    return table
+
+
+def class_weight_table(class_weight: dict, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """Images and weight of each class: each class's total weight comes out equal."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(class_names))
+    table = pd.DataFrame({
+        "class": class_names,
+        "training images": counts,
+        "weight": [float(class_weight.get(label, 1.0)) for label in range(len(class_names))],
+    })
+    table["images x weight"] = table["training images"] * table["weight"]
+    return table
+
+
+def compare_with(session: Any, card: dict, other_notebook: str, split: str = "val") -> pd.DataFrame:
+    """This model's metrics beside another notebook's model of the same run (when it exists)."""
+    cards = [card]
+    other_path = session.run_dir / other_notebook / modelcard.CARD_FILE
+    if other_path.exists():
+        cards.insert(0, modelcard.read_card(other_path.with_name(modelcard.MODEL_FILE)))
+    else:
+        print(f"({other_notebook} has not run in run {session.run_id!r}: nothing to compare with)")
+    rows = []
+    for item in cards:
+        values = item.get("metrics", {}).get(split, {})
+        at_half = values.get("at_0_5") or {}
+        rows.append({
+            "model": item.get("model_name"),
+            "threshold": item.get("threshold", {}).get("value"),
+            "roc_auc": values.get("roc_auc"),
+            "sensitivity": values.get("sensitivity"),
+            "specificity": values.get("specificity"),
+            "precision": values.get("precision"),
+            "sensitivity@0.5": at_half.get("sensitivity"),
+            "precision@0.5": at_half.get("precision"),
+        })
+    return pd.DataFrame(rows).set_index("model")

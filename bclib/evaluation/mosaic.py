@@ -1,0 +1,121 @@
+"""Whole-slide views of one IDC patient from the patches' x/y coordinates.
+
+IDC file names carry each patch's top-left pixel in the original slide
+(``<patient>_idx5_x<X>_y<Y>_class<C>.png``); patches are ``patch_size`` (50) pixels apart.
+:func:`build_mosaic` pastes the patches back at their places; :func:`label_map` and
+:func:`probability_map` give one cell per patch on the same grid, ``NaN`` where the slide has
+no patch (background that the dataset authors dropped). All three share one ``extent``
+``(left, right, bottom, top)`` in slide pixels, ready for ``imshow(..., extent=extent)``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bclib.data.imageio import read_image
+
+
+def _frame_of(frame_or_index) -> tuple[pd.DataFrame, Callable[[int], np.ndarray] | None]:
+    """The frame, and the index's own image reader when a DatasetIndex is given."""
+    if hasattr(frame_or_index, "frame") and hasattr(frame_or_index, "load_image"):
+        return frame_or_index.frame, frame_or_index.load_image
+    if isinstance(frame_or_index, pd.DataFrame):
+        return frame_or_index.reset_index(drop=True), None
+    raise ValueError(f"expected a DataFrame or a DatasetIndex, got {type(frame_or_index).__name__}")
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    missing = [column for column in ("x", "y") if column not in frame.columns]
+    if missing:
+        raise ValueError(f"a slide view needs the IDC patch coordinates; the frame lacks {missing}")
+    if frame.empty:
+        raise ValueError("no patches to place")
+    if "patient_id" in frame.columns and frame["patient_id"].nunique() > 1:
+        raise ValueError(
+            f"the frame holds {frame['patient_id'].nunique()} patients; select one patient's rows "
+            "(frame[frame.patient_id == ...]) — coordinates of different slides overlap"
+        )
+
+
+def grid_cells(frame, patch_size: int = 50) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float, float, float]]:
+    """Each patch's (row, column) on the patch grid, the grid shape, and its extent in slide pixels."""
+    frame, _ = _frame_of(frame)
+    _check_frame(frame)
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    x = frame["x"].to_numpy(dtype=np.int64)
+    y = frame["y"].to_numpy(dtype=np.int64)
+    x0, y0 = int(x.min()), int(y.min())
+    columns = np.rint((x - x0) / patch_size).astype(int)
+    rows = np.rint((y - y0) / patch_size).astype(int)
+    shape = (int(rows.max()) + 1, int(columns.max()) + 1)
+    extent = (float(x0), float(x0 + shape[1] * patch_size), float(y0 + shape[0] * patch_size), float(y0))
+    return rows, columns, shape, extent
+
+
+def build_mosaic(frame, images: np.ndarray | None = None, patch_size: int = 50, scale: float = 1.0,
+                 background: int = 255) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Paste every patch at its x/y; return ``(rgb uint8 mosaic, extent)``.
+
+    ``frame`` is one patient's rows (a DataFrame with ``x``, ``y`` and ``path``, or a
+    DatasetIndex); ``images`` (optional, aligned with the rows) avoids reading the files.
+    ``scale`` < 1 shrinks the mosaic (a large slide at 0.2 is 5x smaller per side).
+    Patches smaller than ``patch_size`` (slide edges) are pasted as they are.
+    """
+    data, reader = _frame_of(frame)
+    _check_frame(data)
+    if not 0 < scale <= 4:
+        raise ValueError(f"scale must lie in (0, 4], got {scale}")
+    if images is not None and len(images) != len(data):
+        raise ValueError(f"{len(images)} images for {len(data)} rows")
+    if images is None and reader is None and "path" not in data.columns:
+        raise ValueError("pass images= or a frame with a 'path' column")
+    x = data["x"].to_numpy(dtype=np.int64)
+    y = data["y"].to_numpy(dtype=np.int64)
+    x0, y0 = int(x.min()), int(y.min())
+    _, _, shape, extent = grid_cells(data, patch_size)
+    height = int(round(shape[0] * patch_size * scale))
+    width = int(round(shape[1] * patch_size * scale))
+    canvas = np.full((height, width, 3), background, dtype=np.uint8)
+    for position in range(len(data)):
+        if images is not None:
+            patch = np.asarray(images[position], dtype=np.uint8)
+        elif reader is not None:
+            patch = reader(position)
+        else:
+            patch = read_image(data["path"].iloc[position])
+        if scale != 1.0:
+            size = (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale)))
+            patch = np.asarray(Image.fromarray(patch).resize(size, Image.Resampling.BILINEAR))
+        top = int(round((y[position] - y0) * scale))
+        left = int(round((x[position] - x0) * scale))
+        patch = patch[: max(0, height - top), : max(0, width - left)]
+        canvas[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
+    return canvas, extent
+
+
+def _cell_map(frame, values: np.ndarray, patch_size: int) -> np.ndarray:
+    rows, columns, shape, _ = grid_cells(frame, patch_size)
+    grid = np.full(shape, np.nan, dtype=np.float64)
+    grid[rows, columns] = values
+    return grid
+
+
+def label_map(frame, patch_size: int = 50) -> np.ndarray:
+    """The ground truth on the patch grid: 1.0 IDC, 0.0 non-IDC, ``NaN`` where no patch."""
+    data, _ = _frame_of(frame)
+    if "label" not in data.columns:
+        raise ValueError("the frame has no 'label' column")
+    return _cell_map(data, data["label"].to_numpy(dtype=np.float64), patch_size)
+
+
+def probability_map(frame, probs, patch_size: int = 50) -> np.ndarray:
+    """Predicted probabilities on the same grid as :func:`label_map` (``NaN`` where no patch)."""
+    data, _ = _frame_of(frame)
+    values = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if len(values) != len(data):
+        raise ValueError(f"{len(values)} probabilities for {len(data)} patches")
+    return _cell_map(data, values, patch_size)

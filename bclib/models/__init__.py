@@ -1,0 +1,1 @@
+"""The classifiers: builders, ImageNet weights, training helpers, cached backbone features."""

@@ -1,0 +1,1 @@
+"""Running the series: papermill runner, reports, sweeps, the benchmark and the `bclib` command."""

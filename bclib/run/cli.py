@@ -1,0 +1,55 @@
+"""The ``bclib`` console command. Each sub-command lives in ``bclib.run.commands.<name>``.
+
+A command module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` (a callable taking the parsed arguments and returning an exit code).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+from bclib import DISCLAIMER, __version__
+
+COMMAND_MODULES = ("data", "run", "evaluate", "predict", "bench", "sweep")
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``error: ...`` with exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bclib",
+        description=f"Breast-cancer image classification notebook series. {DISCLAIMER}",
+    )
+    parser.add_argument("--version", action="version", version=f"bclib {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module_name = f"bclib.run.commands.{name}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``bclib`` console command, one module each (see ``bclib.run.cli``)."""

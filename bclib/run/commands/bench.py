@@ -1,0 +1,53 @@
+"""``bclib bench``: speed and memory ratios measured side by side on the data given."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from bclib.run.bench import SECTIONS, default_settings, environment_line, parse_sections, run_bench, write_report
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure packing, input pipeline, frozen-backbone, inference and memory as ratios",
+        description=(
+            "Measure, in one run on this machine, each speed as a ratio against its reference "
+            "(cache vs PNG decode, tf.data vs in-RAM fit, cached features vs frozen backbone, "
+            "bclib predict vs raw model.predict, latency vs target, memory vs packed size). "
+            "Prints a table and writes reports/bench/<timestamp>.json."
+        ),
+    )
+    parser.add_argument("--data", default=None, help="dataset folder (default: BCLIB_DATA or data/)")
+    parser.add_argument("--dataset", default="idc", help="dataset name (default idc)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="every section on a small synthetic dataset (CI; well under a minute)")
+    parser.add_argument("--only", default=None, metavar="SECTIONS",
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="use at most this many images of the dataset (subsampled, seeded)")
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    parse_sections(args.only)  # fail fast on a typo, before TensorFlow loads
+    if args.tiny and args.data:
+        raise ValueError("--tiny uses generated data; drop --data (or drop --tiny to bench your data)")
+    settings = None if args.tiny else default_settings(max_images=args.max_images)
+    if args.tiny and args.max_images:
+        raise ValueError("--max-images does not apply to --tiny")
+    log = (lambda message: None) if args.json else (lambda message: print(message, flush=True))
+    report = run_bench(data=args.data, dataset=args.dataset, tiny=args.tiny, only=args.only,
+                       settings=settings, log=log)
+    path = write_report(report)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(environment_line(report.environment))
+        print(f"data: {report.data['images']} images ({report.data['dataset']}, {report.data['root']})"
+              + ("  [synthetic]" if report.data["synthetic"] else ""))
+        print()
+        print(report.table())
+        print(f"\n{report.seconds:.0f} s; report: {path}")
+    return 0

@@ -1,0 +1,83 @@
+"""``bclib run``: execute the notebook series with papermill into ``reports/<run_id>/``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bclib.profiles import PROFILES
+
+DEFAULT_PROFILE = "quick"
+DEFAULT_DATASET = "idc"
+
+
+def parse_parameter(text: str) -> tuple[str, Any]:
+    """``"epochs=3"`` -> ``("epochs", 3)``: values are JSON literals when they parse
+    (numbers, ``true``/``false``, ``null``, quoted strings, lists), else plain strings."""
+    key, separator, raw = text.partition("=")
+    key = key.strip()
+    if not separator or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a Python name as KEY, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the notebook series with papermill into reports/<run_id>/",
+        description=(
+            "Execute the numbered notebooks in order into a new run folder (never overwritten), "
+            "export each to HTML, and write manifest.json and summary.md/json. "
+            "For education and research, not for diagnosis."
+        ),
+    )
+    parser.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
+                        help="smoke (tiny, synthetic data), quick, or full (default: %(default)s)")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset name (default: %(default)s)")
+    parser.add_argument("--data", metavar="PATH", help="dataset folder (default: BCLIB_DATA or data/)")
+    parser.add_argument("--run-id", metavar="ID", help="name of the run folder (default: run-<timestamp>)")
+    parser.add_argument("--notebooks", metavar="02,05", help="only the notebooks with these prefixes")
+    parser.add_argument("-p", "--parameter", dest="parameters", metavar="KEY=VALUE", action="append",
+                        type=parse_parameter, default=[],
+                        help="notebook parameter override (repeatable), e.g. -p epochs=2 -p augment=true")
+    parser.add_argument("--resume", metavar="ID", help="continue run ID, skipping its completed notebooks")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the series; print the run folder and the summary table. 1 when a notebook fails."""
+    from bclib.run import reports
+    from bclib.run.runner import RunFailed, run_series
+
+    try:
+        result = run_series(
+            profile=args.profile,
+            dataset=args.dataset,
+            data=args.data,
+            run_id=args.run_id,
+            notebooks=args.notebooks,
+            parameters=dict(args.parameters),
+            resume=args.resume,
+            kernel_name=args.kernel,
+            progress=not args.no_progress,
+        )
+    except RunFailed as failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
+    frame = result.summary()
+    print()
+    print(f"run folder: {result.run_dir}")
+    if result.skipped:
+        print(f"skipped (already completed): {', '.join(result.skipped)}")
+    print(reports.markdown_table(reports.display_summary(frame)) if not frame.empty else "no model cards in this run")
+    print(f"summary: {result.summary_markdown}")
+    if result.synthetic:
+        print(f"*** {reports.SYNTHETIC_BANNER.replace('**', '')} ***")
+    return 0

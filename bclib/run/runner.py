@@ -1,0 +1,464 @@
+"""``bclib run``: execute the numbered notebooks with papermill into one run folder.
+
+Each run gets ``reports/<run_id>/`` with ``manifest.json`` (versions, git commit, data,
+parameters, per-notebook status and timing), every executed notebook as ``.ipynb`` and
+``.html``, and ``summary.md/json``. A failing notebook stops the run (:class:`RunFailed`);
+``resume=<run_id>`` continues it, skipping the notebooks already completed.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from bclib import DISCLAIMER, paths, profiles
+from bclib.run import reports
+from bclib.data.index import DatasetError
+from bclib.evaluation.modelcard import write_json
+
+PROFILE_NAMES = tuple(profiles.PROFILES)
+DEFAULT_PROFILE = "quick"
+DEFAULT_DATASET = "idc"
+NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
+#: Size of the generated demo dataset (the same as ``bclib.session`` generates).
+#: Stop counting files for the manifest's data hash beyond this many (the scan must stay cheap).
+MAX_FILES_TO_HASH = 60_000
+#: Parameters every run injects (when a notebook declares them).
+WIDGET_STATE_KEY = "application/vnd.jupyter.widget-state+json"
+RUN_PARAMETERS = ("run_id", "profile", "dataset", "data_dir")
+SYNTHETIC_WARNING = (
+    "SYNTHETIC DEMO DATA: no real dataset is used; results show that the pipeline runs, "
+    "not how well a model does."
+)
+
+
+class RunFailed(RuntimeError):
+    """A notebook of the series failed; carries its name, the error and where to look."""
+
+    def __init__(self, notebook: str, ename: str, evalue: str, run_dir: Path,
+                 output: Path | None = None, html: Path | None = None, cell_index: int | None = None):
+        self.notebook, self.ename, self.evalue = notebook, ename, evalue
+        self.run_dir, self.output, self.html, self.cell_index = run_dir, output, html, cell_index
+        where = f" in cell {cell_index}" if cell_index is not None else ""
+        look = html or output
+        super().__init__(
+            f"notebook {notebook} failed{where}: {ename}: {evalue}"
+            + (f"\n  partial output kept: {look}" if look else "")
+            + f"\n  continue with: bclib run --resume {run_dir.name}"
+        )
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_series` did."""
+
+    run_id: str
+    run_dir: Path
+    manifest: dict
+    executed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    summary_markdown: Path | None = None
+    summary_json: Path | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        """Notebooks whose status in the manifest is ``failed`` (empty for a finished run)."""
+        return [name for name, state in self.manifest.get("notebooks", {}).items() if state.get("status") == "failed"]
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.manifest.get("synthetic"))
+
+    def summary(self):
+        """The model table of the run (:func:`bclib.run.reports.build_summary`)."""
+        return reports.build_summary(self.run_dir)
+
+
+# --------------------------------------------------------------------------- notebooks
+
+def discover_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
+    """The numbered notebooks ``NN_name.ipynb`` of ``notebooks_dir`` (default: the project's
+    ``notebooks/``), sorted by name."""
+    folder = Path(notebooks_dir) if notebooks_dir is not None else paths.project_root() / "notebooks"
+    return sorted(folder.glob(NOTEBOOK_PATTERN)) if folder.is_dir() else []
+
+
+NOTEBOOKS: list[Path] = discover_notebooks()
+
+
+def select_notebooks(available: list[Path], selection: Iterable[str] | str | None) -> list[Path]:
+    """Keep the notebooks whose name starts with one of ``selection`` (``"02"``,
+    ``"02_baseline_cnn"``...; a comma-separated string works too), in series order."""
+    if selection is None:
+        return list(available)
+    if isinstance(selection, str):
+        selection = selection.split(",")
+    wanted = [item.strip().removesuffix(".ipynb") for item in selection if item.strip()]
+    if not wanted:
+        raise ValueError("empty notebook selection")
+    names = [path.stem for path in available]
+    unknown = [item for item in wanted if not any(name.startswith(item) for name in names)]
+    if unknown:
+        raise ValueError(f"no notebook matches {unknown}; available: {names or 'none'}")
+    return [path for path in available if any(path.stem.startswith(item) for item in wanted)]
+
+
+def declared_parameters(notebook: str | Path) -> set[str]:
+    """Names assigned in the notebook's ``parameters`` cell (empty when it has none)."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)).keys())
+
+
+def notebook_completed(path: Path) -> bool:
+    """True when ``path`` is an executed notebook that papermill finished without an error."""
+    import nbformat
+
+    if not path.is_file():
+        return False
+    try:
+        notebook = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - a truncated or corrupt file is simply not complete
+        return False
+    meta = notebook.metadata.get("papermill", {})
+    if meta.get("exception"):
+        return False
+    return all(cell.metadata.get("papermill", {}).get("status", "completed") == "completed"
+               for cell in notebook.cells if cell.cell_type == "code")
+
+
+def export_html(notebook_path: Path) -> Path:
+    """Write ``<name>.html`` beside an executed notebook (nbconvert's HTML exporter)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    widgets = notebook.metadata.get("widgets")
+    if widgets is not None and WIDGET_STATE_KEY not in widgets:
+        # nbclient leaves ``"widgets": {}`` after widget progress bars; nbconvert's template
+        # then fails with a KeyError. Without saved state there is nothing to render anyway.
+        del notebook.metadata["widgets"]
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    html_path = notebook_path.with_suffix(".html")
+    html_path.write_text(body, encoding="utf-8")
+    return html_path
+
+
+# --------------------------------------------------------------------------- data
+
+def _make_synthetic(log: Callable[[str], Any]) -> Path:
+    """The synthetic IDC demo dataset, generated once (see :func:`bclib.data.synthetic.ensure_demo_dataset`)."""
+    from bclib.data.synthetic import ensure_demo_dataset
+
+    return ensure_demo_dataset(log)
+
+
+def _is_synthetic(location: Path) -> bool:
+    """True when ``location`` (or a parent) carries the synthetic-data marker."""
+    try:
+        synthetic = importlib.import_module("bclib.data.synthetic")
+    except ImportError:
+        return False
+    return bool(synthetic.is_synthetic_folder(location, location.parent, location.parent.parent))
+
+
+def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
+                 log: Callable[[str], Any] = print) -> tuple[Path, bool]:
+    """The data folder for a run and whether it is synthetic demo data.
+
+    An explicit ``data`` always wins (and must exist). Otherwise profile ``smoke`` uses the
+    synthetic IDC demo data, other profiles the folder :func:`bclib.paths.find_dataset_dir`
+    finds, falling back to the synthetic data for ``idc`` only.
+    """
+    if data is not None:
+        location = paths.find_dataset_dir(dataset, data)
+        return location, _is_synthetic(location)
+    found = None if profile == "smoke" else paths.find_dataset_dir(dataset)
+    if found is not None:
+        return found, _is_synthetic(found)
+    if dataset != "idc":
+        raise DatasetError(
+            f"no {dataset!r} dataset found and only idc has synthetic demo data: pass --data PATH, "
+            f"set BCLIB_DATA_{dataset.upper()} or BCLIB_DATA, or see data/README.md"
+        )
+    if profile != "smoke":
+        log("no real IDC data found (pass --data PATH or set BCLIB_DATA); falling back to synthetic data")
+    return _make_synthetic(log), True
+
+
+def data_fingerprint(dataset: str, location: Path, max_files: int = MAX_FILES_TO_HASH) -> dict:
+    """``{"content_hash", "images", "patients"}`` of the data, or ``{"skipped": reason}``
+    when scanning would not be cheap (too many files) or fails."""
+    if location.is_dir():
+        count = 0
+        for _, _, files in os.walk(location):
+            count += len(files)
+            if count > max_files:
+                return {"skipped": f"more than {max_files} files: not hashed"}
+    try:
+        from bclib.data import datasets
+
+        index = datasets.scan(dataset, location)
+        counts = index.counts()
+        return {"content_hash": index.content_hash(), "images": counts.get("images"),
+                "patients": counts.get("patients"), "problems": len(index.problems)}
+    except Exception as error:  # noqa: BLE001 - the fingerprint is informative only
+        return {"skipped": f"scan failed: {type(error).__name__}: {error}"}
+
+
+# --------------------------------------------------------------------------- manifest
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and the packages a run depends on (read without importing them)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("bclib", "tensorflow", "keras", "numpy", "pandas", "papermill", "nbconvert"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the project checkout, or ``None`` values outside git."""
+    root = root or paths.project_root()
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(status.strip())}
+
+
+def read_manifest(run_dir: Path) -> dict:
+    import json
+
+    path = run_dir / reports.MANIFEST_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no {reports.MANIFEST_FILE}: it is not a run folder to resume")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> Path:
+    return write_json(manifest, run_dir / reports.MANIFEST_FILE)
+
+
+# --------------------------------------------------------------------------- running
+
+def _execute(notebook: Path, output: Path, parameters: dict, kernel_name: str, cwd: Path) -> None:
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
+        cwd=str(cwd), progress_bar=False, log_output=False,
+    )
+
+
+def _failure(error: BaseException) -> tuple[str, str, int | None]:
+    """``(ename, evalue, cell_index)`` of a papermill failure (or any other exception)."""
+    ename = getattr(error, "ename", None) or type(error).__name__
+    evalue = getattr(error, "evalue", None)
+    if evalue is None:
+        evalue = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    return str(ename), str(evalue), getattr(error, "cell_index", None)
+
+
+def _progress(items: list, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="notebooks", unit="nb", disable=not enabled)
+
+
+def run_series(
+    profile: str = DEFAULT_PROFILE,
+    dataset: str = DEFAULT_DATASET,
+    data: str | os.PathLike | None = None,
+    run_id: str | None = None,
+    notebooks: Iterable[str] | str | None = None,
+    parameters: dict | None = None,
+    resume: str | None = None,
+    notebooks_dir: str | Path | None = None,
+    kernel_name: str = "python3",
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> RunResult:
+    """Execute the notebook series into ``reports/<run_id>/`` and write its summary.
+
+    ``notebooks`` selects by prefix (``["02", "05"]``); ``parameters`` are extra ``-p``
+    overrides, passed only to the notebooks whose ``parameters`` cell declares them.
+    ``resume=<run_id>`` reopens that run with its original profile, dataset, data and
+    parameters (``parameters`` given here are merged on top) and skips the notebooks it
+    completed. Raises :class:`RunFailed` at the first failing notebook.
+    """
+    parameters = dict(parameters or {})
+    reserved = sorted(set(parameters) & set(RUN_PARAMETERS))
+    if reserved:
+        raise ValueError(f"set {reserved} with the run's own options (--profile, --dataset, --data, --run-id), not -p")
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else paths.project_root() / "notebooks"
+    available = discover_notebooks(notebooks_dir)
+    if not available:
+        raise FileNotFoundError(f"no numbered notebooks ({NOTEBOOK_PATTERN}) in {notebooks_dir}")
+
+    if resume is not None:
+        if run_id is not None and run_id != resume:
+            raise ValueError(f"--run-id {run_id!r} and --resume {resume!r} disagree: give only --resume")
+        directory = reports.run_dir(resume)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"cannot resume: run folder {str(directory)!r} does not exist")
+        manifest = read_manifest(directory)
+        run_id = resume
+        for name, value, default in (("profile", profile, DEFAULT_PROFILE), ("dataset", dataset, DEFAULT_DATASET)):
+            if value not in (manifest.get(name), default):
+                log(f"warning: resume keeps the run's {name} {manifest.get(name)!r}, not {value!r}")
+        profile, dataset = manifest["profile"], manifest["dataset"]
+        if data is not None and str(Path(data).expanduser().resolve()) != manifest.get("data_dir"):
+            raise ValueError(f"cannot resume with other data: the run used {manifest.get('data_dir')!r}")
+        parameters = {**manifest.get("parameters", {}), **parameters}
+        selection_names = manifest.get("selection") or [p.stem for p in available]
+        selected = select_notebooks(available, selection_names if notebooks is None else notebooks)
+        data_location = Path(manifest["data_dir"])
+        synthetic = bool(manifest.get("synthetic"))
+        if not data_location.exists():
+            raise FileNotFoundError(f"cannot resume: the run's data {str(data_location)!r} is gone")
+        manifest.setdefault("resumed", []).append(_now())
+        manifest["parameters"] = parameters
+        log(f"resuming run {run_id} in {directory}")
+    else:
+        if profile not in PROFILE_NAMES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILE_NAMES)}")
+        from bclib.data.datasets import DATASET_NAMES
+
+        if dataset not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASET_NAMES)}")
+        selected = select_notebooks(available, notebooks)
+        data_location, synthetic = resolve_data(dataset, data, profile, log)
+        run_id = run_id or reports.new_run_id()
+        directory = reports.create_run_dir(run_id)
+        manifest = {
+            "run_id": run_id,
+            "disclaimer": DISCLAIMER,
+            "status": "running",
+            "started": _now(),
+            "finished": None,
+            "command": " ".join(sys.argv),
+            "profile": profile,
+            "dataset": dataset,
+            "data_dir": str(data_location),
+            "synthetic": synthetic,
+            "data": data_fingerprint(dataset, data_location),
+            "parameters": parameters,
+            "kernel_name": kernel_name,
+            "notebooks_dir": str(notebooks_dir.resolve()),
+            "selection": [path.stem for path in selected],
+            "versions": package_versions(),
+            "git": git_state(),
+            "platform": platform.platform(),
+            "notebooks": {},
+        }
+        if synthetic:
+            manifest["data_note"] = SYNTHETIC_WARNING
+        log(f"run {run_id}: {directory}")
+    if synthetic:
+        log(f"*** {SYNTHETIC_WARNING} ***")
+
+    declared = {path.stem: declared_parameters(path) for path in selected}
+    for path in selected:
+        if not declared[path.stem]:
+            log(f"warning: {path.name} has no cell tagged 'parameters'; it runs with its own defaults")
+    unused = sorted(key for key in parameters if not any(key in names for names in declared.values()))
+    if unused:
+        log(f"warning: no selected notebook declares parameter(s) {unused}; they are ignored")
+
+    run_values = {"run_id": run_id, "profile": profile, "dataset": dataset, "data_dir": str(data_location)}
+    states = manifest.setdefault("notebooks", {})
+    for path in selected:
+        states.setdefault(path.stem, {"status": "pending", "seconds": None})
+    manifest["status"] = "running"
+    write_manifest(directory, manifest)
+
+    result = RunResult(run_id=run_id, run_dir=directory, manifest=manifest)
+    started = time.perf_counter()
+    for path in _progress(selected, progress):
+        name = path.stem
+        output = directory / path.name
+        state = states[name]
+        if resume is not None and state.get("status") == "completed" and notebook_completed(output):
+            log(f"{name}: already completed, skipped")
+            result.skipped.append(name)
+            continue
+        injected = {key: value for key, value in {**run_values, **parameters}.items() if key in declared[name]}
+        state.update(status="running", started=_now(), finished=None, error=None, parameters=injected)
+        write_manifest(directory, manifest)
+        log(f"{name}: running")
+        clock = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            _execute(path, output, injected, kernel_name, notebooks_dir)
+        except KeyboardInterrupt:
+            state.update(status="interrupted", seconds=round(time.perf_counter() - clock, 2), finished=_now())
+            manifest.update(status="interrupted", finished=_now())
+            write_manifest(directory, manifest)
+            log(f"interrupted: continue with `bclib run --resume {run_id}`")
+            raise
+        except Exception as caught:  # noqa: BLE001 - any failure stops the series, reported below
+            error = caught
+        state["seconds"] = round(time.perf_counter() - clock, 2)
+        state["finished"] = _now()
+        html = None
+        if output.is_file():
+            try:
+                html = export_html(output)
+            except Exception as export_error:  # noqa: BLE001 - the .ipynb is still there
+                log(f"{name}: HTML export failed: {type(export_error).__name__}: {export_error}")
+        state["output"] = output.name if output.is_file() else None
+        state["html"] = html.name if html else None
+        if error is not None:
+            ename, evalue, cell_index = _failure(error)
+            state.update(status="failed", error=f"{ename}: {evalue}", cell_index=cell_index)
+            manifest.update(status="failed", finished=_now())
+            write_manifest(directory, manifest)
+            _safe_summary(directory, manifest, log)
+            raise RunFailed(name, ename, evalue, directory, output if output.is_file() else None,
+                            html, cell_index) from error
+        state["status"] = "completed"
+        result.executed.append(name)
+        write_manifest(directory, manifest)
+        log(f"{name}: completed in {state['seconds']:.1f} s")
+
+    manifest.update(status="completed", finished=_now())
+    manifest["seconds"] = round(time.perf_counter() - started, 2)
+    write_manifest(directory, manifest)
+    result.summary_markdown, result.summary_json = reports.write_summary(directory, manifest)
+    if synthetic:
+        log(f"*** {SYNTHETIC_WARNING} ***")
+    log(f"run {run_id} completed: {result.summary_markdown}")
+    return result
+
+
+def _safe_summary(directory: Path, manifest: dict, log: Callable[[str], Any]) -> None:
+    """Write the summary of a failed run without hiding the notebook's error."""
+    try:
+        reports.write_summary(directory, manifest)
+    except Exception as error:  # noqa: BLE001
+        log(f"could not write the summary: {type(error).__name__}: {error}")
+
+
+__all__ = [
+    "NOTEBOOKS", "PROFILE_NAMES", "RunFailed", "RunResult", "run_series", "discover_notebooks",
+    "select_notebooks", "declared_parameters", "notebook_completed", "export_html", "resolve_data",
+    "data_fingerprint", "package_versions", "git_state",
+]
