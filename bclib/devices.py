@@ -118,16 +118,10 @@ def replicas() -> int:
 
 
 def describe(info: DeviceInfo | None = None) -> str:
-    """A few lines for a notebook's setup cell: versions, devices, precision, XLA."""
+    """One line for a notebook's set-up: versions, devices, precision, XLA."""
     info = info or _CONFIGURED or DeviceInfo(
         gpus=gpu_names(), policy=keras.mixed_precision.global_policy().name, cpu_count=os.cpu_count() or 1
     )
-    devices = ", ".join(info.gpus) if info.gpus else "none (CPU only: training is slow, use a small profile)"
-    return "\n".join(
-        [
-            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}",
-            f"GPUs: {devices}",
-            f"CPU cores: {info.cpu_count}",
-            f"Precision policy: {info.policy}; XLA: {'on' if info.xla else 'off'}; strategy: {info.strategy}",
-        ]
-    )
+    where = f"{len(info.gpus)} GPU(s): {', '.join(info.gpus)}" if info.gpus else f"CPU only ({info.cpu_count} cores)"
+    return (f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}; {where}; "
+            f"{info.policy}; XLA {'on' if info.xla else 'off'}")

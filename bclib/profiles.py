@@ -94,6 +94,10 @@ def default_split(dataset: str) -> str:
     return DEFAULT_SPLITS.get(dataset, "patient")
 
 
+#: Notebooks whose ``image_size`` parameter takes the profile's ``transfer_image_size``.
+TRANSFER_NOTEBOOKS = ("05_mobilenetv2_transfer", "06_resnet50_transfer")
+
+
 def profile_names() -> list[str]:
     return list(PROFILES)
 
@@ -117,4 +121,12 @@ def resolve(profile: str, dataset: str, explicit: dict[str, Any]) -> dict[str, A
             values[key] = value
     values["profile"] = profile
     values["dataset"] = dataset
+    return values
+
+
+def notebook_values(profile: str, dataset: str, notebook: str) -> dict[str, Any]:
+    """The parameter values ``bclib run`` passes to ``notebook`` for this profile and dataset."""
+    values = resolve(profile, dataset, {})
+    if notebook in TRANSFER_NOTEBOOKS:
+        values["image_size"] = values["transfer_image_size"]
     return values

@@ -1,12 +1,13 @@
-"""A notebook's session: parameters resolved, data found, scanned, packed and split, once.
+"""A notebook's session: data found, scanned, packed and split once, and a run folder to write to.
 
 Every notebook calls :func:`start` right after its ``parameters`` cell::
 
-    session = bclib.session.start("02_baseline_cnn", dataset=dataset, data_dir=data_dir,
-                                  run_id=run_id, profile=profile, seed=seed, epochs=epochs)
+    session = start("02_baseline_cnn", dataset=dataset, data_dir=data_dir, run_id=run_id,
+                    profile=profile, seed=seed)
 
-and then asks the session for data (``session.dataset("train", ...)``), saves figures with
-``session.save_fig`` and writes its model with :mod:`bclib.evaluation.experiment`.
+and then asks the session for data (``session.dataset("train", image_size=50, batch_size=128)``)
+and saves figures with ``session.save_fig``. The lesson's own knobs (epochs, learning rate...)
+stay plain variables in the notebook.
 """
 from __future__ import annotations
 
@@ -14,31 +15,42 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bclib import DISCLAIMER, __version__, paths, profiles
+from bclib import __version__, paths, profiles
+from bclib.display import show_banner
 from bclib.data.datasets import DatasetIndex, scan
 
 INTERACTIVE_RUN_ID = "interactive"
 SYNTHETIC_BANNER = "SYNTHETIC DEMO DATA: generated patches, not patients. No metric here says anything about cancer."
+#: Set by ``bclib run`` for the kernels it starts: no interactive progress bars there.
+BATCH_ENVIRONMENT = "BCLIB_BATCH"
 
 
-def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None, allow_synthetic: bool = True) -> tuple[Path, bool]:
-    """Find the data of ``dataset``; for IDC with none anywhere, generate the synthetic demo.
+def in_batch_run() -> bool:
+    """True inside a kernel started by ``bclib run`` (papermill), where widgets do not render."""
+    return os.environ.get(BATCH_ENVIRONMENT) == "1"
 
-    Returns ``(path, synthetic)``. An explicit ``data_dir`` that does not exist is an error,
-    never silently replaced by synthetic data.
+
+def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None,
+                             prefer_synthetic: bool = False) -> tuple[Path, bool]:
+    """The data of ``dataset`` and whether it is the synthetic demo: ``(path, synthetic)``.
+
+    An explicit ``data_dir`` always wins and must exist. Otherwise the folder
+    :func:`bclib.paths.find_dataset_dir` finds, unless ``prefer_synthetic``; for IDC with no
+    data anywhere the synthetic demo is generated. Other datasets without data are an error.
     """
     from bclib.data.synthetic import ensure_demo_dataset, is_synthetic_folder
 
-    location = paths.find_dataset_dir(dataset, data_dir)
+    location = None if prefer_synthetic and data_dir is None else paths.find_dataset_dir(dataset, data_dir)
     if location is not None:
         return location, is_synthetic_folder(location, location.parent, location.parent.parent)
-    if dataset != "idc" or not allow_synthetic:
+    if dataset != "idc":
         raise FileNotFoundError(
             f"no {dataset!r} data found (looked at BCLIB_DATA_{dataset.upper()}, BCLIB_DATA, data/); "
             f"pass data_dir / --data, or see data/README.md (`bclib data download {dataset}`)"
@@ -63,10 +75,9 @@ def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int, m
     keep: list[int] = []
     for group in groups:
         budget = max(1, round(max_images * len(group) / len(frame)))
-        per_patient = base_per_patient
         rows_by_patient = group.groupby("patient_id", sort=True).indices
         patients = list(rows_by_patient)
-        per_patient = max(per_patient, -(-budget // max(1, len(patients))))
+        per_patient = max(base_per_patient, -(-budget // max(1, len(patients))))
         chosen: list[int] = []
         for patient_position in rng.permutation(len(patients)):
             rows = group.index.to_numpy()[rows_by_patient[patients[patient_position]]]
@@ -79,24 +90,25 @@ def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int, m
     return index.subset(np.sort(np.asarray(keep)))
 
 
-def library_versions() -> dict[str, str]:
-    """Versions that a model card and a run manifest record."""
-    versions = {"bclib": __version__, "python": platform.python_version()}
-    for module_name in ("tensorflow", "keras", "numpy", "pandas", "sklearn"):
+def library_versions() -> dict[str, str | None]:
+    """Versions of Python and the libraries a model card and a run manifest record."""
+    import importlib.metadata
+
+    versions: dict[str, str | None] = {"bclib": __version__, "python": platform.python_version()}
+    for name in ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "papermill"):
         try:
-            module = __import__(module_name)
-            versions[module_name] = getattr(module, "__version__", "?")
-        except ImportError:
-            continue
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
     return versions
 
 
 @dataclass
 class Session:
-    """What a notebook needs: resolved parameters, the packed data, the split and the run folder."""
+    """What a notebook needs: the packed data, the split and the run folder."""
 
     notebook: str
-    params: dict[str, Any]
+    settings: dict[str, Any]
     run_id: str
     run_dir: Path
     out_dir: Path
@@ -110,6 +122,10 @@ class Session:
 
     # ----- data ---------------------------------------------------------------------------
     @property
+    def seed(self) -> int:
+        return int(self.settings["seed"])
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.cache.index.class_names)
 
@@ -119,7 +135,28 @@ class Session:
 
     @property
     def positive_label(self) -> int | None:
-        return self.cache.index.positive_label
+        """The label of the disease class: label 1 unless the dataset says otherwise; None for more classes."""
+        label = self.cache.index.positive_label
+        if label is None and self.num_classes == 2:
+            return 1
+        return None if label is None else int(label)
+
+    @property
+    def positive_name(self) -> str | None:
+        label = self.positive_label
+        return None if label is None else self.class_names[label]
+
+    @property
+    def pack_size(self) -> int:
+        """Pixel size of the packed patches (smaller ones padded, larger ones downscaled)."""
+        return int(self.settings["pack_size"])
+
+    @property
+    def strategy(self):
+        """The ``tf.distribute`` strategy to build and compile models in (all GPUs, or the default)."""
+        from bclib import devices
+
+        return devices.strategy()
 
     def positions(self, split_name: str) -> np.ndarray:
         return np.asarray(self.split.positions(split_name))
@@ -135,9 +172,14 @@ class Session:
         positions = self.positions(split_name)[:limit]
         return np.asarray(self.cache.images[positions])
 
-    def dataset(self, split_name: str, image_size: int | None = None, batch_size: int | None = None,
-                training: bool | None = None, augmenter: Any = None, positions: np.ndarray | None = None):
-        """A tf.data pipeline over one split (shuffled and augmented only for ``train``)."""
+    def dataset(self, split_name: str, image_size: int, batch_size: int = 128, training: bool | None = None,
+                augmenter: Any = None, positions: np.ndarray | None = None):
+        """A tf.data pipeline over one split: ``(images 0..255 float32, labels)`` batches.
+
+        Shuffled and augmented only for ``train`` (or ``training=True``); otherwise in split
+        order, so predictions line up with :meth:`labels`. ``batch_size`` is per GPU.
+        """
+        from bclib import devices
         from bclib.data.pipeline import make_dataset
 
         training = (split_name == "train") if training is None else training
@@ -145,27 +187,25 @@ class Session:
             self.cache.images,
             self.cache.labels,
             positions=self.positions(split_name) if positions is None else positions,
-            batch_size=batch_size or self.params["batch_size"],
+            batch_size=int(batch_size) * devices.replicas(),
             training=training,
-            image_size=image_size or self.params["image_size"],
+            image_size=image_size,
             augmenter=augmenter if training else None,
-            seed=self.params["seed"],
+            seed=self.seed,
             num_classes=self.num_classes,
         )
 
     # ----- outputs ------------------------------------------------------------------------
-    def save_fig(self, fig: Any, name: str) -> Path:
-        """Save ``fig`` as PNG into this notebook's run folder (listed in its figures.json)."""
+    def save_fig(self, fig: Any, name: str) -> None:
+        """Save ``fig`` as ``<name>.png`` in this notebook's run folder (listed in its figures.json)."""
         from bclib.run.reports import save_fig
 
         path = save_fig(fig, name, self.out_dir)
         if path.name not in self.figures:
             self.figures.append(path.name)
-        return path
 
     def card_base(self, model_name: str) -> dict[str, Any]:
         """The model-card fields every trained model of this session shares."""
-        split_dict = self.split.to_dict() if hasattr(self.split, "to_dict") else {}
         return {
             "model_name": model_name,
             "notebook": self.notebook,
@@ -173,67 +213,55 @@ class Session:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "class_names": self.class_names,
             "positive_label": self.positive_label,
-            "pack_size": int(self.params["pack_size"]),
+            "pack_size": self.pack_size,
             "dataset": {
                 "name": self.index.name,
                 "root": str(self.data_path),
                 "content_hash": self.index.content_hash(),
                 "n_images": int(len(self.cache.index)),
                 "synthetic": bool(self.synthetic),
-                "options": self.params.get("dataset_options") or {},
+                "options": self.settings.get("dataset_options") or {},
             },
             "split": {
-                "method": self.params["split"],
-                "seed": int(self.params["seed"]),
+                "method": self.settings["split"],
+                "seed": self.seed,
                 "patients_hash": self.split.patients_hash(),
                 "patients": {name: int(len(self.split.patients(name))) for name in ("train", "val", "test")},
                 "images": {name: int(len(self.positions(name))) for name in ("train", "val", "test")},
-                "max_images": self.params.get("max_images"),
-                "missing_patients": len(getattr(self.split, "missing_patients", []) or []),
-                "patient_ids": split_dict.get("patient_ids", {}),
+                "max_images": self.settings.get("max_images"),
+                "missing_patients": len(self.split.missing_patients or []),
+                "patient_ids": self.split.to_dict().get("patient_ids", {}),
             },
-            "params": {k: v for k, v in self.params.items() if _is_plain(v)},
+            "params": {"profile": self.settings["profile"]},
             "versions": library_versions(),
         }
 
-    def describe(self) -> str:
-        """A short text for the notebook's setup output."""
+    def summary_lines(self) -> list[str]:
+        """What the set-up cell shows: data, classes, split, cache, run folder, device."""
+        from bclib import devices
+
         counts = self.cache.index.counts()
+        split_counts = ", ".join(
+            f"{name} {len(self.positions(name)):,} images / {len(self.split.patients(name))} patients"
+            for name in ("train", "val", "test")
+        )
         lines = [
-            f"bclib {__version__} | notebook {self.notebook} | run {self.run_id} | profile {self.params['profile']}",
             f"dataset {self.index.name} at {self.data_path}" + ("  [SYNTHETIC DEMO DATA]" if self.synthetic else ""),
-            f"images {counts['images']:,} from {counts['patients']:,} patients; per class {counts['per_class']}",
-            f"packed at {self.params['pack_size']} px in {self.cache.directory}",
-            f"outputs -> {self.out_dir}",
-            DISCLAIMER,
+            f"{counts['images']:,} images from {counts['patients']:,} patients; per class "
+            + ", ".join(f"{name} {count:,}" for name, count in counts["per_class"].items()),
+            f"{self.settings['split']} split (seed {self.seed}): {split_counts}",
+            f"packed at {self.pack_size}x{self.pack_size} px; outputs go to {self.out_dir}",
+            devices.describe(),
         ]
         if getattr(self.cache, "failed", None):
-            lines.insert(3, f"{len(self.cache.failed)} unreadable file(s) skipped (see cache.failed)")
-        return "\n".join(lines)
+            lines.insert(2, f"{len(self.cache.failed)} unreadable file(s) skipped (see session.cache.failed)")
+        return lines
 
-    def banners_html(self) -> str:
-        """HTML banners (synthetic data, disclaimer) shown at the top of every notebook."""
-        parts = []
+    def show(self) -> None:
+        """Print the summary, with the synthetic-data banner above it when the data is generated."""
         if self.synthetic:
-            parts.append(_banner(SYNTHETIC_BANNER, "#b00020"))
-        parts.append(_banner(DISCLAIMER, "#555555"))
-        return "".join(parts)
-
-    def show_banners(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.banners_html()))
-
-
-def _banner(text: str, colour: str) -> str:
-    return (
-        f'<div style="border:3px solid {colour};color:{colour};padding:8px 12px;margin:6px 0;'
-        f'font-weight:bold;font-size:1.1em">{text}</div>'
-    )
-
-
-def _is_plain(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, list, dict, tuple))
+            show_banner(SYNTHETIC_BANNER, "warning")
+        print("\n".join(self.summary_lines()))
 
 
 def start(
@@ -245,55 +273,55 @@ def start(
     profile: str = "quick",
     seed: int = 0,
     split: str | None = None,
+    max_images: int | None = None,
     dataset_options: dict | None = None,
-    kind: str = "baseline",
-    progress: bool = True,
-    **params: Any,
+    show: bool = True,
 ) -> Session:
-    """Resolve parameters, locate/scan/pack/split the data and open the notebook's run folder.
+    """Find, scan, pack and split the data for ``notebook`` and open its run folder.
 
-    ``kind="transfer"`` makes ``image_size`` default to the profile's transfer input size.
+    ``split=None`` takes the dataset's official split where one is published, else a
+    patient-level split. ``max_images`` keeps a seeded subset drawn from many patients.
+    Configures the devices (mixed precision and XLA on a GPU) and shows a summary.
     """
+    import pandas as pd
+
+    from bclib import devices
     from bclib.data.cache import pack
     from bclib.data.splits import make_split
 
     split = split or profiles.default_split(dataset)
-    if kind == "transfer" and params.get("image_size") is None:
-        params["image_size"] = profiles.resolve(profile, dataset, {})["transfer_image_size"]
-    resolved = profiles.resolve(profile, dataset, dict(params, seed=seed, split=split))
-    resolved["kind"] = kind
-    from bclib import devices
+    settings = profiles.resolve(profile, dataset, {"seed": seed, "split": split, "max_images": max_images})
+    settings["dataset_options"] = dict(dataset_options or {})
+    device_info = devices.configure()
+    settings["device"] = {"gpus": device_info.gpus, "policy": device_info.policy, "xla": device_info.xla}
+    pd.set_option("display.float_format", "{:.3f}".format)
+    warnings.filterwarnings("ignore", message="`shuffle=True` was passed")  # tf.data shuffles by itself
 
-    device_info = devices.configure()  # GPU: mixed precision + XLA; CPU: float32, no XLA
-    resolved["device"] = {"gpus": device_info.gpus, "policy": device_info.policy, "xla": device_info.xla}
-    if devices.replicas() > 1:  # MirroredStrategy: the batch size parameter is per GPU
-        resolved["batch_size"] = int(resolved["batch_size"]) * devices.replicas()
-    resolved["dataset_options"] = dict(dataset_options or {})
     run_id = run_id or INTERACTIVE_RUN_ID
     run_dir = paths.reports_dir() / run_id
     out_dir = run_dir / notebook
     out_dir.mkdir(parents=True, exist_ok=True)
 
     data_path, synthetic = resolve_dataset_location(dataset, data_dir)
-    resolved["data_dir"] = str(data_path)
-    index = scan(dataset, data_path, **resolved["dataset_options"])
+    settings["data_dir"] = str(data_path)
+    index = scan(dataset, data_path, **settings["dataset_options"])
     synthetic = synthetic or bool(index.synthetic)
-    index = subsample_patients(index, resolved.get("max_images"), seed)
-    if dataset == "folder" and params.get("pack_size") is None and len(index):
-        resolved["pack_size"] = int(min(resolved["pack_size"], max(index.load_image(0).shape[:2])))
-    cache = pack(index, resolved["pack_size"], progress=progress)
-    split_result = make_split(cache.index, split, seed=seed)
+    index = subsample_patients(index, max_images, seed)
+    if dataset == "folder" and len(index):
+        settings["pack_size"] = int(min(settings["pack_size"], max(index.load_image(0).shape[:2])))
+    cache = pack(index, settings["pack_size"], progress=not in_batch_run())
     session = Session(
-        notebook=notebook,
-        params=resolved,
-        run_id=run_id,
-        run_dir=run_dir,
-        out_dir=out_dir,
-        data_path=data_path,
-        synthetic=synthetic,
-        index=index,
-        cache=cache,
-        split=split_result,
+        notebook=notebook, settings=settings, run_id=run_id, run_dir=run_dir, out_dir=out_dir,
+        data_path=data_path, synthetic=synthetic, index=index, cache=cache,
+        split=make_split(cache.index, split, seed=seed),
     )
-    (out_dir / "params.json").write_text(json.dumps({k: v for k, v in resolved.items() if _is_plain(v)}, indent=2) + "\n")
+    (out_dir / "settings.json").write_text(
+        json.dumps({k: v for k, v in settings.items() if _is_plain(v)}, indent=2) + "\n"
+    )
+    if show:
+        session.show()
     return session
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, dict, tuple))

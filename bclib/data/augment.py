@@ -1,26 +1,18 @@
-"""Training-time augmentation, split into a cheap geometric stage and a photometric stage.
+"""Training-time augmentation layers for histology patches (RGB values 0..255 in and out).
 
-Images are RGB in ``0..255`` throughout (the models rescale inside). An :class:`Augmenter`
-has two stages, so that the tf.data pipeline can run each where it costs least:
+* :class:`RandomDihedral`: one of the 8 flips and quarter-turns of the square, the natural
+  symmetry of a patch (tissue has no "up").
+* :class:`RandomZoomCrop`: zoom in at a random place, a crop resized back (no invented border).
+* :class:`RandomStainJitter`: H&E concentrations scaled and shifted in optical-density space
+  (Ruifrok & Johnston 2001 stain vectors; Tellez et al. 2018 "HED jitter").
+* :class:`RandomBrightnessContrast`: brightness and contrast, per image.
 
-* **geometric** (:meth:`Augmenter.dihedral`): each image gets one of the 8 symmetries of the
-  square (identity, 90/180/270-degree turns, 4 mirrors), the natural symmetry of a histology
-  patch. Exact pixel permutations, done in NumPy on the uint8 batch while it is gathered from
-  the cache: about 1 ms per batch of 64 50x50 patches, against about 23 ms of CPU time for
-  Keras' ``RandomFlip`` plus a quarter-turn layer on float32 tensors (measured on 2 CPU cores).
-* **photometric** (:attr:`Augmenter.layers`, Keras layers on float32 batches):
-  :class:`RandomZoomCrop` (zoom in by up to ``zoom``, at a random place: a crop resized back,
-  no border filling), :class:`RandomStainJitter` (H&E concentrations in optical-density space,
-  Ruifrok & Johnston 2001 stain vectors, Tellez et al. 2018 "HED jitter") and
-  :class:`RandomBrightnessContrast`. Each is one fused computation per batch.
-
-Calling an augmenter, ``augmenter(batch, training=True)``, runs both stages (for figures and
-tests); :func:`bclib.data.pipeline.make_dataset` runs them separately. Random layers only act with
-``training=True``.
+Each is one fused computation per batch, computes in float32 even under a mixed-precision
+policy, and acts only with ``training=True``. Notebook 04 stacks them in a ``keras.Sequential``;
+:func:`standard_augmentation` is the same stack for the benchmark and the tests.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -53,37 +45,38 @@ def _check_batch(layer: str, inputs: Any) -> None:
         raise ValueError(f"{layer} expects RGB batches (batch, height, width, 3), got shape {inputs.shape}")
 
 
-def random_dihedral(batch: np.ndarray, rng: np.random.Generator, flips: bool = True,
-                    turns: bool = True) -> np.ndarray:
-    """A copy of ``batch`` (N, H, W, C) with one random symmetry of the square per image.
+@keras.saving.register_keras_serializable(package="bclib")
+class RandomDihedral(keras.layers.Layer):
+    """One of the 8 symmetries of the square per image: the 4 quarter-turns and 4 mirrors.
 
-    ``flips`` and ``turns``: any of the 8 symmetries (4 turns, 4 mirrors), equally likely.
-    ``turns`` only: a 0/90/180/270-degree turn. ``flips`` only: a vertical and/or horizontal
-    mirror. Turns need square images. Works on any dtype: pixels are moved, never changed.
+    Three independent coin flips per image (transpose, flip rows, flip columns) give each
+    symmetry with probability 1/8. Pixels are moved, never interpolated. Non-square images are
+    only mirrored (a transpose would change their shape).
     """
-    batch = np.asarray(batch)
-    if batch.ndim != 4:
-        raise ValueError(f"random_dihedral expects a batch (N, H, W, C), got shape {batch.shape}")
-    if turns and batch.shape[1] != batch.shape[2]:
-        raise ValueError(f"90-degree turns need square images, got {batch.shape[1]}x{batch.shape[2]}")
-    out = batch.copy()
-    if not len(out) or not (flips or turns):
-        return out
-    if turns and not flips:
-        quarter_turns = rng.integers(0, 4, size=len(out))
-        for k in (1, 2, 3):
-            chosen = quarter_turns == k
-            out[chosen] = np.rot90(out[chosen], k, axes=(1, 2))
-        return out
-    codes = rng.integers(0, 8 if turns else 4, size=len(out))  # bits: flip rows, flip columns, transpose
-    if turns:
-        chosen = (codes & 4) > 0
-        out[chosen] = out[chosen].transpose(0, 2, 1, 3)
-    chosen = (codes & 1) > 0
-    out[chosen] = out[chosen, ::-1]
-    chosen = (codes & 2) > 0
-    out[chosen] = out[chosen, :, ::-1]
-    return out
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=True):
+        if not training:
+            return inputs
+        _check_batch("RandomDihedral", inputs)
+        batch = ops.shape(inputs)[0]
+        coins = keras.random.uniform((3, batch, 1, 1, 1), seed=self.seed_generator) < 0.5
+        images = inputs
+        if inputs.shape[1] is not None and inputs.shape[1] == inputs.shape[2]:
+            images = ops.where(coins[0], ops.transpose(images, (0, 2, 1, 3)), images)
+        images = ops.where(coins[1], ops.flip(images, axis=1), images)
+        return ops.where(coins[2], ops.flip(images, axis=2), images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "seed": self.seed}
 
 
 def bilinear_weights(start, length, n_in: int, n_out: int):
@@ -112,6 +105,7 @@ class RandomZoomCrop(keras.layers.Layer):
     """
 
     def __init__(self, zoom: float = 0.1, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.zoom = _check_strength("zoom", zoom)
         self.seed = seed
@@ -170,6 +164,7 @@ class RandomStainJitter(keras.layers.Layer):
     """
 
     def __init__(self, strength: float = 0.05, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.strength = _check_strength("strength", strength)
         self.seed = seed
@@ -200,6 +195,7 @@ class RandomBrightnessContrast(keras.layers.Layer):
     """
 
     def __init__(self, brightness: float = 0.1, contrast: float = 0.1, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.brightness = _check_strength("brightness", brightness)
         self.contrast = _check_strength("contrast", contrast)
@@ -228,82 +224,20 @@ class RandomBrightnessContrast(keras.layers.Layer):
                 "seed": self.seed}
 
 
-@dataclass
-class Augmenter:
-    """The training augmentation: a NumPy geometric stage and a Keras photometric stage.
-
-    Build it with :func:`build_augmenter`. ``augmenter(batch, training=True)`` runs both stages
-    and returns float32 values in 0..255; the tf.data pipeline instead calls
-    :meth:`dihedral` on the uint8 batch it gathers and :attr:`layers` on the float batch.
-    """
-
-    flips: bool = True
-    turns: bool = True
-    zoom: float = 0.1
-    brightness: float = 0.1
-    contrast: float = 0.1
-    stain_jitter: float = 0.05
-    seed: int = 0
-    layers: keras.Sequential = field(init=False, repr=False)
-    _rng: np.random.Generator = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        for name in ("zoom", "brightness", "contrast", "stain_jitter"):
-            setattr(self, name, _check_strength(name, getattr(self, name)))
-        stack: list[keras.layers.Layer] = []
-        float32 = {"dtype": "float32"}  # pixel arithmetic stays float32 under a mixed-precision policy
-        if self.zoom > 0:
-            stack.append(RandomZoomCrop(self.zoom, seed=self.seed + 2, name="zoom", **float32))
-        if self.stain_jitter > 0:
-            stack.append(RandomStainJitter(self.stain_jitter, seed=self.seed + 3, name="stain_jitter", **float32))
-        if self.brightness > 0 or self.contrast > 0:
-            stack.append(RandomBrightnessContrast(self.brightness, self.contrast, seed=self.seed + 4,
-                                                  name="brightness_contrast", **float32))
-        if not stack:
-            stack.append(keras.layers.Identity(name="identity", **float32))
-        self.layers = keras.Sequential(stack, name="photometric")
-        self._rng = np.random.default_rng(self.seed)
-
-    @property
-    def geometric(self) -> bool:
-        """Whether :meth:`dihedral` moves any pixel."""
-        return self.flips or self.turns
-
-    def dihedral(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """The geometric stage: one random symmetry of the square per image (any dtype).
-
-        Non-square images get mirrors only (a quarter turn would change their shape).
-        """
-        turns = self.turns and np.shape(batch)[1] == np.shape(batch)[2]
-        return random_dihedral(batch, self._rng if rng is None else rng, flips=self.flips, turns=turns)
-
-    def __call__(self, batch: Any, training: bool = True) -> Any:
-        """Both stages on a batch (array or eager tensor); the identity when not training."""
-        if not training:
-            return batch
-        moved = self.dihedral(np.asarray(batch))
-        return self.layers(np.asarray(moved, dtype="float32"), training=True)
-
-    def config(self) -> dict[str, Any]:
-        """The settings, for model cards and run parameters."""
-        return {"flips": self.flips, "turns": self.turns, "zoom": self.zoom, "brightness": self.brightness,
-                "contrast": self.contrast, "stain_jitter": self.stain_jitter, "seed": self.seed}
+def standard_augmentation(zoom: float = 0.1, stain_jitter: float = 0.05, brightness: float = 0.1,
+                          contrast: float = 0.1, seed: int = 0) -> keras.Sequential:
+    """The augmentation stack notebook 04 builds in its cell (kept here for the benchmark and tests)."""
+    return keras.Sequential([
+        RandomDihedral(seed=seed),
+        RandomZoomCrop(zoom, seed=seed + 1),
+        RandomStainJitter(stain_jitter, seed=seed + 2),
+        RandomBrightnessContrast(brightness, contrast, seed=seed + 3),
+    ], name="augmentation")
 
 
-def build_augmenter(
-    flips: bool = True,
-    rot90: bool = True,
-    zoom: float = 0.1,
-    brightness: float = 0.1,
-    contrast: float = 0.1,
-    stain_jitter: float = 0.05,
-    seed: int = 0,
-) -> Augmenter:
-    """The training augmentation, for batches of RGB values in 0..255.
-
-    ``flips``/``rot90`` select the mirrors and the 90-degree turns; each strength of 0 leaves
-    that photometric layer out, and with everything off the augmenter is the identity. Two
-    augmenters built with the same arguments produce the same sequence of transformations.
-    """
-    return Augmenter(flips=bool(flips), turns=bool(rot90), zoom=zoom, brightness=brightness,
-                     contrast=contrast, stain_jitter=stain_jitter, seed=int(seed))
+def describe_layers(stack: keras.Sequential) -> list[dict[str, Any]]:
+    """Each layer's class and settings (no names or dtypes): what a model card records."""
+    skipped = {"name", "trainable", "dtype"}
+    return [{"layer": type(layer).__name__, **{key: value for key, value in layer.get_config().items()
+                                              if key not in skipped}}
+            for layer in stack.layers]

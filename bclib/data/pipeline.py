@@ -6,10 +6,8 @@ larger than memory streams from the memory map and only ``batch_size`` images ar
 step. Then, on whole batches: cast to float32 (values stay 0..255, models rescale inside),
 augment (training only), resize (bilinear) and prefetch.
 
-An :class:`bclib.data.augment.Augmenter` is split in two: its geometric stage (flips and 90-degree
-turns, exact pixel moves) runs in NumPy on the uint8 batch inside the gather step, with a
-random stream per batch drawn from the dataset's seed; its photometric layers run on the float
-batch. Any other callable is applied to the float batch as ``augmenter(batch, training=True)``.
+The augmenter (e.g. a ``keras.Sequential`` of :mod:`bclib.data.augment` layers) is applied to
+each float training batch as ``augmenter(batch, training=True)``, before the resize.
 
 Labels: two classes give float32 ``(batch, 1)`` (for the sigmoid output and binary
 cross-entropy); more classes give one-hot float32 ``(batch, num_classes)`` (categorical
@@ -18,13 +16,10 @@ exactly ``positions`` order, so predictions line up with ``labels[positions]``.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
-
-from bclib.data.augment import Augmenter
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -89,19 +84,14 @@ def make_dataset(
     height, width = int(images.shape[1]), int(images.shape[2])
     label_width = encoded.shape[1]
 
-    geometric = augmenter.dihedral if training and isinstance(augmenter, Augmenter) and augmenter.geometric else None
-
-    def gather(batch_positions: np.ndarray, batch_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def gather(batch_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if training:  # order inside a shuffled batch is irrelevant; sorted reads are faster
             batch_positions = np.sort(batch_positions)
-        batch_images = np.asarray(images[batch_positions])
-        if geometric is not None:
-            batch_images = geometric(batch_images, np.random.default_rng(int(batch_seed)))
-        return batch_images, encoded[batch_positions]
+        return np.asarray(images[batch_positions]), encoded[batch_positions]
 
-    def gather_batch(batch_positions, batch_seed):
+    def gather_batch(batch_positions):
         batch_images, batch_labels = tf.numpy_function(
-            gather, [batch_positions, batch_seed], [tf.as_dtype(images.dtype), tf.float32], stateful=False
+            gather, [batch_positions], [tf.as_dtype(images.dtype), tf.float32], stateful=False
         )
         batch_images.set_shape([None, height, width, 3])
         batch_labels.set_shape([None, label_width])
@@ -110,21 +100,15 @@ def make_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(positions)
     if training:
         dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True) if training \
-        else tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
-    dataset = tf.data.Dataset.zip(dataset, batch_seeds)
-    dataset = dataset.map(gather_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
-    photometric = None
-    if training and augmenter is not None:
-        photometric = augmenter.layers if isinstance(augmenter, Augmenter) else augmenter
+    dataset = dataset.batch(batch_size).map(gather_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+    augment = augmenter if training else None
     size = None if image_size is None or (int(image_size) == height == width) else int(image_size)
     antialias = size is not None and size < max(height, width)
 
     def to_model_input(batch_images, batch_labels):
         batch_images = tf.cast(batch_images, tf.float32)
-        if photometric is not None:
-            batch_images = photometric(batch_images, training=True)
+        if augment is not None:
+            batch_images = augment(batch_images, training=True)
         if size is not None:
             batch_images = tf.image.resize(batch_images, (size, size), method="bilinear", antialias=antialias)
         return batch_images, batch_labels
@@ -143,14 +127,3 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
         return images
     antialias = size < max(images.shape[1], images.shape[2])
     return tf.image.resize(images, (size, size), method="bilinear", antialias=antialias).numpy()
-
-
-def steps_per_epoch(n_rows: int, batch_size: int) -> int:
-    """Number of batches :func:`make_dataset` yields for ``n_rows`` rows."""
-    return math.ceil(n_rows / batch_size)
-
-
-def dataset_labels(dataset: tf.data.Dataset) -> np.ndarray:
-    """Concatenate the labels of a (non-shuffled) dataset, in its order."""
-    parts = [np.asarray(labels) for _, labels in dataset]
-    return np.concatenate(parts) if parts else np.empty((0,))

@@ -99,7 +99,7 @@ class RunComparison:
     def table(self, n_boot: int = 1000) -> pd.DataFrame:
         """Test metrics of every model at its validation-chosen threshold, 95% patient-bootstrap CIs."""
         rows = []
-        seed = int(self.session.params["seed"])
+        seed = self.session.seed
         for entry in self.models:
             y, patients = entry.labels["test"], entry.patients["test"]
             if not self.binary:
@@ -277,7 +277,7 @@ class RunComparison:
             data = self.session.dataset("test", image_size=entry.input_size, training=False, positions=positions)
             probabilities = np.asarray(predict_probabilities(entry.model(), data))
             scores = metrics.positive_probability(probabilities, self.positive_label)
-            canvas, extent = mosaic.build_mosaic(patient_frame, images=images, patch_size=int(self.session.params["pack_size"]))
+            canvas, extent = mosaic.build_mosaic(patient_frame, images=images, patch_size=self.session.pack_size)
             truth = mosaic.label_map(patient_frame.assign(label=(patient_frame["label"] == self.positive_label).astype(int)))
             predicted = mosaic.probability_map(patient_frame, scores)
             fig = evaluation_plots.slide_view(canvas, extent, truth, predicted, patient_id=str(patient),
@@ -290,7 +290,7 @@ class RunComparison:
 
     def write_evaluation(self, session: Any, n_boot: int | None = None) -> Path:
         """evaluation.json: the comparison table and calibration figures of this notebook."""
-        table = self.table(n_boot=int(n_boot or session.params.get("n_boot", 500))) if self.models else pd.DataFrame()
+        table = self.table(n_boot=int(n_boot or session.settings["n_boot"])) if self.models else pd.DataFrame()
         data = {
             "run_id": session.run_id,
             "models": self.names,

@@ -3,7 +3,7 @@
 ``finish(session, model, ...)`` predicts the validation and test splits in their stored order,
 chooses the decision threshold on validation only, computes the metrics (with patient
 bootstrap intervals), and writes ``model.keras``, ``model_card.json``, ``metrics.json`` and
-``history.csv`` into the notebook's run folder. It returns the card.
+``predictions.npz`` into the notebook's run folder. It returns the card.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Predictions:
         return positive_probability(self.probabilities, 1 if positive_label is None else positive_label)
 
 
-def predict_split(session: Any, model: Any, split_name: str, image_size: int, batch_size: int | None = None) -> Predictions:
+def predict_split(session: Any, model: Any, split_name: str, image_size: int, batch_size: int = 256) -> Predictions:
     """Predict one split in its stored (unshuffled) order."""
     from bclib.models.training import predict_probabilities
 
@@ -110,24 +110,28 @@ def finish(
     session: Any,
     model: Any,
     model_name: str,
-    train_result: Any = None,
-    image_size: int | None = None,
+    image_size: int,
+    history: Any = None,
+    params: dict | None = None,
     weights: dict | None = None,
     threshold_method: str = "sensitivity",
     target_sensitivity: float = 0.90,
-    extra_params: dict | None = None,
-    train_seconds: float | None = None,
 ) -> dict:
-    """Threshold on validation, metrics on validation and (once) on test, write model + card."""
-    image_size = int(image_size or session.params["image_size"])
+    """Choose the threshold on validation, score validation and (once, unseen) test, write model + card.
+
+    Writes ``model.keras``, ``model_card.json``, ``metrics.json`` and ``predictions.npz`` into the
+    notebook's run folder and returns the card. ``params``: the notebook's training settings, recorded
+    in the card. ``weights``: the card's weights entry (default: trained from scratch). Test metrics go
+    into the card for notebook 07; nothing here shows them.
+    """
+    image_size = int(image_size)
     started = time.perf_counter()
     val = predict_split(session, model, "val", image_size)
     test = predict_split(session, model, "test", image_size)
     threshold = choose_threshold(session, val, threshold_method, target_sensitivity)
-    n_boot = int(session.params.get("n_boot", 500))
-    seed = int(session.params["seed"])
-    val_metrics = split_metrics(val, session, threshold["value"], n_boot, seed)
-    test_metrics = split_metrics(test, session, threshold["value"], n_boot, seed)
+    n_boot = int(session.settings["n_boot"])
+    val_metrics = split_metrics(val, session, threshold["value"], n_boot, session.seed)
+    test_metrics = split_metrics(test, session, threshold["value"], n_boot, session.seed)
 
     out = session.out_dir
     model.save(out / modelcard.MODEL_FILE)
@@ -136,16 +140,14 @@ def finish(
     card["weights"] = weights or {"requested": None, "used": "random", "note": "trained from scratch"}
     card["threshold"] = threshold
     card["metrics"] = {"val": val_metrics, "test": test_metrics}
-    card["params"].update(extra_params or {})
-    seconds = train_seconds if train_seconds is not None else getattr(train_result, "seconds", None)
-    card["train_seconds"] = None if seconds is None else round(float(seconds), 2)
+    card["params"].update(params or {})
+    logs = getattr(history, "history", None)
+    if logs:
+        card["epochs_run"] = len(next(iter(logs.values())))
     card["evaluation_seconds"] = round(time.perf_counter() - started, 2)
     modelcard.write_card(card, out)
     modelcard.write_json({"model_name": model_name, "threshold": threshold, "val": val_metrics, "test": test_metrics},
                          out / "metrics.json")
-    history = getattr(train_result, "history", None)
-    if isinstance(history, pd.DataFrame) and not (out / "history.csv").exists():
-        history.to_csv(out / "history.csv", index_label="epoch")
     np.savez_compressed(
         out / "predictions.npz",
         val_labels=val.labels, val_probabilities=val.probabilities, val_patients=val.patient_ids.astype(str),
@@ -180,38 +182,31 @@ def validation_report(card: dict, split: str = "val") -> pd.DataFrame:
     return table
 
 
-def class_weight_table(class_weight: dict, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    """Images and weight of each class: each class's total weight comes out equal."""
-    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(class_names))
-    table = pd.DataFrame({
-        "class": class_names,
-        "training images": counts,
-        "weight": [float(class_weight.get(label, 1.0)) for label in range(len(class_names))],
-    })
-    table["images x weight"] = table["training images"] * table["weight"]
-    return table
-
-
-def compare_with(session: Any, card: dict, other_notebook: str, split: str = "val") -> pd.DataFrame:
-    """This model's metrics beside another notebook's model of the same run (when it exists)."""
-    cards = [card]
-    other_path = session.run_dir / other_notebook / modelcard.CARD_FILE
-    if other_path.exists():
-        cards.insert(0, modelcard.read_card(other_path.with_name(modelcard.MODEL_FILE)))
-    else:
-        print(f"({other_notebook} has not run in run {session.run_id!r}: nothing to compare with)")
+def metrics_table(cards: list[dict], split: str = "val") -> pd.DataFrame:
+    """Models side by side on one split: AUCs, then threshold metrics at each model's threshold and at 0.5."""
     rows = []
-    for item in cards:
-        values = item.get("metrics", {}).get(split, {})
+    for card in cards:
+        values = card.get("metrics", {}).get(split, {})
         at_half = values.get("at_0_5") or {}
         rows.append({
-            "model": item.get("model_name"),
-            "threshold": item.get("threshold", {}).get("value"),
+            "model": card.get("model_name"),
             "roc_auc": values.get("roc_auc"),
+            "pr_auc": values.get("pr_auc"),
+            "threshold": card.get("threshold", {}).get("value"),
             "sensitivity": values.get("sensitivity"),
             "specificity": values.get("specificity"),
-            "precision": values.get("precision"),
+            "balanced_accuracy": values.get("balanced_accuracy"),
             "sensitivity@0.5": at_half.get("sensitivity"),
+            "specificity@0.5": at_half.get("specificity"),
             "precision@0.5": at_half.get("precision"),
         })
     return pd.DataFrame(rows).set_index("model")
+
+
+def run_card(session: Any, notebook: str) -> dict | None:
+    """The model card another notebook of this run wrote, or None (with a note) when it has not run."""
+    path = session.run_dir / notebook / modelcard.MODEL_FILE
+    if not path.exists():
+        print(f"{notebook} has not run in run {session.run_id!r}: run it first with the same run_id")
+        return None
+    return modelcard.read_card(path)

@@ -81,21 +81,19 @@ def leaky_positions(train_positions: np.ndarray, test_positions: np.ndarray, pat
 
 
 def _train_and_score(session: Any, train_positions: np.ndarray, test_positions: np.ndarray, epochs: int,
-                     image_size: int, batch_size: int, seed: int) -> dict:
-    from bclib.models import builders as models
-    from bclib.models import training as train
+                     image_size: int, batch_size: int, learning_rate: float) -> dict:
+    from bclib.models import builders, training
 
-    model = models.build_model("baseline_cnn", num_classes=session.num_classes, input_size=image_size, seed=seed)
-    models.compile_model(model, learning_rate=session.params["learning_rate"], num_classes=session.num_classes)
+    training.set_seeds(session.seed)
+    with session.strategy.scope():
+        model = builders.compile_model(builders.baseline_cnn(image_size, session.num_classes), learning_rate)
     started = time.perf_counter()
-    train.fit(
-        model,
-        session.dataset("train", image_size=image_size, batch_size=batch_size, training=True, positions=train_positions),
-        session.dataset("val", image_size=image_size, batch_size=batch_size, training=False),
-        epochs=epochs, patience=max(1, epochs), verbose=0, seed=seed,
-    )
+    train_ds = session.dataset("train", image_size=image_size, batch_size=batch_size, training=True,
+                               positions=train_positions)
+    model.fit(train_ds, validation_data=session.dataset("val", image_size=image_size, batch_size=batch_size),
+              epochs=epochs, verbose=0, callbacks=training.standard_callbacks(train_ds, None, patience=epochs))
     test_ds = session.dataset("test", image_size=image_size, batch_size=batch_size, training=False, positions=test_positions)
-    probabilities = np.asarray(train.predict_probabilities(model, test_ds))
+    probabilities = np.asarray(training.predict_probabilities(model, test_ds))
     labels = np.asarray(session.cache.labels)[test_positions]
     if probabilities.ndim == 2:  # more than two classes: macro one-vs-rest AUC
         auc = metrics.multiclass_metrics(labels, probabilities, session.class_names)["roc_auc_macro"]
@@ -112,15 +110,14 @@ def _train_and_score(session: Any, train_positions: np.ndarray, test_positions: 
     }
 
 
-def lesson(session: Any, epochs: int, image_size: int, batch_size: int | None = None) -> LeakageLesson:
+def lesson(session: Any, epochs: int, image_size: int, batch_size: int, learning_rate: float = 1e-3) -> LeakageLesson:
     """Train the baseline with and without half of each test patient's patches; score both on the rest."""
-    seed = int(session.params["seed"])
-    batch_size = int(batch_size or session.params["batch_size"])
+    seed = session.seed
     patient_ids = session.cache.index.frame["patient_id"].to_numpy()
     honest, leaky, held = leaky_positions(session.positions("train"), session.positions("test"), patient_ids, seed)
     rows = [
-        {"training set": LEAKY, **_train_and_score(session, leaky, held, int(epochs), int(image_size), batch_size, seed)},
-        {"training set": HONEST, **_train_and_score(session, honest, held, int(epochs), int(image_size), batch_size, seed)},
+        {"training set": LEAKY, **_train_and_score(session, leaky, held, int(epochs), int(image_size), int(batch_size), learning_rate)},
+        {"training set": HONEST, **_train_and_score(session, honest, held, int(epochs), int(image_size), int(batch_size), learning_rate)},
     ]
     result = LeakageLesson(pd.DataFrame(rows))
     gap = result.gap

@@ -1,191 +1,175 @@
-"""The two phases of transfer learning, as notebooks 05 and 06 run them.
+"""Transfer learning as notebook 05 writes it out, kept here for notebook 06, the benchmark and tests.
 
-Phase 1 trains the head on backbone features computed once (the backbone is frozen, so its output
-never changes); phase 2 unfreezes the top of the backbone and fine-tunes at a lower learning rate
-with BatchNorm kept in inference mode.
+Phase 1: with the backbone frozen, its pooled features of a patch never change, so they are
+computed once (:func:`cached_features`, stored as ``.npy`` under a key of model, weights, size,
+data and rows) and the head trains on them (:func:`train_head`). :func:`speedup_table` measures,
+in the run, an epoch on cached features against one through the frozen backbone.
+Phase 2 (:func:`fine_tune`): the top of the backbone is unfrozen with BatchNorm kept frozen,
+the model recompiled at a lower learning rate and trained end to end.
 """
 from __future__ import annotations
 
 import hashlib
-import time
-from dataclasses import dataclass
+import json
+from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
-from bclib.models import features
-from bclib.models import builders as models
-from bclib.models import training as train
-
-RANDOM_WEIGHTS_BANNER = (
-    "NO IMAGENET WEIGHTS: the backbone starts from random initialisation, so this is NOT transfer "
-    "learning and its scores say nothing about what pretrained features would do."
-)
-
-
-@dataclass
-class Phase1Result:
-    """Phase 1: the head trained on cached features, and the measured speed-up."""
-
-    head: Any
-    history: pd.DataFrame
-    seconds: float
-    extraction_seconds: float
-    speedup: pd.DataFrame
-    speedup_factor: float
+from bclib import paths
+from bclib.data.cache import mark_used
+from bclib.data.pipeline import encode_labels
+from bclib.models.builders import (calibrate_batchnorm, compile_model, feature_extractor, get_backbone,
+                                   head_model, output_classes, unfreeze_top)
+from bclib.models.training import EpochTimer, images_only, standard_callbacks
 
 
-def show_weights(model: Any) -> dict:
-    """Display which weights the backbone really has (a loud banner when random); return the card entry."""
-    record = models.weights_record(model)
-    choice = getattr(model, "bclib_weights", None)
-    banner = getattr(choice, "banner", None) or (RANDOM_WEIGHTS_BANNER if record.get("used") == "random" else None)
-    try:
-        from IPython.display import HTML, display
-
-        if record.get("used") == "random":
-            text = (banner or RANDOM_WEIGHTS_BANNER).replace("\n", "<br>")
-            display(HTML(f'<div style="border:3px solid #b00020;color:#b00020;padding:8px 12px;font-weight:bold">{text}</div>'))
-        else:
-            display(HTML(f'<div style="border:2px solid #2e7d32;color:#2e7d32;padding:6px 12px">Backbone weights: {record.get("used")}</div>'))
-    except ImportError:  # outside IPython: plain text
-        print(banner or f"Backbone weights: {record.get('used')}")
-    return record
+def features_cache_dir() -> Path:
+    """``<cache>/features``: where :func:`extract_features` keeps ``<key>.npy`` files."""
+    return paths.cache_dir() / "features"
 
 
-def estimate_batchnorm_statistics(model: Any, images: np.ndarray, batch_size: int = 256) -> int:
-    """Set the backbone's BatchNorm moving statistics from ``images`` (raw RGB 0..255).
+def feature_key(**parts) -> str:
+    """A short stable key from JSON-able parts (model, weights used, input size, data key, rows...)."""
+    text = json.dumps(parts, sort_keys=True, default=lambda value: np.asarray(value).tolist())
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
-    A randomly initialised backbone has moving means 0 and variances 1, which in inference mode
-    leave its activations unnormalised: deep in the network they vanish or explode and every patch
-    gets the same features (the head then learns nothing). Running one large batch through the
-    backbone in training mode with momentum 0 replaces those statistics by the batch's, layer by
-    layer, without training any weight. Used only when ImageNet weights are missing.
-    Returns the number of BatchNorm layers updated.
+
+def extract_features(extractor: keras.Model, data, batch_size: int = 128, cache_key: str | None = None,
+                     cache_dir: str | Path | None = None) -> np.ndarray:
+    """Features of every image in the data's order, ``(N, D)`` float32.
+
+    ``data``: an image array or a non-shuffled ``tf.data.Dataset``. With ``cache_key`` the result is
+    stored as ``<cache_dir>/<cache_key>.npy`` and read back next time; the key must change whenever
+    the model, its weights, the input size or the rows change (:func:`feature_key`).
     """
-    import tensorflow as tf
+    cache_file = None
+    if cache_key is not None:
+        cache_file = Path(cache_dir or features_cache_dir()) / f"{cache_key}.npy"
+        if cache_file.is_file():
+            mark_used(cache_file)
+            return np.load(cache_file)
+    if isinstance(data, tf.data.Dataset):
+        features = extractor.predict(images_only(data), verbose=0)
+    else:
+        features = extractor.predict(np.asarray(data), batch_size=batch_size, verbose=0)
+    features = np.asarray(features, dtype="float32").reshape(len(features), -1)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(cache_file.stem + ".tmp.npy")
+        np.save(temporary, features)
+        temporary.replace(cache_file)
+    return features
 
-    batch = tf.convert_to_tensor(np.asarray(images[:batch_size], dtype=np.float32))
-    return models.calibrate_batchnorm(models.get_backbone(model), model.get_layer("preprocess")(batch))
 
+def cached_features(session: Any, extractor: keras.Model, split: str, image_size: int, batch_size: int,
+                    weights_used: str) -> np.ndarray:
+    """Backbone features of one split, computed once per model, weights, size and rows.
 
-def _rows_key(positions: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(positions, dtype=np.int64).tobytes()).hexdigest()[:12]
-
-
-def train_head_on_cached_features(
-    session: Any,
-    model: Any,
-    image_size: int,
-    epochs: int,
-    learning_rate: float,
-    class_weight: dict | None = None,
-) -> Phase1Result:
-    """Compute frozen-backbone features once for train and val, train the head on them, put it back.
-
-    The speed-up is measured in this run, on the same patches: a training epoch through the frozen
-    backbone against an epoch on the cached features (``speedup_images`` patches of the profile).
+    ``weights_used``: the weights choice's ``used`` (``"imagenet"``, ``"file:..."`` or ``"random"``).
+    Features of a randomly initialised backbone are never cached (they differ from build to build).
     """
-    seed = int(session.params["seed"])
-    batch_size = int(session.params["batch_size"])
-    weights_used = models.weights_record(model).get("used")
-    if weights_used == "random":
-        sample = _resized_sample(session, image_size, 256, seed)
-        count = estimate_batchnorm_statistics(model, sample)
-        print(f"random backbone: {count} BatchNorm layers given statistics from {len(sample)} training patches "
-              "(no weight trained; without this every patch would get the same features)")
-    extractor, _ = models.backbone_and_head(model)
-    started = time.perf_counter()
-    cached: dict[str, np.ndarray] = {}
-    for split_name in ("train", "val"):
-        positions = session.positions(split_name)
-        key = features.feature_key(
-            model=model.name, weights=weights_used, size=int(image_size), seed=seed,
-            cache=str(getattr(session.cache, "key", "")), rows=_rows_key(positions),
-        ) if weights_used != "random" else None
-        data = session.dataset(split_name, image_size=image_size, batch_size=batch_size, training=False)
-        cached[split_name] = features.extract_features(extractor, data, batch_size=batch_size, cache_key=key)
-    extraction_seconds = time.perf_counter() - started
-    print(f"features of {len(cached['train']):,} train + {len(cached['val']):,} val patches: "
-          f"{cached['train'].shape[1]} values each, computed in {extraction_seconds:.1f} s")
-
-    head_result = features.train_head_on_features(
-        cached["train"], session.labels("train"), cached["val"], session.labels("val"),
-        epochs=int(epochs), batch_size=batch_size, learning_rate=float(learning_rate),
-        num_classes=session.num_classes, class_weight=class_weight,
-        patience=int(session.params["patience"]), seed=seed,
-    )
-    features.attach_head(model, head_result.head)
-    head_result.history.to_csv(session.out_dir / "phase1_history.csv", index=False)
-
-    n_batches = max(1, int(session.params.get("speedup_images", 512)) // batch_size)
-    timing = features.compare_epoch_times(
-        model,
-        session.dataset("train", image_size=image_size, batch_size=batch_size, training=False),
-        cached["train"], session.labels("train"), batch_size=batch_size, max_batches=n_batches, epochs=2,
-    )
-    speedup = pd.DataFrame(
-        [
-            {"training path": "through the frozen backbone", "seconds per epoch": timing["backbone_seconds_per_epoch"],
-             "images per second": timing["images"] / max(timing["backbone_seconds_per_epoch"], 1e-9)},
-            {"training path": "on cached features", "seconds per epoch": timing["features_seconds_per_epoch"],
-             "images per second": timing["images"] / max(timing["features_seconds_per_epoch"], 1e-9)},
-        ]
-    ).set_index("training path")
-    print(f"measured on {timing['images']} patches, 2 epochs each (first one left out as warm-up): "
-          f"cached features are {timing['speedup']:.0f}x faster per epoch; extraction cost once: {extraction_seconds:.1f} s")
-    return Phase1Result(
-        head=head_result.head,
-        history=head_result.history,
-        seconds=extraction_seconds + float(head_result.training.seconds),
-        extraction_seconds=extraction_seconds,
-        speedup=speedup,
-        speedup_factor=float(timing["speedup"]),
-    )
+    positions = session.positions(split)
+    key = None
+    if weights_used != "random":
+        rows = hashlib.sha256(np.asarray(positions, dtype=np.int64).tobytes()).hexdigest()[:12]
+        key = feature_key(model=extractor.name, weights=weights_used, size=int(image_size),
+                          cache=str(getattr(session.cache, "key", "")), rows=rows)
+    data = session.dataset(split, image_size=image_size, batch_size=batch_size, training=False)
+    return extract_features(extractor, data, batch_size=batch_size, cache_key=key)
 
 
-def _resized_sample(session: Any, image_size: int, count: int, seed: int) -> np.ndarray:
-    """A seeded sample of training patches at the model's input size (raw 0..255 floats)."""
-    from bclib.data.pipeline import resize_images
-
-    positions = session.positions("train")
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(positions, size=min(count, len(positions)), replace=False))
-    return resize_images(session.cache.images[chosen], image_size)
+def calibrate_random_backbone(session: Any, model: keras.Model, image_size: int, count: int = 256) -> int:
+    """BatchNorm statistics of a random backbone from ``count`` training patches (see ``calibrate_batchnorm``)."""
+    images, _ = next(iter(session.dataset("train", image_size=image_size, batch_size=count, training=False)))
+    return calibrate_batchnorm(get_backbone(model), model.get_layer("preprocess")(images))
 
 
-def fine_tune(
-    session: Any,
-    model: Any,
-    image_size: int,
-    epochs: int,
-    learning_rate: float,
-    layers: int,
-    class_weight: dict | None = None,
-    max_images: int | None = None,
-    augmenter: Any = None,
-) -> train.TrainResult:
-    """Phase 2: unfreeze the backbone's top ``layers`` (BatchNorm stays frozen), recompile, train.
+def time_epochs(model: keras.Model, inputs, labels=None, batch_size: int = 128, epochs: int = 2,
+                warmup: int = 1) -> float:
+    """Mean seconds per training epoch of a compiled model, leaving out ``warmup`` epochs (tracing).
 
-    ``max_images`` trains on a seeded subset of the training split (CPU-sized runs); validation
-    always uses the whole validation split.
+    ``inputs``: a dataset, or an array with ``labels``. This trains ``model``: time a copy if its
+    weights matter.
     """
-    trainable = models.unfreeze_top(model, n_layers=int(layers))
-    models.compile_model(model, learning_rate=float(learning_rate), num_classes=session.num_classes)
+    if epochs <= warmup:
+        raise ValueError(f"epochs ({epochs}) must exceed warmup ({warmup})")
+    timer = EpochTimer()
+    model.fit(inputs, labels, batch_size=None if labels is None else batch_size, epochs=epochs,
+              callbacks=[timer], verbose=0, shuffle=False)
+    return float(np.mean(timer.seconds[warmup:]))
+
+
+def speedup_table(session: Any, model: keras.Model, train_features: np.ndarray, image_size: int,
+                  batch_size: int, images: int | None = None) -> tuple[pd.DataFrame, float]:
+    """Seconds per head-training epoch through the frozen backbone vs on cached features.
+
+    Both time the same first ``images`` training patches (the profile's ``speedup_images``) on
+    copies, so ``model`` is unchanged. Returns the table and the speed-up factor.
+    """
+    images = int(images or session.settings["speedup_images"])
+    batches = max(1, images // batch_size)
+    data = session.dataset("train", image_size=image_size, batch_size=batch_size, training=False).take(batches)
+    count = int(sum(int(batch_labels.shape[0]) for _, batch_labels in data))
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    get_backbone(copy).trainable = False
+    backbone_seconds = time_epochs(compile_model(copy), data)
+    head = compile_model(keras.models.clone_model(head_model(model)))
+    labels = encode_labels(session.labels("train")[:count], output_classes(model))
+    features_seconds = time_epochs(head, train_features[:count], labels, batch_size=batch_size)
+    factor = backbone_seconds / max(features_seconds, 1e-9)
+    table = pd.DataFrame({
+        "seconds per epoch": [backbone_seconds, features_seconds],
+        "images per second": [count / max(backbone_seconds, 1e-9), count / max(features_seconds, 1e-9)],
+    }, index=pd.Index(["through the frozen backbone", "on cached features"], name=f"{count} training patches"))
+    return table, factor
+
+
+def train_head(session: Any, model: keras.Model, image_size: int, epochs: int, learning_rate: float,
+               batch_size: int, patience: int, class_weight: dict | None = None):
+    """Phase 1 of notebook 05: features once, the model's own head trained on them.
+
+    Returns ``(history, train_features)``; ``model.bclib_weights`` says which weights the backbone has.
+    """
+    extractor = feature_extractor(model)
+    weights_used = model.bclib_weights.used
+    train_features = cached_features(session, extractor, "train", image_size, batch_size, weights_used)
+    val_features = cached_features(session, extractor, "val", image_size, batch_size, weights_used)
+    head = compile_model(head_model(model), learning_rate)
+    classes = output_classes(model)
+    history = head.fit(
+        train_features, encode_labels(session.labels("train"), classes),
+        validation_data=(val_features, encode_labels(session.labels("val"), classes)),
+        epochs=epochs, batch_size=batch_size, class_weight=class_weight, verbose=2,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                                 restore_best_weights=True)],
+    )
+    return history, train_features
+
+
+def fine_tune(session: Any, model: keras.Model, image_size: int, epochs: int, learning_rate: float,
+              layers: int, batch_size: int, patience: int, class_weight: dict | None = None,
+              max_images: int | None = None):
+    """Phase 2 of notebook 05: unfreeze the top ``layers`` (BatchNorm frozen), recompile, train.
+
+    ``max_images`` trains on a seeded subset of the training split; validation uses all of it.
+    Returns the History.
+    """
+    trainable = unfreeze_top(model, int(layers))
+    compile_model(model, learning_rate)
     positions = session.positions("train")
     if max_images and len(positions) > int(max_images):
-        rng = np.random.default_rng(int(session.params["seed"]))
+        rng = np.random.default_rng(session.seed)
         positions = np.sort(rng.choice(positions, size=int(max_images), replace=False))
-    print(f"fine-tuning {trainable} backbone layers (BatchNorm frozen) on {len(positions):,} training patches "
-          f"at learning rate {learning_rate:g}")
-    return train.fit(
-        model,
-        session.dataset("train", image_size=image_size, positions=positions, augmenter=augmenter),
-        session.dataset("val", image_size=image_size),
-        epochs=int(epochs),
-        patience=int(session.params["patience"]),
-        out_dir=session.out_dir,
-        class_weight=class_weight,
-        seed=int(session.params["seed"]),
+    print(f"top {layers} backbone layers unfrozen ({trainable} with weights; BatchNorm stays frozen), "
+          f"{len(positions):,} training patches, learning rate {learning_rate:g}")
+    train_ds = session.dataset("train", image_size=image_size, batch_size=batch_size, positions=positions)
+    return model.fit(
+        train_ds, validation_data=session.dataset("val", image_size=image_size, batch_size=batch_size),
+        epochs=epochs, class_weight=class_weight, verbose=2,
+        callbacks=standard_callbacks(train_ds, session.out_dir, patience),
     )

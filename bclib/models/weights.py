@@ -95,11 +95,6 @@ def weights_file_name(backbone: str, input_size: int = 96, alpha: float = 1.0) -
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
 
 
-def weights_url(backbone: str, input_size: int = 96, alpha: float = 1.0) -> str:
-    name = _check_backbone(backbone)
-    return BASE_URLS[name] + weights_file_name(name, input_size, alpha)
-
-
 def _banner(backbone: str, file_name: str, reason: str) -> str:
     cache = weights_cache_dir()
     return "\n".join(
@@ -150,8 +145,22 @@ def resolve_weights(
     ``weights``: ``"imagenet"`` (the Keras cache, else one download attempt), a path to a
     weights file (must exist), or ``None`` (random initialisation, asked for).
     When ImageNet weights cannot be had: with ``allow_random`` the choice is ``"random"`` with a
-    loud banner (printed when ``announce``); without it a :class:`WeightsError` says how to fix it.
+    loud banner; without it a :class:`WeightsError` says how to fix it. ``announce`` shows the
+    choice (the banner, or a note naming the weights file).
     """
+    choice = _choose(backbone, weights, allow_random, input_size, alpha, download, timeout)
+    if announce:
+        from bclib.display import show_banner
+
+        if choice.banner:
+            show_banner(choice.banner.replace(BANNER_RULE, "").strip(), "warning")
+        else:
+            show_banner(f"{backbone} weights: {choice.to_card()['note']}", "note")
+    return choice
+
+
+def _choose(backbone: str, weights: str | os.PathLike | None, allow_random: bool, input_size: int, alpha: float,
+            download: bool, timeout: float) -> WeightsChoice:
     name = _check_backbone(backbone)
     if weights is None:
         return WeightsChoice(requested=None, used="random", path=None)
@@ -183,10 +192,7 @@ def resolve_weights(
             f"{weights_cache_dir()}/ or pass weights=<path>; or allow_random_weights=True to train from a "
             "random initialisation (then it is not transfer learning)"
         )
-    banner = _banner(name, file_name, reason)
-    if announce:
-        print(banner, flush=True)
-    return WeightsChoice(requested="imagenet", used="random", path=None, banner=banner)
+    return WeightsChoice(requested="imagenet", used="random", path=None, banner=_banner(name, file_name, reason))
 
 
 def _is_legacy_h5(path: Path) -> bool:

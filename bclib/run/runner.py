@@ -7,8 +7,6 @@ parameters, per-notebook status and timing), every executed notebook as ``.ipynb
 """
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
 import platform
 import subprocess
@@ -21,18 +19,19 @@ from typing import Any, Callable, Iterable
 
 from bclib import DISCLAIMER, paths, profiles
 from bclib.run import reports
+from bclib.run.quality import check_notebook
 from bclib.data.index import DatasetError
 from bclib.evaluation.modelcard import write_json
+from bclib.session import BATCH_ENVIRONMENT, library_versions, resolve_dataset_location
 
 PROFILE_NAMES = tuple(profiles.PROFILES)
 DEFAULT_PROFILE = "quick"
 DEFAULT_DATASET = "idc"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
-#: Size of the generated demo dataset (the same as ``bclib.session`` generates).
 #: Stop counting files for the manifest's data hash beyond this many (the scan must stay cheap).
 MAX_FILES_TO_HASH = 60_000
-#: Parameters every run injects (when a notebook declares them).
 WIDGET_STATE_KEY = "application/vnd.jupyter.widget-state+json"
+#: Parameters every run injects (when a notebook declares them).
 RUN_PARAMETERS = ("run_id", "profile", "dataset", "data_dir")
 SYNTHETIC_WARNING = (
     "SYNTHETIC DEMO DATA: no real dataset is used; results show that the pipeline runs, "
@@ -154,44 +153,21 @@ def export_html(notebook_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- data
 
-def _make_synthetic(log: Callable[[str], Any]) -> Path:
-    """The synthetic IDC demo dataset, generated once (see :func:`bclib.data.synthetic.ensure_demo_dataset`)."""
-    from bclib.data.synthetic import ensure_demo_dataset
-
-    return ensure_demo_dataset(log)
-
-
-def _is_synthetic(location: Path) -> bool:
-    """True when ``location`` (or a parent) carries the synthetic-data marker."""
-    try:
-        synthetic = importlib.import_module("bclib.data.synthetic")
-    except ImportError:
-        return False
-    return bool(synthetic.is_synthetic_folder(location, location.parent, location.parent.parent))
-
-
 def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
                  log: Callable[[str], Any] = print) -> tuple[Path, bool]:
     """The data folder for a run and whether it is synthetic demo data.
 
     An explicit ``data`` always wins (and must exist). Otherwise profile ``smoke`` uses the
-    synthetic IDC demo data, other profiles the folder :func:`bclib.paths.find_dataset_dir`
-    finds, falling back to the synthetic data for ``idc`` only.
+    synthetic IDC demo data, other profiles the dataset's folder, falling back to the synthetic
+    data for ``idc`` only.
     """
-    if data is not None:
-        location = paths.find_dataset_dir(dataset, data)
-        return location, _is_synthetic(location)
-    found = None if profile == "smoke" else paths.find_dataset_dir(dataset)
-    if found is not None:
-        return found, _is_synthetic(found)
-    if dataset != "idc":
-        raise DatasetError(
-            f"no {dataset!r} dataset found and only idc has synthetic demo data: pass --data PATH, "
-            f"set BCLIB_DATA_{dataset.upper()} or BCLIB_DATA, or see data/README.md"
-        )
-    if profile != "smoke":
+    try:
+        location, synthetic = resolve_dataset_location(dataset, data, prefer_synthetic=profile == "smoke")
+    except FileNotFoundError as error:
+        raise DatasetError(str(error)) from None
+    if synthetic and data is None and profile != "smoke":
         log("no real IDC data found (pass --data PATH or set BCLIB_DATA); falling back to synthetic data")
-    return _make_synthetic(log), True
+    return location, synthetic
 
 
 def data_fingerprint(dataset: str, location: Path, max_files: int = MAX_FILES_TO_HASH) -> dict:
@@ -218,17 +194,6 @@ def data_fingerprint(dataset: str, location: Path, max_files: int = MAX_FILES_TO
 
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of Python and the packages a run depends on (read without importing them)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("bclib", "tensorflow", "keras", "numpy", "pandas", "papermill", "nbconvert"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
@@ -364,7 +329,7 @@ def run_series(
             "kernel_name": kernel_name,
             "notebooks_dir": str(notebooks_dir.resolve()),
             "selection": [path.stem for path in selected],
-            "versions": package_versions(),
+            "versions": library_versions(),
             "git": git_state(),
             "platform": platform.platform(),
             "notebooks": {},
@@ -384,6 +349,7 @@ def run_series(
         log(f"warning: no selected notebook declares parameter(s) {unused}; they are ignored")
 
     run_values = {"run_id": run_id, "profile": profile, "dataset": dataset, "data_dir": str(data_location)}
+    os.environ[BATCH_ENVIRONMENT] = "1"  # inherited by the kernels: plain-text progress, no widgets
     states = manifest.setdefault("notebooks", {})
     for path in selected:
         states.setdefault(path.stem, {"status": "pending", "seconds": None})
@@ -400,7 +366,8 @@ def run_series(
             log(f"{name}: already completed, skipped")
             result.skipped.append(name)
             continue
-        injected = {key: value for key, value in {**run_values, **parameters}.items() if key in declared[name]}
+        values = {**profiles.notebook_values(profile, dataset, name), **run_values, **parameters}
+        injected = {key: value for key, value in values.items() if key in declared[name]}
         state.update(status="running", started=_now(), finished=None, error=None, parameters=injected)
         write_manifest(directory, manifest)
         log(f"{name}: running")
@@ -438,6 +405,9 @@ def run_series(
         result.executed.append(name)
         write_manifest(directory, manifest)
         log(f"{name}: completed in {state['seconds']:.1f} s")
+        state["problems"] = check_notebook(output, needs_exercises=name[:2] < "08")
+        for problem in state["problems"]:
+            log(f"  check: {problem}")
 
     manifest.update(status="completed", finished=_now())
     manifest["seconds"] = round(time.perf_counter() - started, 2)
@@ -460,5 +430,5 @@ def _safe_summary(directory: Path, manifest: dict, log: Callable[[str], Any]) ->
 __all__ = [
     "NOTEBOOKS", "PROFILE_NAMES", "RunFailed", "RunResult", "run_series", "discover_notebooks",
     "select_notebooks", "declared_parameters", "notebook_completed", "export_html", "resolve_data",
-    "data_fingerprint", "package_versions", "git_state",
+    "data_fingerprint", "git_state",
 ]

@@ -1,0 +1,159 @@
+"""Conclusions drawn from a run's own numbers, shown in a box after each result.
+
+Each ``*_conclusion`` function shows its sentence and returns nothing (a notebook cell stays free of
+``Out[...]`` lines); the sentence comes from a ``*_text`` function that tests read. The wording
+follows the numbers: a difference is called real only when its paired patient-bootstrap
+interval excludes zero, and validation numbers are labelled as such.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bclib.evaluation.modelcard import MODEL_FILE, read_card
+from bclib.display import show_banner
+
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "balanced_accuracy": "balanced accuracy", "brier": "Brier score",
+    "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1", "accuracy": "accuracy",
+    "precision": "precision",
+}
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def conclude(text: str) -> None:
+    """Show ``Conclusion: <text>`` in a box (printed outside notebooks)."""
+    show_banner(f"Conclusion: {text}", "conclusion")
+
+
+def _interval(low: float, high: float) -> str:
+    return f"95 % CI {low:.3f} to {high:.3f}"
+
+
+def training_conclusion(history: Any, epochs: int, monitor: str = "val_auc") -> None:
+    """How training went: the best epoch, whether it stopped early, whether the curve still rose."""
+    conclude(training_text(history, epochs, monitor))
+
+
+def training_text(history: Any, epochs: int, monitor: str = "val_auc") -> str:
+    """The sentence of :func:`training_conclusion`."""
+    logs = pd.DataFrame(getattr(history, "history", history))
+    if monitor not in logs or logs[monitor].isna().all():
+        return (f"no {monitor} was logged, so the best epoch cannot be named.")
+    values = logs[monitor].to_numpy(dtype=float)
+    best = int(np.nanargmax(values))
+    ran = len(values)
+    text = f"the best {monitor} was {values[best]:.3f}, at epoch {best + 1} of {ran}"
+    if ran < epochs:
+        text += (f"; training stopped early ({epochs} were allowed) because {monitor} had not improved for "
+                 f"{ran - best - 1} epochs, and the weights of epoch {best + 1} were restored.")
+    elif best == ran - 1:
+        text += ("; the last epoch was the best, so the curve may still be rising: more epochs could help "
+                 "(try a larger `epochs`).")
+    else:
+        text += f"; the weights of epoch {best + 1} were restored."
+    return (text)
+
+
+def first_model_conclusion(card: dict) -> None:
+    """The first model against chance and against always answering the majority class (validation)."""
+    conclude(first_model_text(card))
+
+
+def first_model_text(card: dict) -> str:
+    """The sentence of :func:`first_model_conclusion`."""
+    values = card["metrics"]["val"]
+    auc, interval = values.get("roc_auc"), (values.get("ci") or {}).get("roc_auc")
+    if auc is None:
+        return ("the validation split holds one class only, so no AUC can be computed.")
+    parts = [f"validation ROC-AUC is {auc:.3f}"]
+    if interval:
+        verdict = "above chance (0.5)" if interval[0] > 0.5 else "not distinguishable from chance (0.5)"
+        parts[0] += f" ({_interval(*interval)} over {values.get('n_patients')} patients): {verdict}"
+    matrix = np.asarray(values.get("confusion_matrix") or [[0, 0], [0, 0]])
+    if matrix.shape == (2, 2) and matrix.sum():
+        negatives = int(matrix[0].sum())
+        majority = max(negatives, int(matrix[1].sum())) / matrix.sum()
+        accuracy = values.get("accuracy")
+        threshold = card.get("threshold", {})
+        relation = "below" if accuracy < majority else "above"
+        parts.append(
+            f"at threshold {threshold.get('value', float('nan')):.3f} ({threshold.get('method')}, chosen on "
+            f"validation) accuracy is {accuracy:.3f}, {relation} the {majority:.3f} of always answering the "
+            f"majority class; accuracy rewards the majority, which is why this series ranks models by AUC and "
+            f"balanced accuracy ({values.get('balanced_accuracy'):.3f} here, 0.5 for the majority answer)"
+        )
+    return ("; ".join(parts) + ".")
+
+
+def load_predictions(notebook_dir: str | Path, split: str = "val") -> dict[str, np.ndarray]:
+    """The labels, probabilities and patients a training notebook stored for ``split``."""
+    path = Path(notebook_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run that notebook first (same run_id)")
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[f"{split}_{key}"] for key in ("labels", "probabilities", "patients")}
+
+
+def compare_conclusion(session: Any, card: dict, previous_notebook: str, change: str,
+                       metrics: tuple[str, ...] = ("roc_auc",), split: str = "val", n_boot: int = 1000) -> None:
+    """What ``change`` did, model of ``previous_notebook`` -> this card's model, on the same ``split`` images.
+
+    Each metric gets the difference and its paired patient-bootstrap interval; a threshold metric is
+    compared at each model's own validation-chosen threshold.
+    """
+    conclude(compare_text(session, card, previous_notebook, change, metrics, split, n_boot))
+
+
+def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
+                 metrics: tuple[str, ...] = ("roc_auc",), split: str = "val", n_boot: int = 1000) -> str:
+    """The sentence of :func:`compare_conclusion`."""
+    previous_dir = session.run_dir / previous_notebook
+    try:
+        before = load_predictions(previous_dir, split)
+    except FileNotFoundError:
+        return (f"{previous_notebook} has not run in run {session.run_id!r}, so there is nothing to compare "
+                        f"{change} with; run it first with the same run_id.")
+    after = load_predictions(session.out_dir, split)
+    if len(before["labels"]) != len(after["labels"]) or not np.array_equal(before["labels"], after["labels"]):
+        return (f"{previous_notebook} was scored on other {split} images (another split or dataset), so the "
+                        "two models cannot be compared here.")
+    if np.ndim(after["probabilities"]) != 1:
+        return ("paired comparisons are computed for two-class datasets only.")
+    from bclib.evaluation.metrics import paired_bootstrap_difference
+
+    previous_card = read_card(previous_dir / MODEL_FILE)
+    positive = int(session.positive_label)
+    sentences = []
+    for metric in metrics:
+        result = paired_bootstrap_difference(
+            after["labels"], _positive_scores(before["probabilities"], positive),
+            _positive_scores(after["probabilities"], positive), after["patients"], metric=metric,
+            n_boot=n_boot, seed=session.seed, positive_label=positive,
+            threshold_a=previous_card["threshold"]["value"], threshold_b=card["threshold"]["value"],
+        )
+        sentences.append(_difference_sentence(result))
+    verdicts = [s for s in sentences if "excludes zero" in s]
+    summary = (f"{change} changed {len(verdicts)} of {len(sentences)} metric(s) beyond their interval"
+               if verdicts else f"{change} made no difference this run can tell from noise")
+    where = f"on the same {split} patients ({split} numbers: the threshold and the epochs were chosen on them)"
+    return (f"{summary}, {where}. " + " ".join(sentences))
+
+
+def _positive_scores(probabilities: np.ndarray, positive_label: int) -> np.ndarray:
+    """P(positive class) from a sigmoid output, which is P(label 1)."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    return probabilities if positive_label == 1 else 1.0 - probabilities
+
+
+def _difference_sentence(result: dict) -> str:
+    label = METRIC_LABELS.get(result["metric"], result["metric"])
+    text = f"{label} {result['a']:.3f} -> {result['b']:.3f} ({result['difference']:+.3f}"
+    if result["ci"] is None:
+        return text + ", no interval: a resample held one class only)."
+    low, high = result["ci"]
+    verdict = "excludes zero: a real change" if result["excludes_zero"] else "includes zero: no clear change"
+    return text + f", {_interval(low, high)}, {verdict})."
