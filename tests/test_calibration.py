@@ -70,6 +70,10 @@ def test_temperature_errors_and_summary():
         calibration.fit_temperature([1, 1, 1], [0.2, 0.6, 0.9])
     with pytest.raises(ValueError, match="positive"):
         calibration.apply_temperature([0.5], 0)
+    with pytest.raises(ValueError, match="hard labels"):
+        calibration.expected_calibration_error([0, 1, 1], np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="labels 0/1"):
+        calibration.reliability_data([0, 2], [0.1, 0.9])
     y, prob = _overconfident(4000)
     summary = calibration.calibration_summary(y, prob, temperature=3.0)
     assert summary["ece_scaled"] < summary["ece"] and summary["brier_scaled"] < summary["brier"]

@@ -1,7 +1,6 @@
-"""bclib.evaluation.metrics against scikit-learn and hand-computed cases."""
+"""bclib.evaluation.metrics and .bootstrap: against scikit-learn, hand-computed cases, and invariants."""
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -9,6 +8,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from bclib.evaluation import bootstrap
 from bclib.evaluation import metrics
 
 
@@ -136,17 +136,54 @@ def test_choose_threshold_positive_label_zero():
     assert info["val_sensitivity"] == pytest.approx(0.75)
 
 
-def test_weighted_core_equals_explicit_resample(scored):
+def test_choose_threshold_without_negatives_still_reaches_the_target():
+    y = np.ones(6, dtype=int)
+    prob = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.2])
+    threshold, info = metrics.choose_threshold(y, prob, "sensitivity", 0.5)
+    assert np.mean(prob >= threshold) >= 0.5 and info["val_specificity"] is None
+    with pytest.raises(ValueError, match="no negative"):
+        metrics.choose_threshold(y, prob, "youden")
+    with pytest.raises(ValueError, match="no positive"):
+        metrics.choose_threshold(1 - y, prob)
+
+
+# ---------------------------------------------------------------------------- patient bootstrap
+def test_weighted_metrics_equal_sklearn_on_an_explicit_patient_resample(scored):
     y, prob, patients = scored
     rng = np.random.default_rng(3)
     chosen = rng.integers(0, 40, 40)
     rows = np.concatenate([np.flatnonzero(patients == str(c)) for c in chosen])
     direct = metrics.binary_metrics(y[rows], prob[rows], 0.5)
-    codes, _ = metrics._patient_codes(patients, len(y))
+    codes, n_patients = bootstrap.patient_codes(patients, len(y))
+    assert n_patients == 40
     weights = np.bincount(chosen, minlength=40)[codes][None, :].astype(float)
-    weighted = metrics._weighted_table(y == 1, prob, weights, 0.5, metrics.BOOTSTRAP_METRICS)
-    for name in metrics.BOOTSTRAP_METRICS:
+    weighted = bootstrap.weighted_metrics(y == 1, prob, weights, 0.5, bootstrap.BOOTSTRAP_METRICS)
+    for name in bootstrap.BOOTSTRAP_METRICS:
         assert weighted[name][0] == pytest.approx(direct[name]), name
+    assert weighted["roc_auc"][0] == pytest.approx(skm.roc_auc_score(y, prob, sample_weight=weights[0]))
+    assert weighted["pr_auc"][0] == pytest.approx(skm.average_precision_score(y[rows], prob[rows]))
+
+
+def test_weighted_metrics_are_nan_where_undefined_and_refuse_unknown_names():
+    truth = np.array([True, True, False, False])
+    scores = np.array([0.9, 0.6, 0.4, 0.1])
+    only_positives = np.array([[1.0, 2.0, 0.0, 0.0]])
+    values = bootstrap.weighted_metrics(truth, scores, only_positives, 0.5, ["roc_auc", "specificity", "brier"])
+    assert np.isnan(values["roc_auc"][0]) and np.isnan(values["specificity"][0]) and values["brier"][0] >= 0
+    with pytest.raises(ValueError, match="unknown metric"):
+        bootstrap.weighted_metrics(truth, scores, only_positives, 0.5, ["auc"])
+    with pytest.raises(ValueError, match="need a threshold"):
+        bootstrap.weighted_metrics(truth, scores, only_positives, None, ["f1"])
+
+
+def _clustered(n_patients: int = 20, per_patient: int = 20, seed: int = 0):
+    """Patients whose images share their label and nearly their score: images are far from independent."""
+    rng = np.random.default_rng(seed)
+    patient_of_image = np.repeat(np.arange(n_patients), per_patient)
+    label = (np.arange(n_patients) % 2)[patient_of_image]
+    patient_score = np.clip(0.25 * (np.arange(n_patients) % 2) + rng.uniform(0, 0.75, n_patients), 0, 1)
+    score = np.clip(patient_score[patient_of_image] + rng.normal(0, 0.01, len(label)), 0, 1)
+    return label, score, patient_of_image
 
 
 def test_bootstrap_ci_contains_estimate_and_resamples_patients(scored):
@@ -155,33 +192,126 @@ def test_bootstrap_ci_contains_estimate_and_resamples_patients(scored):
     auc = metrics.roc_auc(y, prob)
     low, high = ci["roc_auc"]
     assert 0 <= low < auc < high <= 1
-    assert ci == metrics.bootstrap_ci(y, prob, patients, ["roc_auc", "sensitivity"], n_boot=300, seed=0)
-    # patients whose images all share one label and score: resampling patients gives wider intervals
-    y_grouped = np.repeat(np.arange(20) % 2, 20)
-    prob_grouped = np.repeat(np.random.default_rng(0).uniform(0, 1, 20), 20)
-    ids = np.repeat(np.arange(20), 20)
-    by_patient = metrics.bootstrap_ci(y_grouped, prob_grouped, ids, ["brier"], n_boot=300)["brier"]
-    by_image = metrics.bootstrap_ci(y_grouped, prob_grouped, None, ["brier"], n_boot=300)["brier"]
+    assert ci == bootstrap.bootstrap_ci(y, prob, patients, ["roc_auc", "sensitivity"], n_boot=300, seed=0)
+    label, score, patient = _clustered()
+    by_patient = bootstrap.bootstrap_ci(label, score, patient, ["brier"], n_boot=300)["brier"]
+    by_image = bootstrap.bootstrap_ci(label, score, None, ["brier"], n_boot=300)["brier"]
     assert by_patient[1] - by_patient[0] > 2 * (by_image[1] - by_image[0])
 
 
-def test_bootstrap_ci_with_callable(scored):
-    y, prob, patients = scored
-    ci = metrics.bootstrap_ci(y, prob, patients, lambda t, p: {"auc": skm.roc_auc_score(t, p)}, n_boot=50)
-    assert 0.5 < ci["auc"][0] <= ci["auc"][1] <= 1
-
-
-def test_bootstrap_is_fast_on_ten_thousand_images():
+def test_bootstrap_ci_of_a_random_model_covers_chance():
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 10_000)
-    prob = rng.uniform(0, 1, 10_000)
-    patients = rng.integers(0, 150, 10_000)
-    start = time.perf_counter()
-    ci = metrics.bootstrap_ci(y, prob, patients, n_boot=1000, threshold=0.5)
-    elapsed = time.perf_counter() - start
-    assert set(ci) == set(metrics.BOOTSTRAP_METRICS)
-    assert ci["roc_auc"][0] < 0.5 < ci["roc_auc"][1]  # a random model's AUC interval covers chance
-    assert elapsed < 60  # generous on a shared 2-core machine; typically a few seconds
+    y = rng.integers(0, 2, 5000)
+    prob = rng.uniform(0, 1, 5000)
+    ci = bootstrap.bootstrap_ci(y, prob, rng.integers(0, 100, 5000), n_boot=300, threshold=0.5)
+    assert set(ci) == set(bootstrap.BOOTSTRAP_METRICS)
+    assert ci["roc_auc"][0] < 0.5 < ci["roc_auc"][1]
+    assert all(interval[0] <= interval[1] for interval in ci.values())
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap.bootstrap_ci(y, prob, n_boot=0)
+
+
+def test_binary_metrics_with_ci(scored):
+    y, prob, patients = scored
+    result = bootstrap.binary_metrics_with_ci(y, prob, patients, 0.5, n_boot=100)
+    assert set(result["ci"]) == set(bootstrap.BOOTSTRAP_METRICS)
+    assert result["ci"]["roc_auc"][0] < result["roc_auc"] < result["ci"]["roc_auc"][1]
+    one_patient = bootstrap.binary_metrics_with_ci(y, prob, np.zeros(len(y)), 0.5, n_boot=100)
+    assert one_patient["ci"] == {} and any("one patient" in note for note in one_patient["notes"])
+    assert bootstrap.binary_metrics_with_ci(y, prob, patients, 0.5, n_boot=0)["ci"] == {}
+    assert bootstrap.format_interval(result["ci"]["roc_auc"]).count(".") == 2
+    assert bootstrap.format_interval(None) == ""
+
+
+def _two_models(seed: int = 0, n_patients: int = 35, per_patient: int = 60):
+    """Model b sees the label more clearly than model a; both share each patient's difficulty."""
+    rng = np.random.default_rng(seed)
+    patient = np.repeat(np.arange(n_patients), per_patient)
+    y = (rng.uniform(size=len(patient)) < rng.uniform(0.1, 0.6, n_patients)[patient]).astype(int)
+    shared = rng.normal(0, 1, n_patients)[patient] + rng.normal(0, 1, len(y))
+    score_a = 1 / (1 + np.exp(-(0.6 * y + shared)))
+    score_b = 1 / (1 + np.exp(-(2.0 * y + shared)))
+    return y, score_a, score_b, patient
+
+
+def test_paired_difference_of_identical_models_is_exactly_zero():
+    y, score_a, _, patient = _two_models()
+    for metric in ("roc_auc", "brier", "balanced_accuracy"):
+        result = bootstrap.paired_bootstrap_difference(y, score_a, score_a.copy(), patient, metric, n_boot=200)
+        assert result["difference"] == 0 and result["ci"] == [0.0, 0.0] and result["excludes_zero"] is False
+        assert result["a"] == result["b"] == metrics.binary_metrics(y, score_a)[metric]
+
+
+def test_paired_difference_finds_a_clearly_better_model_and_flips_with_the_order():
+    y, score_a, score_b, patient = _two_models()
+    forward = bootstrap.paired_bootstrap_difference(y, score_a, score_b, patient, n_boot=500, seed=1)
+    assert forward["difference"] == pytest.approx(metrics.roc_auc(y, score_b) - metrics.roc_auc(y, score_a))
+    assert forward["difference"] > 0 and forward["excludes_zero"] and 0 < forward["ci"][0] < forward["ci"][1]
+    assert forward["ci"][0] <= forward["difference"] <= forward["ci"][1]
+    assert (forward["n_patients"], forward["n_images"], forward["n_boot"]) == (35, len(y), 500)
+    backward = bootstrap.paired_bootstrap_difference(y, score_b, score_a, patient, n_boot=500, seed=1)
+    assert backward["difference"] == pytest.approx(-forward["difference"])
+    assert backward["ci"] == pytest.approx([-forward["ci"][1], -forward["ci"][0]])
+    assert backward["excludes_zero"]
+    assert forward == bootstrap.paired_bootstrap_difference(y, score_a, score_b, patient, n_boot=500, seed=1)
+
+
+def test_paired_difference_resamples_patients_and_pairs_the_models():
+    label, score, patient = _clustered()
+    other = np.clip(score + np.random.default_rng(5).normal(0, 0.05, len(score)), 0, 1)
+    by_patient = bootstrap.paired_bootstrap_difference(label, score, other, patient, "brier", n_boot=300)
+    by_image = bootstrap.paired_bootstrap_difference(label, score, other, np.arange(len(label)), "brier", n_boot=300)
+    assert by_patient["n_patients"] == 20 and by_image["n_patients"] == len(label)
+    assert by_patient["difference"] == pytest.approx(by_image["difference"])
+    width = lambda interval: interval[1] - interval[0]  # noqa: E731
+    assert width(by_patient["ci"]) > width(by_image["ci"])
+    # the same draws for both models: the paired interval is far narrower than either model's own
+    y, score_a, score_b, patients = _two_models()
+    near_a = np.clip(score_a + np.random.default_rng(2).normal(0, 0.01, len(y)), 0, 1)
+    paired = bootstrap.paired_bootstrap_difference(y, score_a, near_a, patients, n_boot=300)
+    alone = bootstrap.bootstrap_ci(y, score_a, patients, ["roc_auc"], n_boot=300)["roc_auc"]
+    assert width(paired["ci"]) < width(alone) / 4
+
+
+def test_paired_difference_threshold_metrics_and_positive_label_zero():
+    y, score_a, score_b, patient = _two_models()
+    everything_positive = bootstrap.paired_bootstrap_difference(y, score_a, score_a, patient, "sensitivity",
+                                                                n_boot=100, threshold_a=0.5, threshold_b=0.0)
+    assert everything_positive["b"] == 1.0
+    assert everything_positive["difference"] == pytest.approx(1.0 - everything_positive["a"])
+    assert everything_positive["ci"][0] >= 0
+    # label 0 as the positive class: the same truth and scores give the same comparison
+    usual = bootstrap.paired_bootstrap_difference(y, score_a, score_b, patient, "pr_auc", n_boot=100)
+    flipped = bootstrap.paired_bootstrap_difference(1 - y, score_a, score_b, patient, "pr_auc", n_boot=100,
+                                                    positive_label=0)
+    assert flipped == usual
+
+
+def test_bootstrap_functions_are_also_reachable_from_metrics():
+    from bclib.evaluation.metrics import paired_bootstrap_difference
+
+    assert paired_bootstrap_difference is bootstrap.paired_bootstrap_difference
+    assert metrics.bootstrap_ci is bootstrap.bootstrap_ci
+    with pytest.raises(AttributeError):
+        metrics.no_such_metric
+
+
+def test_paired_difference_errors_are_clear():
+    y, score_a, score_b, patient = _two_models()
+    with pytest.raises(ValueError, match="scores_b has"):
+        bootstrap.paired_bootstrap_difference(y, score_a, score_b[:-1], patient)
+    with pytest.raises(ValueError, match="patient_ids has"):
+        bootstrap.paired_bootstrap_difference(y, score_a, score_b, patient[:-1])
+    with pytest.raises(ValueError, match="both classes"):
+        bootstrap.paired_bootstrap_difference(np.zeros_like(y), score_a, score_b, patient)
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        bootstrap.paired_bootstrap_difference(y, score_a, score_b, patient, metric="auc")
+    with pytest.raises(ValueError, match="threshold_b"):
+        bootstrap.paired_bootstrap_difference(y, score_a, score_b, patient, "f1", threshold_b=1.5)
+    with pytest.raises(ValueError, match="patient_ids is required"):
+        bootstrap.paired_bootstrap_difference(y, score_a, score_b, None)
+    single = bootstrap.paired_bootstrap_difference(y, score_a, score_b, np.zeros(len(y)), n_boot=50)
+    assert single["ci"] is None and single["excludes_zero"] is False and single["difference"] > 0
 
 
 def test_multiclass_metrics_match_sklearn():
@@ -200,6 +330,8 @@ def test_multiclass_metrics_match_sklearn():
         assert row["f1"] == pytest.approx(report[str(row["label"])]["f1-score"])
         assert row["recall"] == pytest.approx(report[str(row["label"])]["recall"])
     assert result["confusion_matrix"] == skm.confusion_matrix(y, predicted).tolist()
+    assert result["n_patients"] is None
+    assert metrics.multiclass_metrics(y, prob, ["a", "b", "c"], np.arange(300) % 7)["n_patients"] == 7
 
 
 def test_multiclass_absent_class_is_noted():
@@ -236,8 +368,8 @@ def test_no_warning_for_ordinary_probabilities(scored):
 
 
 def test_sanity_notes_flag_chance_and_inverted_models():
-    assert metrics.sanity_notes({"roc_auc": 0.52, "ci": {"roc_auc": (0.45, 0.6)}})[0].count("chance")
-    assert "wrong way round" in metrics.sanity_notes({"roc_auc": 0.3, "ci": {"roc_auc": (0.25, 0.35)}})[0]
-    assert "wrong way round" in metrics.sanity_notes({"roc_auc": 0.3})[0]
-    assert metrics.sanity_notes({"roc_auc": 0.9, "ci": {"roc_auc": (0.85, 0.95)}}) == []
-    assert metrics.sanity_notes({"roc_auc": None}) == []
+    assert bootstrap.sanity_notes({"roc_auc": 0.52, "ci": {"roc_auc": (0.45, 0.6)}})[0].count("chance")
+    assert "wrong way round" in bootstrap.sanity_notes({"roc_auc": 0.3, "ci": {"roc_auc": (0.25, 0.35)}})[0]
+    assert "wrong way round" in bootstrap.sanity_notes({"roc_auc": 0.3})[0]
+    assert bootstrap.sanity_notes({"roc_auc": 0.9, "ci": {"roc_auc": (0.85, 0.95)}}) == []
+    assert bootstrap.sanity_notes({"roc_auc": None}) == []

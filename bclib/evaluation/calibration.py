@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
 
-from bclib.evaluation.metrics import _binary_truth, _scores
+from bclib.evaluation.metrics import binary_truth, brier_score, checked_scores
 
 #: Probabilities are clipped to [EPSILON, 1 - EPSILON] before taking logits.
 EPSILON = 1e-7
@@ -33,8 +34,8 @@ def reliability_data(y_true, prob, n_bins: int = 10, positive_label: int = 1) ->
 
     Empty bins are kept with ``count`` 0 and ``NaN`` means, so plots show the whole range.
     """
-    y = _binary_truth(y_true, positive_label)
-    p = _scores(prob, len(y))
+    y = binary_truth(y_true, positive_label)
+    p = checked_scores(prob, len(y))
     bins = _bin_index(p, n_bins)
     count = np.bincount(bins, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -61,8 +62,7 @@ def expected_calibration_error(y_true, prob, n_bins: int = 10, positive_label: i
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPSILON, 1 - EPSILON)
-    return np.log(p) - np.log1p(-p)
+    return logit(np.clip(p, EPSILON, 1 - EPSILON))
 
 
 def _negative_log_likelihood(y: np.ndarray, logits: np.ndarray, temperature: float) -> float:
@@ -77,8 +77,8 @@ def fit_temperature(y_val, p_val, positive_label: int = 1, bounds: tuple[float, 
     Fit on **validation** data only. Raises ``ValueError`` when validation holds one class only
     (any large ``T`` would then look best).
     """
-    y = _binary_truth(y_val, positive_label)
-    p = _scores(p_val, len(y), "p_val")
+    y = binary_truth(y_val, positive_label)
+    p = checked_scores(p_val, len(y), "p_val")
     if y.all() or not y.any():
         raise ValueError("temperature scaling needs both classes in the validation data")
     logits = _logit(p)
@@ -92,15 +92,12 @@ def apply_temperature(p, temperature: float) -> np.ndarray:
     """``sigmoid(logit(p) / T)``: probabilities after temperature scaling (same shape as ``p``)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    probs = np.asarray(p, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-_logit(probs) / float(temperature)))
+    return expit(_logit(np.asarray(p, dtype=np.float64)) / float(temperature))
 
 
 def calibration_summary(y_true, prob, temperature: float | None = None, n_bins: int = 10,
                         positive_label: int = 1) -> dict:
     """ECE and Brier score before (and, given ``temperature``, after) scaling, for reports."""
-    from bclib.evaluation.metrics import brier_score
-
     summary = {
         "n_bins": n_bins,
         "ece": expected_calibration_error(y_true, prob, n_bins, positive_label),

@@ -18,6 +18,7 @@ import numpy as np
 
 from bclib.evaluation import metrics
 from bclib.evaluation import modelcard
+from bclib.evaluation.bootstrap import BOOTSTRAP_METRICS, binary_metrics_with_ci, format_interval, sanity_notes
 from bclib.evaluation.explain import model_input_size
 from bclib.data.imageio import fit_to_square
 
@@ -108,10 +109,8 @@ def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -
                 "patients: these metrics are optimistic; use split='test'"
             )
         return np.arange(len(index)), {"split": "all", "split_method": None, "seed": None, "split_matches_card": None}
-    try:
-        from bclib.data.splits import make_split
-    except ImportError as error:  # pragma: no cover - splits.py is part of the package
-        raise RuntimeError(f"bclib.data.splits is not available: {error}") from None
+    from bclib.data.splits import make_split
+
     if split == "official:test":
         method, name, used_seed = "official", "test", 0
     else:
@@ -185,22 +184,12 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
     patients = subset.frame["patient_id"].to_numpy()
     threshold = card["threshold"]
     if len(class_names) > 2:
-        result = metrics.multiclass_metrics(labels, probabilities, class_names)
-        result["n_patients"] = int(len(np.unique(patients)))
+        result = metrics.multiclass_metrics(labels, probabilities, class_names, patients)
     else:
-        positive_label = int(card.get("positive_label", 1) if card.get("positive_label") is not None else 1)
+        positive_label = 1 if card.get("positive_label") is None else int(card["positive_label"])
         scores = metrics.positive_probability(probabilities, positive_label)
-        result = metrics.binary_metrics(labels, scores, float(threshold["value"]), positive_label,
-                                        class_names, patients)
-        unique_patients = len(np.unique(patients))
-        if n_boot and unique_patients > 1:
-            result["ci"] = metrics.bootstrap_ci(labels, scores, patients, n_boot=int(n_boot),
-                                                seed=selection["seed"] or 0, threshold=float(threshold["value"]),
-                                                positive_label=positive_label)
-        else:
-            result["ci"] = {}
-            if n_boot:
-                result["notes"].append("one patient only: no patient bootstrap interval")
+        result = binary_metrics_with_ci(labels, scores, patients, float(threshold["value"]), positive_label,
+                                        class_names, n_boot=int(n_boot), seed=selection["seed"] or 0)
     weights_used = str((card.get("weights") or {}).get("used", ""))
     if weights_used == "random" and card.get("model_name") not in ("baseline_cnn",):
         notes.append("this transfer model was built with random weights (no ImageNet weights were available)")
@@ -209,7 +198,7 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
     elif (card.get("dataset") or {}).get("synthetic"):
         notes.append("the model was trained on synthetic data: expect nothing useful on real images")
     if "roc_auc" in result:
-        notes.extend(metrics.sanity_notes(result))
+        notes.extend(sanity_notes(result))
     result["notes"] = list(result.get("notes", [])) + notes
     result.update(
         selection,
@@ -228,8 +217,7 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
 def format_table(result: dict) -> str:
     """A readable text table: metric, value, 95 % CI, then counts and notes."""
     ci = result.get("ci") or {}
-    names = ["roc_auc", "pr_auc", "brier", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-             "precision", "f1"]
+    names = list(BOOTSTRAP_METRICS)
     if "roc_auc_macro" in result:
         names = ["accuracy", "balanced_accuracy", "roc_auc_macro", "roc_auc_micro", "f1_macro"]
     lines = [
@@ -245,9 +233,7 @@ def format_table(result: dict) -> str:
     for name in names:
         value = result.get(name)
         shown = "n/a" if value is None else f"{value:.3f}"
-        interval = ci.get(name)
-        band = "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
-        lines.append(f"{name:<20}{shown:>8}   {band}")
+        lines.append(f"{name:<20}{shown:>8}   {format_interval(ci.get(name))}")
     matrix = result.get("confusion_matrix")
     if matrix is not None and len(matrix) == 2:
         (tn, fp), (fn, tp) = matrix

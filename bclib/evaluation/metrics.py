@@ -1,50 +1,45 @@
-"""Honest evaluation metrics: AUCs from probabilities, threshold metrics, thresholds, patient CIs.
+"""Metrics from predicted probabilities, decision thresholds chosen on validation, per-patient tables.
 
-Conventions used everywhere in this module:
+Conventions used throughout:
 
-* ``positive_label`` names the disease class explicitly (default 1). BreastMNIST's disease label
-  is 0, so nothing here assumes label 1. ``prob`` arguments are the probability of the
-  *positive* class; :func:`positive_probability` turns model outputs into that.
-* An image is predicted positive when ``prob >= threshold``.
-* A metric that is undefined on the data given (an AUC with one class present, a precision with
-  no predicted positive) is ``None``, and a ``notes`` entry says why; nothing crashes.
-* Hard labels are refused as AUC input: integer or boolean scores raise :class:`ValueError`;
-  float scores that take only the values 0 and 1 emit a :class:`HardLabelWarning` (a saturated
-  model can legitimately output exactly 0.0/1.0, but an AUC from thresholded predictions is the
-  seed projects' bug) and add a note.
-* Every metric is computed from per-image *weights*; the point estimate uses weight 1 and the
-  patient bootstrap uses how often each patient was drawn. That keeps one implementation for
-  both and makes 1000 resamples of 10k images take a few seconds.
+* ``positive_label`` names the disease class explicitly (BreastMNIST's is 0). Score arguments are
+  P(positive class); :func:`positive_probability` turns model outputs into that.
+* An image is predicted positive when its score is ``>= threshold``.
+* A metric that is undefined on the data given (an AUC with one class, a precision with no
+  predicted positive) is ``None``, and a ``notes`` entry says why.
+* Hard labels are not scores: integer or boolean scores raise :class:`ValueError`; float scores
+  that take only the values 0 and 1 emit a :class:`HardLabelWarning` (a saturated model may output
+  them, but an AUC of thresholded predictions measures nothing).
+
+The computing is scikit-learn's; confidence intervals over patients are in
+:mod:`bclib.evaluation.bootstrap`.
 """
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
 #: The flat keys of :func:`binary_metrics` (docs/ARCHITECTURE.md, "Metric names").
 METRIC_NAMES = (
     "roc_auc", "pr_auc", "brier", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
     "precision", "f1", "threshold", "n_images", "n_patients", "positive_class", "confusion_matrix",
 )
-#: Metrics that :func:`bootstrap_ci` can compute from names (vectorised).
-BOOTSTRAP_METRICS = (
-    "roc_auc", "pr_auc", "brier", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1",
-)
-#: Metrics that need a threshold.
+#: Metrics that depend on the decision threshold.
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1")
 
 
 class HardLabelWarning(UserWarning):
-    """Scores given to an AUC take only the values 0 and 1: they look like hard labels."""
+    """Scores take only the values 0 and 1: they look like hard labels, not probabilities."""
 
 
-# --------------------------------------------------------------------------- input checks
-def _binary_truth(y_true, positive_label: int) -> np.ndarray:
-    """``y_true`` as a boolean array, True where the label is ``positive_label``."""
+# --------------------------------------------------------------------------- inputs
+def binary_truth(y_true, positive_label: int = 1) -> np.ndarray:
+    """``y_true`` (labels 0/1) as a boolean array, True where the label is ``positive_label``."""
     y = np.asarray(y_true)
     if y.ndim != 1:
         raise ValueError(f"y_true must be one label per image (1-D), got shape {y.shape}")
@@ -56,19 +51,18 @@ def _binary_truth(y_true, positive_label: int) -> np.ndarray:
     return y.astype(int) == int(positive_label)
 
 
-def _scores(prob, n: int, name: str = "prob") -> np.ndarray:
-    """Probabilities of the positive class as float64; refuse hard labels and bad values."""
-    p = np.asarray(prob)
+def checked_scores(scores, n_images: int, name: str = "prob") -> np.ndarray:
+    """P(positive class) per image as float64, after refusing hard labels, bad values and wrong lengths."""
+    p = np.asarray(scores)
     if p.ndim == 2 and p.shape[1] == 1:
         p = p[:, 0]
     if p.ndim != 1:
         raise ValueError(f"{name} must be one probability per image, got shape {p.shape} (see positive_probability)")
-    if len(p) != n:
-        raise ValueError(f"{name} has {len(p)} values for {n} labels")
+    if len(p) != n_images:
+        raise ValueError(f"{name} has {len(p)} values for {n_images} labels")
     if p.dtype == bool or np.issubdtype(p.dtype, np.integer):
         raise ValueError(
-            f"{name} holds hard labels ({p.dtype}); AUCs, Brier scores and thresholds need predicted "
-            "probabilities (an AUC from hard labels was a seed-project bug)"
+            f"{name} holds hard labels ({p.dtype}); AUCs, Brier scores and thresholds need predicted probabilities"
         )
     p = p.astype(np.float64)
     if not np.all(np.isfinite(p)):
@@ -76,20 +70,6 @@ def _scores(prob, n: int, name: str = "prob") -> np.ndarray:
     if len(p) and (p.min() < 0 or p.max() > 1):
         raise ValueError(f"{name} must be probabilities in [0, 1], got range [{p.min():.3g}, {p.max():.3g}]")
     return p
-
-
-def _looks_hard(p: np.ndarray) -> bool:
-    return len(p) > 2 and bool(np.all((p == 0) | (p == 1)))
-
-
-def _warn_hard(notes: list[str] | None = None) -> None:
-    message = (
-        "the scores take only the values 0 and 1: an AUC from hard labels is meaningless; "
-        "pass predicted probabilities"
-    )
-    warnings.warn(message, HardLabelWarning, stacklevel=3)
-    if notes is not None:
-        notes.append(message)
 
 
 def positive_probability(probs, positive_label: int = 1) -> np.ndarray:
@@ -107,181 +87,129 @@ def positive_probability(probs, positive_label: int = 1) -> np.ndarray:
     raise ValueError(f"expected (N,), (N, 1) or (N, 2) binary outputs, got shape {p.shape}")
 
 
-# --------------------------------------------------------------------------- weighted core
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+def _warn_if_hard(p: np.ndarray, notes: list[str] | None = None) -> None:
+    if len(p) > 2 and np.all((p == 0) | (p == 1)):
+        message = ("the scores take only the values 0 and 1: an AUC from hard labels is meaningless; "
+                   "pass predicted probabilities")
+        warnings.warn(message, HardLabelWarning, stacklevel=4)  # the caller of roc_auc, binary_metrics...
+        if notes is not None:
+            notes.append(message)
 
 
-def _weighted_auc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC-AUC (ties count one half) for each row of ``weights`` (B x n); NaN with one class."""
-    order = np.argsort(p, kind="mergesort")
-    sorted_p, sorted_y = p[order], y[order]
-    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
-    w = weights[:, order]
-    neg = np.add.reduceat(w * ~sorted_y, starts, axis=1)
-    pos = np.add.reduceat(w * sorted_y, starts, axis=1)
-    neg_below = np.cumsum(neg, axis=1) - neg
-    numerator = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-    return _safe_div(numerator, pos.sum(axis=1) * neg.sum(axis=1))
+def _none_if_nan(value) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
 
 
-def _weighted_average_precision(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Average precision (sum over thresholds of recall step x precision), as scikit-learn."""
-    order = np.argsort(-p, kind="mergesort")
-    sorted_p, sorted_y = p[order], y[order]
-    ends = np.flatnonzero(np.r_[sorted_p[1:] != sorted_p[:-1], True])
-    w = weights[:, order]
-    true_pos = np.cumsum(w * sorted_y, axis=1)[:, ends]
-    predicted = np.cumsum(w, axis=1)[:, ends]
-    positives = true_pos[:, -1:]
-    precision = np.nan_to_num(_safe_div(true_pos, predicted))
-    recall = _safe_div(true_pos, np.broadcast_to(positives, true_pos.shape))
-    steps = np.diff(recall, axis=1, prepend=0.0)
-    ap = (steps * precision).sum(axis=1)
-    return np.where(positives[:, 0] > 0, ap, np.nan)
+def _roc_auc(truth: np.ndarray, p: np.ndarray) -> float | None:
+    return float(skm.roc_auc_score(truth, p)) if 0 < truth.sum() < len(truth) else None
 
 
-def _weighted_table(y: np.ndarray, p: np.ndarray, weights: np.ndarray, threshold: float | None,
-                    names: Iterable[str]) -> dict[str, np.ndarray]:
-    """Each named metric for each row of ``weights``; NaN where undefined."""
-    names = list(names)
-    out: dict[str, np.ndarray] = {}
-    if "roc_auc" in names:
-        out["roc_auc"] = _weighted_auc(y, p, weights)
-    if "pr_auc" in names:
-        out["pr_auc"] = _weighted_average_precision(y, p, weights)
-    if "brier" in names:
-        out["brier"] = _safe_div(weights @ (p - y) ** 2, weights.sum(axis=1))
-    if any(name in THRESHOLD_METRICS for name in names):
-        if threshold is None:
-            raise ValueError(f"metrics {[n for n in names if n in THRESHOLD_METRICS]} need a threshold")
-        predicted = p >= threshold
-        tp = weights @ (y & predicted).astype(float)
-        fp = weights @ (~y & predicted).astype(float)
-        fn = weights @ (y & ~predicted).astype(float)
-        tn = weights @ (~y & ~predicted).astype(float)
-        sensitivity = _safe_div(tp, tp + fn)
-        specificity = _safe_div(tn, tn + fp)
-        table = {
-            "accuracy": _safe_div(tp + tn, tp + tn + fp + fn),
-            "sensitivity": sensitivity,
-            "specificity": specificity,
-            "balanced_accuracy": (sensitivity + specificity) / 2.0,
-            "precision": _safe_div(tp, tp + fp),
-            "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
-        }
-        out.update({name: table[name] for name in names if name in table})
-    unknown = [name for name in names if name not in out]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(BOOTSTRAP_METRICS)}")
-    return out
+def _pr_auc(truth: np.ndarray, p: np.ndarray) -> float | None:
+    return float(skm.average_precision_score(truth, p)) if truth.any() else None
 
 
-def _to_float(value: float) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
+def _brier(truth: np.ndarray, p: np.ndarray) -> float | None:
+    return float(skm.brier_score_loss(truth.astype(int), p, pos_label=1)) if len(truth) else None
 
 
-# --------------------------------------------------------------------------- single metrics
+def _checked(y_true, prob, positive_label: int, name: str = "prob",
+             notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    truth = binary_truth(y_true, positive_label)
+    p = checked_scores(prob, len(truth), name)
+    _warn_if_hard(p, notes)
+    return truth, p
+
+
+# --------------------------------------------------------------------------- binary metrics
 def roc_auc(y_true, prob, positive_label: int = 1) -> float | None:
     """ROC-AUC from probabilities; ``None`` when only one class is present."""
-    y = _binary_truth(y_true, positive_label)
-    p = _scores(prob, len(y))
-    if _looks_hard(p):
-        _warn_hard()
-    return _to_float(_weighted_auc(y, p, np.ones((1, len(y))))[0])
+    return _roc_auc(*_checked(y_true, prob, positive_label))
 
 
 def pr_auc(y_true, prob, positive_label: int = 1) -> float | None:
     """Average precision (area under the precision-recall curve); ``None`` without positives."""
-    y = _binary_truth(y_true, positive_label)
-    p = _scores(prob, len(y))
-    if _looks_hard(p):
-        _warn_hard()
-    return _to_float(_weighted_average_precision(y, p, np.ones((1, len(y))))[0])
+    return _pr_auc(*_checked(y_true, prob, positive_label))
 
 
 def brier_score(y_true, prob, positive_label: int = 1) -> float | None:
     """Mean squared difference between P(positive) and the 0/1 truth (lower is better)."""
-    y = _binary_truth(y_true, positive_label)
-    p = _scores(prob, len(y))
-    return _to_float(_weighted_table(y, p, np.ones((1, len(y))), None, ["brier"])["brier"][0])
+    return _brier(*_checked(y_true, prob, positive_label))
 
 
-def confusion_matrix(y_true, prob, threshold: float, positive_label: int = 1) -> list[list[int]]:
-    """``[[tn, fp], [fn, tp]]`` (rows = truth, negative first) at ``prob >= threshold``."""
-    y = _binary_truth(y_true, positive_label)
-    predicted = _scores(prob, len(y)) >= threshold
-    return [
-        [int(np.sum(~y & ~predicted)), int(np.sum(~y & predicted))],
-        [int(np.sum(y & ~predicted)), int(np.sum(y & predicted))],
-    ]
+def threshold_metrics_from_counts(tp, fp, fn, tn) -> dict[str, np.ndarray]:
+    """:data:`THRESHOLD_METRICS` from confusion counts (numbers, or arrays of resamples); NaN where 0/0."""
+    tp, fp, fn, tn = (np.asarray(count, dtype=np.float64) for count in (tp, fp, fn, tn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
+        return {
+            "accuracy": (tp + tn) / (tp + fp + fn + tn),
+            "balanced_accuracy": (sensitivity + specificity) / 2,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "precision": tp / (tp + fp),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+        }
 
 
 def binary_metrics(y_true, prob_positive, threshold: float = 0.5, positive_label: int = 1,
                    class_names: Sequence[str] | None = None, patient_ids=None) -> dict:
-    """Every binary metric (keys in :data:`METRIC_NAMES`, plus ``notes``) at ``threshold``.
+    """Every binary metric (keys in :data:`METRIC_NAMES`, plus ``n_positive``, ``n_negative``, ``notes``).
 
     ``prob_positive`` is P(positive class); ``positive_label`` names which label that is, and
     ``class_names[positive_label]`` becomes ``positive_class``. Undefined metrics are ``None``.
     """
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-    y = _binary_truth(y_true, positive_label)
-    p = _scores(prob_positive, len(y), "prob_positive")
+    notes: list[str] = []
+    y, p = _checked(y_true, prob_positive, positive_label, "prob_positive", notes)
     if len(y) == 0:
         raise ValueError("no images to evaluate")
-    notes: list[str] = []
-    if _looks_hard(p):
-        _warn_hard(notes)
-    table = _weighted_table(y, p, np.ones((1, len(y))), float(threshold), BOOTSTRAP_METRICS)
-    result: dict = {name: _to_float(values[0]) for name, values in table.items()}
-    n_pos = int(y.sum())
-    n_neg = int(len(y) - n_pos)
-    positive_name = str(class_names[positive_label]) if class_names is not None else str(positive_label)
-    if n_pos == 0 or n_neg == 0:
-        present = "negative" if n_pos == 0 else f"positive ({positive_name})"
-        notes.append(
-            f"only {present} images are present: ROC-AUC, PR-AUC and balanced accuracy are undefined, "
-            f"and {'sensitivity' if n_pos == 0 else 'specificity'} cannot be measured"
-        )
-        result["roc_auc"] = None
-        result["balanced_accuracy"] = None
-        if n_pos == 0:
-            result["pr_auc"] = None
-    if result["precision"] is None and n_pos + n_neg > 0:
-        notes.append(f"no image reaches the threshold {threshold:g}: precision is undefined")
-    result.update(
-        threshold=float(threshold),
-        n_images=int(len(y)),
-        n_patients=int(pd.Series(np.asarray(patient_ids)).nunique()) if patient_ids is not None else None,
-        positive_class=positive_name,
-        confusion_matrix=confusion_matrix(y.astype(int), p, threshold, positive_label=1),
-        n_positive=n_pos,
-        n_negative=n_neg,
-        notes=notes,
-    )
     if patient_ids is not None and len(np.asarray(patient_ids)) != len(y):
         raise ValueError(f"patient_ids has {len(np.asarray(patient_ids))} entries for {len(y)} images")
-    return {key: result[key] for key in (*METRIC_NAMES, "n_positive", "n_negative", "notes")}
+    tn, fp, fn, tp = (int(count) for count in skm.confusion_matrix(y, p >= threshold, labels=[False, True]).ravel())
+    n_positive, n_negative = tp + fn, tn + fp
+    positive_name = str(class_names[positive_label]) if class_names is not None else str(positive_label)
+    if n_positive == 0 or n_negative == 0:
+        present = "negative" if n_positive == 0 else f"positive ({positive_name})"
+        notes.append(
+            f"only {present} images are present: ROC-AUC, PR-AUC and balanced accuracy are undefined, "
+            f"and {'sensitivity' if n_positive == 0 else 'specificity'} cannot be measured"
+        )
+    if tp + fp == 0:
+        notes.append(f"no image reaches the threshold {threshold:g}: precision is undefined")
+    return {
+        "roc_auc": _roc_auc(y, p),
+        "pr_auc": _pr_auc(y, p),
+        "brier": _brier(y, p),
+        **{name: _none_if_nan(value) for name, value in threshold_metrics_from_counts(tp, fp, fn, tn).items()},
+        "threshold": float(threshold),
+        "n_images": int(len(y)),
+        "n_patients": int(pd.Series(np.asarray(patient_ids)).nunique()) if patient_ids is not None else None,
+        "positive_class": positive_name,
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+        "n_positive": n_positive,
+        "n_negative": n_negative,
+        "notes": notes,
+    }
 
 
 # --------------------------------------------------------------------------- thresholds
 def _threshold_curve(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
-    """Counts at every distinct threshold (descending), predicting positive when ``p >= t``."""
-    order = np.argsort(-p, kind="mergesort")
-    sorted_p, sorted_y = p[order], y[order]
-    ends = np.flatnonzero(np.r_[sorted_p[1:] != sorted_p[:-1], True])
-    tp = np.cumsum(sorted_y)[ends].astype(float)
-    fp = np.cumsum(~sorted_y)[ends].astype(float)
-    positives, negatives = float(y.sum()), float((~y).sum())
-    sensitivity = tp / positives if positives else np.full_like(tp, np.nan)
-    specificity = 1 - fp / negatives if negatives else np.full_like(tp, np.nan)
-    precision = tp / (tp + fp)
-    f1 = 2 * tp / (tp + fp + positives)
-    return {"threshold": sorted_p[ends], "sensitivity": sensitivity, "specificity": specificity,
-            "precision": precision, "f1": f1}
+    """Rates at every distinct score (highest first), predicting positive when the score is >= it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # no negatives: specificity is NaN
+        false_positive_rate, sensitivity, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # the curve starts at (0, 0) with an infinite threshold
+    false_positive_rate, sensitivity, thresholds = false_positive_rate[finite], sensitivity[finite], thresholds[finite]
+    true_positives = sensitivity * y.sum()
+    false_positives = np.nan_to_num(false_positive_rate) * (~y).sum()
+    return {
+        "threshold": thresholds,
+        "sensitivity": sensitivity,
+        "specificity": 1.0 - false_positive_rate,
+        "precision": true_positives / (true_positives + false_positives),
+        "f1": 2 * true_positives / (true_positives + false_positives + y.sum()),
+    }
 
 
 def choose_threshold(y_val, prob_val, method: str = "sensitivity", target_sensitivity: float = 0.90,
@@ -293,20 +221,18 @@ def choose_threshold(y_val, prob_val, method: str = "sensitivity", target_sensit
     maximise F1. Candidate thresholds are the distinct validation probabilities; ties pick the
     highest threshold. ``info`` records the method (as in model cards) and the validation values.
     """
-    y = _binary_truth(y_val, positive_label)
-    p = _scores(prob_val, len(y), "prob_val")
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0:
+    y = binary_truth(y_val, positive_label)
+    p = checked_scores(prob_val, len(y), "prob_val")
+    if not y.any():
         raise ValueError("the validation data has no positive image: no threshold can be chosen")
     curve = _threshold_curve(y, p)
     if method == "sensitivity":
         if not 0 < target_sensitivity <= 1:
             raise ValueError(f"target_sensitivity must lie in (0, 1], got {target_sensitivity}")
-        reached = np.flatnonzero(curve["sensitivity"] >= target_sensitivity - 1e-12)
-        best = int(reached[0])
+        best = int(np.flatnonzero(curve["sensitivity"] >= target_sensitivity - 1e-12)[0])
         label = f"sensitivity@{target_sensitivity:.2f}"
     elif method in ("youden", "f1"):
-        if method == "youden" and n_neg == 0:
+        if method == "youden" and y.all():
             raise ValueError("the validation data has no negative image: Youden's J is undefined")
         score = curve["sensitivity"] + curve["specificity"] - 1 if method == "youden" else curve["f1"]
         best = int(np.nanargmax(score))
@@ -318,124 +244,23 @@ def choose_threshold(y_val, prob_val, method: str = "sensitivity", target_sensit
         "method": label,
         "chosen_on": "val",
         "value": threshold,
-        "val_sensitivity": _to_float(curve["sensitivity"][best]),
-        "val_specificity": _to_float(curve["specificity"][best]),
-        "val_precision": _to_float(curve["precision"][best]),
-        "val_f1": _to_float(curve["f1"][best]),
+        **{f"val_{name}": _none_if_nan(curve[name][best])
+           for name in ("sensitivity", "specificity", "precision", "f1")},
         "n_val": int(len(y)),
-        "n_val_positive": n_pos,
+        "n_val_positive": int(y.sum()),
     }
     return threshold, info
 
 
-# --------------------------------------------------------------------------- bootstrap
-def _patient_codes(patient_ids, n: int) -> tuple[np.ndarray, int]:
-    if patient_ids is None:
-        return np.arange(n), n
-    ids = np.asarray(patient_ids)
-    if len(ids) != n:
-        raise ValueError(f"patient_ids has {len(ids)} entries for {n} images")
-    codes, uniques = pd.factorize(pd.Series(ids).astype(str))
-    return codes, len(uniques)
-
-
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return None
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def bootstrap_ci(y_true, prob, patient_ids=None,
-                 metrics: Sequence[str] | Callable | str = BOOTSTRAP_METRICS, n_boot: int = 1000, seed: int = 0,
-                 threshold: float | None = 0.5, positive_label: int = 1, confidence: float = 0.95,
-                 chunk_size: int = 100) -> dict[str, tuple[float, float] | None]:
-    """Percentile confidence intervals, resampling **patients** (all their images together).
-
-    ``metrics`` is a list of names from :data:`BOOTSTRAP_METRICS` (fast, vectorised with
-    per-image weights) or a callable ``metric_fn(y_true, prob) -> float | dict`` (slower, one
-    call per resample). Without ``patient_ids`` images are resampled (each its own patient).
-    Resamples where a metric is undefined (one class drawn) are left out of its interval; a
-    metric undefined in every resample gets ``None``.
-    """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    y = _binary_truth(y_true, positive_label)
-    p = _scores(prob, len(y))
-    if len(y) == 0:
-        raise ValueError("no images to resample")
-    codes, n_groups = _patient_codes(patient_ids, len(y))
-    rng = np.random.default_rng(seed)
-    if callable(metrics):
-        return _bootstrap_callable(y_true, p, codes, n_groups, metrics, n_boot, rng, confidence)
-    names = [metrics] if isinstance(metrics, str) else list(metrics)
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start in range(0, n_boot, chunk_size):
-        size = min(chunk_size, n_boot - start)
-        draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=size).astype(float)
-        table = _weighted_table(y, p, draws[:, codes], threshold, names)
-        for name in names:
-            collected[name].append(table[name])
-    return {name: _interval(np.concatenate(chunks), confidence) for name, chunks in collected.items()}
-
-
-def _bootstrap_callable(y_true, p: np.ndarray, codes: np.ndarray, n_groups: int, metric_fn: Callable,
-                        n_boot: int, rng: np.random.Generator, confidence: float) -> dict:
-    y_all = np.asarray(y_true)
-    order = np.argsort(codes, kind="mergesort")
-    groups = np.split(order, np.cumsum(np.bincount(codes, minlength=n_groups))[:-1])
-    values: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        chosen = rng.integers(0, n_groups, size=n_groups)
-        rows = np.concatenate([groups[g] for g in chosen])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = metric_fn(y_all[rows], p[rows])
-        if not isinstance(result, dict):
-            result = {getattr(metric_fn, "__name__", "metric"): result}
-        for name, value in result.items():
-            values.setdefault(name, []).append(np.nan if value is None else float(value))
-    return {name: _interval(np.asarray(v), confidence) for name, v in values.items()}
-
-
-def sanity_notes(result: dict) -> list[str]:
-    """Warnings a reader must see: an AUC at chance level, or below it (inverted scores?).
-
-    ``result`` is a :func:`binary_metrics` dict, optionally with ``ci`` from :func:`bootstrap_ci`.
-    """
-    notes: list[str] = []
-    auc = result.get("roc_auc")
-    if auc is None:
-        return notes
-    interval = (result.get("ci") or {}).get("roc_auc")
-    if interval is not None and interval[0] <= 0.5 <= interval[1]:
-        notes.append(
-            f"ROC-AUC {auc:.3f} with a 95% interval [{interval[0]:.3f}, {interval[1]:.3f}] that includes 0.5: "
-            "the model is not distinguishable from chance on these patients"
-        )
-    elif interval is not None and interval[1] < 0.5 or interval is None and auc < 0.4:
-        notes.append(
-            f"ROC-AUC {auc:.3f} is below chance: the scores rank the classes the wrong way round; "
-            "check positive_label and the class order (or the model's preprocessing)"
-        )
-    elif interval is None and abs(auc - 0.5) < 0.05:
-        notes.append(f"ROC-AUC {auc:.3f} is close to chance level (0.5)")
-    return notes
-
-
 # --------------------------------------------------------------------------- multi-class
-def multiclass_metrics(y_true, prob_matrix, class_names: Sequence[str]) -> dict:
+def multiclass_metrics(y_true, prob_matrix, class_names: Sequence[str], patient_ids=None) -> dict:
     """Accuracy, balanced accuracy, macro/micro one-vs-rest AUC, per-class report, confusion matrix.
 
     The prediction is the arg-max class. Classes absent from ``y_true`` get a ``None`` AUC and
     recall, and are left out of the macro averages (a note says so).
     """
     y = np.asarray(y_true).astype(int)
-    probs = np.asarray(prob_matrix, dtype=np.float64)
+    probs = np.asarray(prob_matrix)
     n_classes = len(class_names)
     if probs.ndim != 2 or probs.shape != (len(y), n_classes):
         raise ValueError(f"prob_matrix must have shape ({len(y)}, {n_classes}), got {probs.shape}")
@@ -443,78 +268,71 @@ def multiclass_metrics(y_true, prob_matrix, class_names: Sequence[str]) -> dict:
         raise ValueError("no images to evaluate")
     if y.min() < 0 or y.max() >= n_classes:
         raise ValueError(f"labels must lie in 0..{n_classes - 1}")
-    if np.issubdtype(np.asarray(prob_matrix).dtype, np.integer):
+    if probs.dtype == bool or np.issubdtype(probs.dtype, np.integer):
         raise ValueError("prob_matrix holds integers (hard labels?); pass predicted probabilities")
-    notes: list[str] = []
+    probs = probs.astype(np.float64)
+    labels = list(range(n_classes))
     predicted = probs.argmax(axis=1)
-    matrix = np.zeros((n_classes, n_classes), dtype=int)
-    np.add.at(matrix, (y, predicted), 1)
-    ones = np.ones((1, len(y)))
-    per_class = []
-    for label, name in enumerate(class_names):
-        truth = y == label
-        tp = matrix[label, label]
-        support = int(truth.sum())
-        predicted_count = int(matrix[:, label].sum())
-        precision = tp / predicted_count if predicted_count else None
-        recall = tp / support if support else None
-        f1 = 2 * tp / (support + predicted_count) if support + predicted_count else None
-        auc = _to_float(_weighted_auc(truth, probs[:, label], ones)[0])
-        per_class.append({"class": str(name), "label": label, "precision": precision, "recall": recall,
-                          "f1": f1, "support": support, "roc_auc": auc})
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, predicted, labels=labels, zero_division=np.nan)
+    per_class = [
+        {"class": str(name), "label": label, "precision": _none_if_nan(precision[label]),
+         "recall": _none_if_nan(recall[label]), "f1": _none_if_nan(f1[label]), "support": int(support[label]),
+         "roc_auc": _roc_auc(y == label, probs[:, label])}
+        for label, name in enumerate(class_names)
+    ]
+    notes: list[str] = []
     absent = [row["class"] for row in per_class if row["support"] == 0]
     if absent:
         notes.append(f"classes without images ({absent}) have no recall or AUC and are left out of macro averages")
-    defined_auc = [row["roc_auc"] for row in per_class if row["roc_auc"] is not None]
-    recalls = [row["recall"] for row in per_class if row["recall"] is not None]
-    f1s = [row["f1"] for row in per_class if row["support"] > 0 and row["f1"] is not None]
-    onehot = np.eye(n_classes, dtype=bool)[y].ravel()
-    micro = _to_float(_weighted_auc(onehot, probs.ravel(), np.ones((1, onehot.size)))[0])
+    present = [row for row in per_class if row["support"] > 0]
+    aucs = [row["roc_auc"] for row in per_class if row["roc_auc"] is not None]
+    f1s = [row["f1"] for row in present if row["f1"] is not None]
     return {
-        "accuracy": float(np.mean(predicted == y)),
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
-        "roc_auc_macro": float(np.mean(defined_auc)) if defined_auc else None,
-        "roc_auc_micro": micro,
+        "accuracy": float(skm.accuracy_score(y, predicted)),
+        "balanced_accuracy": float(np.mean([row["recall"] for row in present])),
+        "roc_auc_macro": float(np.mean(aucs)) if aucs else None,
+        "roc_auc_micro": _roc_auc(np.eye(n_classes, dtype=bool)[y].ravel(), probs.ravel()),
         "f1_macro": float(np.mean(f1s)) if f1s else None,
         "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix": skm.confusion_matrix(y, predicted, labels=labels).tolist(),
         "class_names": [str(name) for name in class_names],
         "n_images": int(len(y)),
+        "n_patients": int(pd.Series(np.asarray(patient_ids)).nunique()) if patient_ids is not None else None,
         "notes": notes,
     }
 
 
 # --------------------------------------------------------------------------- patient level
 def patient_level_table(y_true, prob, patient_ids, threshold: float, positive_label: int = 1) -> pd.DataFrame:
-    """One row per patient: images, true and predicted positive fractions, AUC, sensitivity...
+    """One row per patient: images, true and predicted positive fractions, AUC, sensitivity, specificity.
 
     Columns: ``patient_id, n, n_positive, true_fraction, mean_probability, predicted_fraction,
     fraction_error`` (predicted - true), ``abs_fraction_error``, ``roc_auc`` (``NaN`` when the
     patient has one class only), ``sensitivity``, ``specificity`` (``NaN`` when undefined).
     """
-    y = _binary_truth(y_true, positive_label)
-    p = _scores(prob, len(y))
-    codes, n_groups = _patient_codes(patient_ids, len(y))
-    ids = pd.Series(np.asarray(patient_ids)).astype(str)
-    predicted = p >= threshold
-    frame = pd.DataFrame({"patient_id": ids, "truth": y, "prob": p, "pred": predicted, "code": codes})
+    y = binary_truth(y_true, positive_label)
+    p = checked_scores(prob, len(y))
+    ids = np.asarray(patient_ids)
+    if len(ids) != len(y):
+        raise ValueError(f"patient_ids has {len(ids)} entries for {len(y)} images")
+    frame = pd.DataFrame({"patient_id": ids.astype(str), "truth": y, "score": p, "decided": p >= threshold})
     rows = []
     for patient, group in frame.groupby("patient_id", sort=True):
-        truth = group["truth"].to_numpy()
-        probs = group["prob"].to_numpy()
-        pred = group["pred"].to_numpy()
-        positives = int(truth.sum())
-        negatives = int(len(truth) - positives)
+        truth, scores, decided = (group[column].to_numpy() for column in ("truth", "score", "decided"))
+        auc = _roc_auc(truth, scores)
+        rates = threshold_metrics_from_counts((truth & decided).sum(), (~truth & decided).sum(),
+                                              (truth & ~decided).sum(), (~truth & ~decided).sum())
         rows.append({
             "patient_id": patient,
-            "n": int(len(truth)),
-            "n_positive": positives,
-            "true_fraction": positives / len(truth),
-            "mean_probability": float(probs.mean()),
-            "predicted_fraction": float(pred.mean()),
-            "roc_auc": float(_weighted_auc(truth, probs, np.ones((1, len(truth))))[0]),
-            "sensitivity": float((truth & pred).sum() / positives) if positives else np.nan,
-            "specificity": float((~truth & ~pred).sum() / negatives) if negatives else np.nan,
+            "n": len(truth),
+            "n_positive": int(truth.sum()),
+            "true_fraction": float(truth.mean()),
+            "mean_probability": float(scores.mean()),
+            "predicted_fraction": float(decided.mean()),
+            "roc_auc": np.nan if auc is None else auc,
+            "sensitivity": float(rates["sensitivity"]),
+            "specificity": float(rates["specificity"]),
         })
     table = pd.DataFrame(rows)
     table["fraction_error"] = table["predicted_fraction"] - table["true_fraction"]
@@ -541,10 +359,17 @@ def fraction_correlation(table: pd.DataFrame) -> dict[str, float | None]:
     truth = table["true_fraction"].astype(float)
     for column in ("mean_probability", "predicted_fraction"):
         predicted = table[column].astype(float)
+        defined = len(table) >= 3 and truth.nunique() > 1 and predicted.nunique() > 1
         for method in ("pearson", "spearman"):
-            if len(table) < 3 or truth.nunique() < 2 or predicted.nunique() < 2:
-                value = None
-            else:
-                value = _to_float(truth.corr(predicted, method=method))
-            out[f"{method}_{column}"] = value
+            out[f"{method}_{column}"] = _none_if_nan(truth.corr(predicted, method=method)) if defined else None
     return out
+
+
+def __getattr__(name: str):
+    """The patient bootstrap lives in :mod:`bclib.evaluation.bootstrap` (which imports this module);
+    ``metrics.bootstrap_ci`` and ``metrics.paired_bootstrap_difference`` resolve to it."""
+    if name in ("bootstrap_ci", "paired_bootstrap_difference"):
+        from bclib.evaluation import bootstrap
+
+        return getattr(bootstrap, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
