@@ -107,9 +107,6 @@ def test_download_calls_the_downloader_lazily(capsys, tmp_path, monkeypatch):
     fake = types.ModuleType("bclib.data.download")
     fake.download, fake.DownloadError = fake_download, DownloadError
     monkeypatch.setitem(sys.modules, "bclib.data.download", fake)
-    import bclib
-
-    monkeypatch.setattr(bclib, "download", fake, raising=False)
     code, out, _ = run(capsys, "data", "download", "idc", "--dest", str(tmp_path), "--url", "https://example.org/x.zip")
     assert code == 0 and str(tmp_path) in out
     assert calls[0][0] == "idc" and str(calls[0][1]) == str(tmp_path) and calls[0][2] == "https://example.org/x.zip"

@@ -4,13 +4,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.machinery
 import io
 import json
+import os
 import socket
 import sys
 import tarfile
 import threading
-import time
 import types
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,6 +131,10 @@ def _no_kaggle_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("BCLIB_ROOT", str(tmp_path / "project"))
 
 
+def _complete(destination: Path) -> bool:
+    return (dl.read_marker(destination) or {}).get("complete") is True
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -160,7 +165,7 @@ def test_idc_archive_download_gives_a_scannable_folder(server, monkeypatch, tmp_
     assert len(index.frame) == 12
     assert sorted(index.frame["patient_id"].unique()) == sorted(PATIENTS)
     assert set(index.frame["label"]) == {0, 1}
-    assert dl.is_complete(destination)
+    assert _complete(destination)
     assert dl.read_marker(destination)["method"] == "archive"
     assert not (destination / dl.WORK_DIR_NAME).exists()  # no archive or .part left behind
     # A second call finds the marker and makes no request.
@@ -228,6 +233,23 @@ def test_files_fetched_one_url_at_a_time_accumulate(server, tmp_path):
     assert len(server.requests) == 2
 
 
+def test_interrupted_multi_file_download_keeps_what_is_installed(server, monkeypatch, tmp_path):
+    remotes = [dl.RemoteFile(server.url(f"/{name}.gz"), f"{name}.gz") for name in ("a_x.h5", "a_y.h5")]
+    server.files["/a_x.h5.gz"] = gzip.compress(b"first")  # a_y.h5.gz missing: HTTP 404
+    _use_files(monkeypatch, "pcam", *remotes)
+    destination = tmp_path / "pcam"
+
+    with pytest.raises(dl.DownloadError, match="HTTP 404"):
+        dl.download("pcam", destination, progress=False)
+    assert (destination / "a_x.h5").read_bytes() == b"first" and not _complete(destination)
+
+    server.files["/a_y.h5.gz"] = gzip.compress(b"second")
+    dl.download("pcam", destination, progress=False)
+
+    assert [request["path"] for request in server.requests] == ["/a_x.h5.gz", "/a_y.h5.gz", "/a_y.h5.gz"]
+    assert (destination / "a_y.h5").read_bytes() == b"second" and _complete(destination)
+
+
 def test_url_override_of_a_known_file_keeps_its_checksum(server, monkeypatch, tmp_path):
     server.files["/mirror/breastmnist.npz"] = b"not the published file"
     with pytest.raises(dl.DownloadError, match="MD5"):
@@ -272,6 +294,7 @@ def test_fetch_accepts_a_partial_file_that_is_already_complete(server, tmp_path)
     dl.fetch(server.url("/file.bin"), part, progress=False)
 
     assert part.read_bytes() == body
+    assert len(server.requests) == 1  # the 416 answer showed the file whole: no second transfer
 
 
 def test_interrupted_download_keeps_the_part_file_and_resumes(server, monkeypatch, tmp_path):
@@ -285,7 +308,7 @@ def test_interrupted_download_keeps_the_part_file_and_resumes(server, monkeypatc
         dl.download("idc", destination, progress=False)
     part = destination / dl.WORK_DIR_NAME / "IDC_regular_ps50_idx5.zip.part"
     assert 0 < part.stat().st_size < len(archive)
-    assert not dl.is_complete(destination)
+    assert not _complete(destination)
     assert not (destination / "IDC_regular_ps50_idx5").exists()
 
     dl.download("idc", destination, progress=False)
@@ -307,7 +330,7 @@ def test_interrupted_extraction_is_not_a_dataset_and_reuses_the_archive(server, 
     monkeypatch.setattr(dl, "extract_archive", extract_then_crash)
     with pytest.raises(KeyboardInterrupt):
         dl.download("idc", destination, progress=False)
-    assert not dl.is_complete(destination)
+    assert not _complete(destination)
     assert not (destination / "IDC_regular_ps50_idx5").exists()
     with pytest.raises(DatasetError):
         scan("idc", destination)
@@ -323,7 +346,7 @@ def test_resume_through_download_gives_identical_bytes(server, monkeypatch, tmp_
     body = np.random.default_rng(1).bytes(50_000)
     server.files["/breastmnist.npz"] = body
     _use_files(monkeypatch, "breastmnist", dl.RemoteFile(server.url("/breastmnist.npz"), "breastmnist.npz",
-                                                          sha256=hashlib.sha256(body).hexdigest()))
+                                                          md5=hashlib.md5(body).hexdigest()))
     work = tmp_path / "bm" / dl.WORK_DIR_NAME
     work.mkdir(parents=True)
     (work / "breastmnist.npz.part").write_bytes(body[:20_000])
@@ -349,7 +372,7 @@ def test_checksum_mismatch_is_clear_and_leaves_no_completed_file(server, monkeyp
     message = str(caught.value)
     assert dl.BREASTMNIST_MD5 in message and "MD5" in message
     assert not (destination / "breastmnist.npz").exists()
-    assert not dl.is_complete(destination)
+    assert not _complete(destination)
     leftovers = [p for p in destination.rglob("*") if p.is_file()] if destination.exists() else []
     assert leftovers == []
 
@@ -367,20 +390,42 @@ def test_zip_member_outside_the_destination_is_refused(server, monkeypatch, tmp_
     assert not (tmp_path / "nested" / "escaped.txt").exists()
     assert not (tmp_path / "escaped.txt").exists()
     assert not Path("/tmp/bclib_absolute_escape.txt").exists()
-    assert not dl.is_complete(destination)
+    assert not _complete(destination)
     assert not (destination / "IDC_regular_ps50_idx5").exists()
 
 
-def test_tar_symlink_pointing_outside_is_refused(tmp_path):
-    archive = tmp_path / "bad.tar.gz"
-    with tarfile.open(archive, "w:gz") as bundle:
-        link = tarfile.TarInfo("data/link")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "../../outside"
-        bundle.addfile(link)
-    with pytest.raises(dl.UnsafeArchiveError):
-        dl.extract_archive(archive, tmp_path / "into")
-    assert not (tmp_path / "into" / "data" / "link").exists()
+def _tar_gz_bytes(*members: tarfile.TarInfo) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as bundle:
+        for member in members:
+            bundle.addfile(member, io.BytesIO(b"evil"[: member.size]))
+    return buffer.getvalue()
+
+
+def _tar_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, linkname
+    member.size = 4 if kind == tarfile.REGTYPE else 0
+    return member
+
+
+@pytest.mark.parametrize("member", [
+    _tar_member("all-mias/../../escaped.txt"),
+    _tar_member("all-mias/link", tarfile.SYMTYPE, "../../escaped.txt"),
+    _tar_member("all-mias/link", tarfile.SYMTYPE, "/etc/passwd"),
+    _tar_member("all-mias/hard", tarfile.LNKTYPE, "../escaped.txt"),
+    _tar_member("all-mias/device", tarfile.CHRTYPE),
+], ids=["dotdot", "symlink-out", "symlink-absolute", "hardlink-out", "device"])
+def test_unsafe_tar_member_is_refused(server, tmp_path, member):
+    server.files["/all-mias.tar.gz"] = _tar_gz_bytes(_tar_member("all-mias/mdb001.pgm"), member)
+    destination = tmp_path / "nested" / "mias"
+
+    with pytest.raises(dl.UnsafeArchiveError, match="refusing"):
+        dl.download("mias", destination, url=server.url("/all-mias.tar.gz"), progress=False)
+
+    assert not os.path.lexists(tmp_path / "nested" / "escaped.txt")
+    assert not os.path.lexists(destination / "all-mias")
+    assert not _complete(destination)
 
 
 def test_tar_archive_is_extracted(tmp_path):
@@ -399,13 +444,10 @@ def test_unreachable_host_fails_fast_with_manual_instructions(monkeypatch, tmp_p
     _use_files(monkeypatch, "idc", dl.RemoteFile(url, "IDC_regular_ps50_idx5.zip", target="IDC_regular_ps50_idx5"))
     destination = tmp_path / "idc"
 
-    started = time.monotonic()
     with pytest.raises(dl.DownloadError) as caught:
         dl.download("idc", destination, progress=False, timeout=3.0)
-    elapsed = time.monotonic() - started
 
     message = str(caught.value)
-    assert elapsed < 10
     assert "could not connect" in message
     assert url in message and str(destination) in message
     assert "--data PATH" in message and "BCLIB_DATA" in message
@@ -484,24 +526,16 @@ def test_unknown_dataset_is_a_value_error():
         dl.download("imagenet", progress=False)
 
 
-@pytest.mark.parametrize(
-    ("name", "reason"),
-    [("a/b.png", None), ("./a/b", None), ("../x", "'..'"), ("/etc/passwd", "absolute"),
-     ("C:\\x", "absolute"), ("a\\..\\..\\x", "'..'")],
-)
-def test_unsafe_member_names(name, reason):
-    result = dl._unsafe_member_reason(name)
-    assert (result is None) if reason is None else (reason in result)
-
-
-def test_archive_names():
-    assert dl.archive_kind("IDC_regular_ps50_idx5.zip") == "zip"
-    assert dl.archive_kind("BreaKHis_v1.tar.gz") == "tar"
-    assert dl.archive_kind("x.h5.gz") == "gzip"
-    assert dl.archive_kind("breastmnist.npz") == "file"
-    assert dl.strip_archive_suffix("BreaKHis_v1.tar.gz") == "BreaKHis_v1"
-    assert dl.strip_archive_suffix("camelyonpatch_level_2_split_test_x.h5.gz") == "camelyonpatch_level_2_split_test_x.h5"
+def test_archive_and_file_names():
+    assert dl.archive_suffix("IDC_regular_ps50_idx5.zip") == ("zip", ".zip")
+    assert dl.archive_suffix("BreaKHis_v1.tar.gz") == ("tar", ".tar.gz")
+    assert dl.archive_suffix("x.h5.gz") == ("gzip", ".gz")
+    assert dl.archive_suffix("breastmnist.npz") == ("file", "")
+    assert dl.RemoteFile("u", "BreaKHis_v1.tar.gz").target_name == "BreaKHis_v1"
+    assert dl.RemoteFile("u", "split_test_x.h5.gz").target_name == "split_test_x.h5"
     assert dl.filename_from_url("https://zenodo.org/records/1/files/breastmnist.npz?download=1") == "breastmnist.npz"
+    assert dl.filename_from_url("http://host/..%2F..%2Fescape.zip") == "escape.zip"
+    assert dl.filename_from_url("http://host/a/..") == "download"
 
 
 # ----------------------------------------------------------------------------- Kaggle
@@ -520,6 +554,7 @@ def _fake_kaggle(calls: list) -> types.ModuleType:
             Path(path, "breast-histopathology-images.zip").write_bytes(_zip_bytes(members))
 
     module = types.ModuleType("kaggle")
+    module.__spec__ = importlib.machinery.ModuleSpec("kaggle", None)  # as an installed package has
     module.api = Api()
     return module
 
