@@ -23,6 +23,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gradcam_examples": 2,
         "fine_tune_layers": 10,
         "leakage_epochs": 1,
+        "exercise_max_images": 480,
+        "exercise_epochs": 2,
     },
     # the real data at hand with CPU-sized epochs: the whole series on 11,749 patches, 2 cores
     "quick": {
@@ -41,6 +43,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fine_tune_layers": 20,
         "fine_tune_max_images": 3000,
         "leakage_epochs": 3,
+        "exercise_max_images": 3000,
+        "exercise_epochs": 4,
     },
     # paper-scale settings for a GPU and the complete dataset
     "full": {
@@ -59,6 +63,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fine_tune_layers": 40,
         "fine_tune_max_images": None,
         "leakage_epochs": 10,
+        "exercise_max_images": None,
+        "exercise_epochs": 10,
     },
 }
 

@@ -12,6 +12,7 @@ stay plain variables in the notebook.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -296,6 +297,7 @@ def start(
     settings["device"] = {"gpus": device_info.gpus, "policy": device_info.policy, "xla": device_info.xla}
     pd.set_option("display.float_format", "{:.3f}".format)
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")  # tf.data shuffles by itself
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices: nothing a student can act on
 
     run_id = run_id or INTERACTIVE_RUN_ID
     run_dir = paths.reports_dir() / run_id

@@ -14,10 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bclib.evaluation import modelcard
-
-THRESHOLD_METHODS = ("sensitivity", "youden", "f1")
-
+from bclib.evaluation import metrics, modelcard
+from bclib.evaluation.bootstrap import binary_metrics_with_ci, format_interval
 
 @dataclass
 class Predictions:
@@ -27,16 +25,6 @@ class Predictions:
     labels: np.ndarray
     probabilities: np.ndarray  # (N,) P(label 1) for binary models, (N, C) otherwise
     patient_ids: np.ndarray
-
-    def positive_scores(self, positive_label: int | None) -> np.ndarray:
-        """P(positive class): the model's sigmoid is P(label 1); flip it when the disease is 0."""
-        if self.probabilities.ndim == 2:
-            if positive_label is None:
-                raise ValueError("multi-class predictions have no single positive class")
-            return self.probabilities[:, positive_label]
-        from bclib.evaluation.metrics import positive_probability
-
-        return positive_probability(self.probabilities, 1 if positive_label is None else positive_label)
 
 
 def predict_split(session: Any, model: Any, split_name: str, image_size: int, batch_size: int = 256) -> Predictions:
@@ -51,59 +39,29 @@ def predict_split(session: Any, model: Any, split_name: str, image_size: int, ba
     return Predictions(split_name, labels, probabilities, session.patient_ids(split_name))
 
 
-def split_metrics(pred: Predictions, session: Any, threshold: float | None, n_boot: int, seed: int) -> dict:
+def split_metrics(pred: Predictions, session: Any, threshold: float, n_boot: int) -> dict:
     """Binary or multi-class metrics for one split, with patient-bootstrap CIs."""
-    from bclib.evaluation import metrics
-
     if session.num_classes > 2:
-        result = metrics.multiclass_metrics(pred.labels, pred.probabilities, session.class_names)
+        result = metrics.multiclass_metrics(pred.labels, pred.probabilities, session.class_names, pred.patient_ids)
         result["roc_auc"] = result.get("roc_auc_macro")  # macro one-vs-rest, so summaries compare like with like
         result["f1"] = result.get("f1_macro")
-        result["n_images"] = int(len(pred.labels))
-        result["n_patients"] = int(len(np.unique(pred.patient_ids)))
         return result
-    scores = pred.positive_scores(session.positive_label)
-    result = metrics.binary_metrics(
-        pred.labels,
-        scores,
-        threshold=threshold,
-        positive_label=session.positive_label,
-        class_names=session.class_names,
-        patient_ids=pred.patient_ids,
-    )
-    at_half = metrics.binary_metrics(pred.labels, scores, threshold=0.5, positive_label=session.positive_label,
-                                     class_names=session.class_names)
-    result["at_0_5"] = {key: at_half[key] for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy")}
-    if n_boot and len(np.unique(pred.patient_ids)) > 1:
-        result["ci"] = metrics.bootstrap_ci(
-            pred.labels,
-            scores,
-            pred.patient_ids,
-            threshold=threshold,
-            positive_label=session.positive_label,
-            n_boot=n_boot,
-            seed=seed,
-        )
+    scores = metrics.positive_probability(pred.probabilities, session.positive_label)
+    result = binary_metrics_with_ci(pred.labels, scores, pred.patient_ids, threshold, session.positive_label,
+                                    session.class_names, n_boot=n_boot, seed=session.seed)
+    at_half = metrics.binary_metrics(pred.labels, scores, 0.5, session.positive_label, session.class_names)
+    result["at_0_5"] = {key: at_half[key] for key in metrics.THRESHOLD_METRICS}
     return result
 
 
 def choose_threshold(session: Any, val: Predictions, method: str = "sensitivity", target_sensitivity: float = 0.90) -> dict:
-    """The decision threshold, from the validation split only."""
-    from bclib.evaluation import metrics
-
+    """The decision threshold, from the validation split only (the class of highest probability for >2 classes)."""
     if session.num_classes > 2:
         return {"value": 0.0, "method": "argmax", "chosen_on": "val"}
-    if method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}")
-    value, info = metrics.choose_threshold(
-        val.labels,
-        val.positive_scores(session.positive_label),
-        method=method,
-        target_sensitivity=target_sensitivity,
-        positive_label=session.positive_label,
-    )
-    label = f"sensitivity@{target_sensitivity:.2f}" if method == "sensitivity" else method
-    return {"value": float(value), "method": label, "chosen_on": "val", "info": info}
+    scores = metrics.positive_probability(val.probabilities, session.positive_label)
+    value, info = metrics.choose_threshold(val.labels, scores, method=method, target_sensitivity=target_sensitivity,
+                                           positive_label=session.positive_label)
+    return {"value": float(value), "method": info["method"], "chosen_on": "val", "info": info}
 
 
 def finish(
@@ -130,8 +88,8 @@ def finish(
     test = predict_split(session, model, "test", image_size)
     threshold = choose_threshold(session, val, threshold_method, target_sensitivity)
     n_boot = int(session.settings["n_boot"])
-    val_metrics = split_metrics(val, session, threshold["value"], n_boot, session.seed)
-    test_metrics = split_metrics(test, session, threshold["value"], n_boot, session.seed)
+    val_metrics = split_metrics(val, session, threshold["value"], n_boot)
+    test_metrics = split_metrics(test, session, threshold["value"], n_boot)
 
     out = session.out_dir
     model.save(out / modelcard.MODEL_FILE)
@@ -171,7 +129,7 @@ def validation_report(card: dict, split: str = "val") -> pd.DataFrame:
         rows.append({
             "metric": key,
             "value": values[key],
-            "95% CI": f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
+            "95% CI": format_interval(interval),
         })
     table = pd.DataFrame(rows).set_index("metric") if rows else pd.DataFrame()
     threshold = card.get("threshold", {})

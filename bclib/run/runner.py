@@ -91,6 +91,18 @@ def discover_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
 
 
 NOTEBOOKS: list[Path] = discover_notebooks()
+SOLUTIONS_FOLDER = "solutions"
+
+
+def matching_solutions(notebooks_dir: Path, selected: list[Path]) -> list[Path]:
+    """The worked solutions ``solutions/<notebook>_solutions.ipynb`` of the selected notebooks."""
+    wanted = {f"{path.stem}_solutions" for path in selected}
+    return [path for path in discover_notebooks(notebooks_dir / SOLUTIONS_FOLDER) if path.stem in wanted]
+
+
+def run_name(path: Path) -> str:
+    """The notebook's name in the manifest and the run folder: ``02_x`` or ``solutions/02_x_solutions``."""
+    return f"{SOLUTIONS_FOLDER}/{path.stem}" if path.parent.name == SOLUTIONS_FOLDER else path.stem
 
 
 def select_notebooks(available: list[Path], selection: Iterable[str] | str | None) -> list[Path]:
@@ -257,13 +269,15 @@ def run_series(
     parameters: dict | None = None,
     resume: str | None = None,
     notebooks_dir: str | Path | None = None,
+    solutions: bool = True,
     kernel_name: str = "python3",
     progress: bool = True,
     log: Callable[[str], Any] = print,
 ) -> RunResult:
     """Execute the notebook series into ``reports/<run_id>/`` and write its summary.
 
-    ``notebooks`` selects by prefix (``["02", "05"]``); ``parameters`` are extra ``-p``
+    ``notebooks`` selects by prefix (``["02", "05"]``); with ``solutions`` the worked solutions of
+    the selected notebooks run after them, into ``<run>/solutions/``. ``parameters`` are extra ``-p``
     overrides, passed only to the notebooks whose ``parameters`` cell declares them.
     ``resume=<run_id>`` reopens that run with its original profile, dataset, data and
     parameters (``parameters`` given here are merged on top) and skips the notebooks it
@@ -340,9 +354,11 @@ def run_series(
     if synthetic:
         log(f"*** {SYNTHETIC_WARNING} ***")
 
-    declared = {path.stem: declared_parameters(path) for path in selected}
+    if solutions:
+        selected = selected + matching_solutions(notebooks_dir, selected)
+    declared = {run_name(path): declared_parameters(path) for path in selected}
     for path in selected:
-        if not declared[path.stem]:
+        if not declared[run_name(path)]:
             log(f"warning: {path.name} has no cell tagged 'parameters'; it runs with its own defaults")
     unused = sorted(key for key in parameters if not any(key in names for names in declared.values()))
     if unused:
@@ -352,21 +368,22 @@ def run_series(
     os.environ[BATCH_ENVIRONMENT] = "1"  # inherited by the kernels: plain-text progress, no widgets
     states = manifest.setdefault("notebooks", {})
     for path in selected:
-        states.setdefault(path.stem, {"status": "pending", "seconds": None})
+        states.setdefault(run_name(path), {"status": "pending", "seconds": None})
     manifest["status"] = "running"
     write_manifest(directory, manifest)
 
     result = RunResult(run_id=run_id, run_dir=directory, manifest=manifest)
     started = time.perf_counter()
     for path in _progress(selected, progress):
-        name = path.stem
-        output = directory / path.name
+        name = run_name(path)
+        output = directory / f"{name}.ipynb"
+        output.parent.mkdir(parents=True, exist_ok=True)
         state = states[name]
         if resume is not None and state.get("status") == "completed" and notebook_completed(output):
             log(f"{name}: already completed, skipped")
             result.skipped.append(name)
             continue
-        values = {**profiles.notebook_values(profile, dataset, name), **run_values, **parameters}
+        values = {**profiles.notebook_values(profile, dataset, path.stem), **run_values, **parameters}
         injected = {key: value for key, value in values.items() if key in declared[name]}
         state.update(status="running", started=_now(), finished=None, error=None, parameters=injected)
         write_manifest(directory, manifest)
@@ -374,7 +391,7 @@ def run_series(
         clock = time.perf_counter()
         error: BaseException | None = None
         try:
-            _execute(path, output, injected, kernel_name, notebooks_dir)
+            _execute(path, output, injected, kernel_name, path.parent)
         except KeyboardInterrupt:
             state.update(status="interrupted", seconds=round(time.perf_counter() - clock, 2), finished=_now())
             manifest.update(status="interrupted", finished=_now())
@@ -391,8 +408,8 @@ def run_series(
                 html = export_html(output)
             except Exception as export_error:  # noqa: BLE001 - the .ipynb is still there
                 log(f"{name}: HTML export failed: {type(export_error).__name__}: {export_error}")
-        state["output"] = output.name if output.is_file() else None
-        state["html"] = html.name if html else None
+        state["output"] = f"{name}.ipynb" if output.is_file() else None
+        state["html"] = f"{name}.html" if html else None
         if error is not None:
             ename, evalue, cell_index = _failure(error)
             state.update(status="failed", error=f"{ename}: {evalue}", cell_index=cell_index)
@@ -405,7 +422,8 @@ def run_series(
         result.executed.append(name)
         write_manifest(directory, manifest)
         log(f"{name}: completed in {state['seconds']:.1f} s")
-        state["problems"] = check_notebook(output, needs_exercises=name[:2] < "08")
+        lesson = path.parent.name != SOLUTIONS_FOLDER and name < "08"
+        state["problems"] = check_notebook(output, needs_exercises=lesson)
         for problem in state["problems"]:
             log(f"  check: {problem}")
 

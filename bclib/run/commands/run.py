@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="notebook parameter override (repeatable), e.g. -p epochs=2 -p augment=true")
     parser.add_argument("--resume", metavar="ID", help="continue run ID, skipping its completed notebooks")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: %(default)s)")
+    parser.add_argument("--no-solutions", action="store_true",
+                        help="skip the worked solutions (notebooks/solutions/) that run after the series")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run_command)
 
@@ -65,6 +67,7 @@ def run_command(args: argparse.Namespace) -> int:
             notebooks=args.notebooks,
             parameters=dict(args.parameters),
             resume=args.resume,
+            solutions=not args.no_solutions,
             kernel_name=args.kernel,
             progress=not args.no_progress,
         )
