@@ -26,6 +26,7 @@ import numpy as np
 from bclib import __version__, paths, profiles
 from bclib.display import show_banner
 from bclib.data.datasets import DatasetIndex, scan
+from bclib.data.index import DatasetError
 
 INTERACTIVE_RUN_ID = "interactive"
 SYNTHETIC_BANNER = "SYNTHETIC DEMO DATA: generated patches, not patients. No metric here says anything about cancer."
@@ -42,9 +43,9 @@ def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None,
                              prefer_synthetic: bool = False) -> tuple[Path, bool]:
     """The data of ``dataset`` and whether it is the synthetic demo: ``(path, synthetic)``.
 
-    An explicit ``data_dir`` always wins and must exist. Otherwise the folder
-    :func:`bclib.paths.find_dataset_dir` finds, unless ``prefer_synthetic``; for IDC with no
-    data anywhere the synthetic demo is generated. Other datasets without data are an error.
+    An explicit ``data_dir`` always wins and must exist (``FileNotFoundError``). Otherwise the folder
+    :func:`bclib.paths.find_dataset_dir` finds, unless ``prefer_synthetic``; for IDC with no data
+    anywhere the synthetic demo is generated. Other datasets without data: ``DatasetError``.
     """
     from bclib.data.synthetic import ensure_demo_dataset, is_synthetic_folder
 
@@ -52,7 +53,7 @@ def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None,
     if location is not None:
         return location, is_synthetic_folder(location, location.parent, location.parent.parent)
     if dataset != "idc":
-        raise FileNotFoundError(
+        raise DatasetError(
             f"no {dataset!r} data found (looked at BCLIB_DATA_{dataset.upper()}, BCLIB_DATA, data/); "
             f"pass data_dir / --data, or see data/README.md (`bclib data download {dataset}`)"
         )

@@ -1,18 +1,17 @@
-"""Profiles, the notebook session, experiment.finish, the run comparison and the leakage lesson."""
+"""Profiles, the notebook session, experiment.finish and the conclusions drawn from a run's numbers."""
 from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
 from bclib import profiles
-from bclib.evaluation import compare
-from bclib.evaluation import experiment
 from bclib.data import explore
-from bclib.evaluation import leakage
-from bclib.evaluation import modelcard
 from bclib.data.datasets import scan
+from bclib.evaluation import compare, conclusions, experiment, leakage, modelcard
+from bclib.models import builders, training
 from bclib.session import resolve_dataset_location, start, subsample_patients
 
 
@@ -28,6 +27,14 @@ def test_profiles_resolve_explicit_values_over_profile_defaults():
         profiles.resolve("huge", "idc", {})
 
 
+def test_transfer_notebooks_get_the_transfer_image_size():
+    quick = profiles.PROFILES["quick"]
+    assert profiles.notebook_values("quick", "idc", "02_baseline_cnn")["image_size"] == quick["image_size"]
+    for notebook in profiles.TRANSFER_NOTEBOOKS:
+        assert profiles.notebook_values("quick", "idc", notebook)["image_size"] == quick["transfer_image_size"]
+    assert profiles.notebook_values("smoke", "idc", "05_mobilenetv2_transfer")["image_size"] >= 32
+
+
 def test_subsample_draws_from_many_patients_deterministically(synthetic_idc):
     index = scan("idc", synthetic_idc)
     small = subsample_patients(index, 100, seed=1)
@@ -38,59 +45,71 @@ def test_subsample_draws_from_many_patients_deterministically(synthetic_idc):
     assert subsample_patients(index, None, seed=1) is index
 
 
-def test_explicit_missing_data_is_an_error_never_replaced_by_synthetic(tmp_path):
+def test_explicit_missing_data_is_an_error_never_replaced_by_synthetic(tmp_path, monkeypatch):
+    monkeypatch.delenv("BCLIB_DATA", raising=False)
+    monkeypatch.setenv("BCLIB_ROOT", str(tmp_path))  # no data/ folder to fall back on
     with pytest.raises(FileNotFoundError):
         resolve_dataset_location("idc", tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="breakhis"):
-        resolve_dataset_location("breakhis", None, allow_synthetic=False)
+    with pytest.raises(ValueError, match="breakhis"):
+        resolve_dataset_location("breakhis", None)
 
 
 @pytest.fixture(scope="module")
 def smoke_session(synthetic_idc):
-    return start("02_baseline_cnn", data_dir=synthetic_idc, profile="smoke", run_id="unit", epochs=2, progress=False)
+    return start("02_baseline_cnn", data_dir=synthetic_idc, profile="smoke", run_id="unit", show=False)
 
 
-def test_session_resolves_packs_and_splits_by_patient(smoke_session):
+def test_session_packs_and_splits_by_patient(smoke_session):
     session = smoke_session
     assert session.synthetic is True
-    assert session.params["epochs"] == 2 and session.params["image_size"] == 32
+    assert session.settings["profile"] == "smoke" and session.pack_size == 50
     assert session.cache.images.shape[1:] == (50, 50, 3)
     patients = [set(session.split.patients(name)) for name in ("train", "val", "test")]
     assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
     for name in ("train", "val", "test"):
         assert set(np.unique(session.labels(name))) == {0, 1}
+    assert session.positive_label == 1 and session.positive_name == "IDC"
     card = session.card_base("x")
     assert card["dataset"]["synthetic"] is True and card["split"]["method"] == "patient"
     assert sorted(card["split"]["patient_ids"]["test"]) == sorted(session.split.patients("test"))
-    assert (session.out_dir / "params.json").exists()
+    assert (session.out_dir / "settings.json").exists()
+    images, labels = next(iter(session.dataset("val", image_size=32, batch_size=8)))
+    assert images.shape == (8, 32, 32, 3) and labels.shape == (8, 1)
+    assert 0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255
+
+
+def test_session_summary_names_the_data_split_and_device(smoke_session, capsys):
+    smoke_session.show()
+    text = capsys.readouterr().out
+    assert "SYNTHETIC DEMO DATA" in text
+    assert f"{len(smoke_session.cache.index):,} images" in text and "patient split" in text and "CPU" in text
 
 
 def test_exploration_tables(smoke_session):
     index = smoke_session.index
-    balance = explore.class_balance(index)
-    assert balance["images"].sum() == len(index)
-    assert abs(balance["share"].sum() - 1) < 1e-9
-    table = explore.patient_table(index)
-    assert table["images"].sum() == len(index)
-    assert table["positive_fraction"].between(0, 1).all()
     odd = explore.size_anomalies(index, expected=50)
     assert len(odd) >= 1 and (odd[["width", "height"]].min(axis=1) < 50).all()
     images, labels = explore.balanced_sample(smoke_session.cache.images, smoke_session.cache.labels, 5)
+    assert np.bincount(labels).tolist() == [5, 5]
     stats = explore.colour_statistics(images, labels, index.class_names)
     assert len(stats) == 2 and stats["R_mean"].between(0, 255).all()
 
 
+def _train(session, epochs: int = 3):
+    training.set_seeds(0)
+    model = builders.compile_model(builders.baseline_cnn(32, 2), learning_rate=3e-3)
+    train_ds = session.dataset("train", image_size=32, batch_size=32)
+    history = model.fit(train_ds, validation_data=session.dataset("val", image_size=32, batch_size=32), epochs=epochs,
+                        callbacks=training.standard_callbacks(train_ds, session.out_dir, patience=epochs), verbose=0)
+    return model, history
+
+
 @pytest.fixture(scope="module")
 def finished_card(smoke_session):
-    from bclib.models import builders as models
-    from bclib.models import training as train
-
-    session = smoke_session
-    model = models.build_model("baseline_cnn", input_size=32, seed=0)
-    models.compile_model(model, learning_rate=3e-3)
-    result = train.fit(model, session.dataset("train"), session.dataset("val"), epochs=3, patience=3,
-                       out_dir=session.out_dir, verbose=0)
-    return experiment.finish(session, model, "baseline_cnn", result, image_size=32), model
+    model, history = _train(smoke_session)
+    card = experiment.finish(smoke_session, model, "baseline_cnn", image_size=32, history=history,
+                             params={"epochs": 3})
+    return card, model
 
 
 def test_finish_writes_model_card_metrics_and_threshold_from_validation(smoke_session, finished_card):
@@ -98,6 +117,7 @@ def test_finish_writes_model_card_metrics_and_threshold_from_validation(smoke_se
     out = smoke_session.out_dir
     for name in ("model.keras", "model_card.json", "metrics.json", "history.csv", "predictions.npz"):
         assert (out / name).exists(), name
+    assert card["params"] == {"profile": "smoke", "epochs": 3} and card["epochs_run"] == 3
     assert card["threshold"]["chosen_on"] == "val"
     assert card["threshold"]["info"]["n_val"] == len(smoke_session.positions("val"))
     assert 0.0 <= card["threshold"]["value"] <= 1.0
@@ -110,13 +130,45 @@ def test_finish_writes_model_card_metrics_and_threshold_from_validation(smoke_se
     assert sum(tn_fp) + sum(fn_tp) == test["n_images"]
     reloaded, reloaded_card = modelcard.load_model(out / "model.keras")
     batch = smoke_session.images("test", limit=8).astype("float32")
-    import tensorflow as tf
-
-    batch = tf.image.resize(batch, (32, 32)).numpy()
+    batch = keras.ops.convert_to_numpy(keras.ops.image.resize(batch, (32, 32)))
     assert np.allclose(reloaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-5)
     assert reloaded_card["class_names"] == ["non-IDC", "IDC"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["threshold"]["value"] == card["threshold"]["value"]
+    table = experiment.validation_report(card)
+    assert {"roc_auc", "sensitivity", "specificity"} <= set(table.index)
+
+
+def test_training_conclusion_follows_the_history():
+    stopped = {"val_auc": [0.6, 0.8, 0.7, 0.75]}
+    text = conclusions.training_text(stopped, epochs=8)
+    assert "0.800, at epoch 2 of 4" in text and "stopped early" in text and "epoch 2 were restored" in text
+    rising = conclusions.training_text({"val_auc": [0.6, 0.7, 0.8]}, epochs=3)
+    assert "may still be rising" in rising
+    assert "cannot be named" in conclusions.training_text({"loss": [1.0]}, epochs=1)
+
+
+def test_first_model_conclusion_compares_with_chance_and_the_majority_answer():
+    card = {"threshold": {"value": 0.3, "method": "sensitivity@0.90"},
+            "metrics": {"val": {"roc_auc": 0.8, "ci": {"roc_auc": [0.7, 0.9]}, "n_patients": 30, "accuracy": 0.6,
+                                "balanced_accuracy": 0.7, "confusion_matrix": [[50, 20], [5, 25]]}}}
+    text = conclusions.first_model_text(card)
+    assert "above chance" in text and "below the 0.700 of always answering the majority class" in text
+    card["metrics"]["val"]["ci"]["roc_auc"] = [0.45, 0.9]
+    assert "not distinguishable from chance" in conclusions.first_model_text(card)
+
+
+def test_compare_conclusion_uses_paired_intervals_on_the_same_images(smoke_session, finished_card):
+    card, model = finished_card
+    session = start("03_class_weighting", data_dir=smoke_session.data_path, profile="smoke", run_id="unit",
+                    show=False)
+    same = experiment.finish(session, model, "copy", image_size=32)
+    text = conclusions.compare_text(session, same, "02_baseline_cnn", "copying the model",
+                                    metrics=("roc_auc", "sensitivity"), n_boot=50)
+    assert "no difference this run can tell from noise" in text and "+0.000" in text
+    assert "validation numbers" in text or "val numbers" in text
+    missing = conclusions.compare_text(session, same, "99_missing", "nothing")
+    assert "has not run" in missing
 
 
 def test_validation_report_and_comparison(smoke_session, finished_card):

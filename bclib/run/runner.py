@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterable
 from bclib import DISCLAIMER, paths, profiles
 from bclib.run import reports
 from bclib.run.quality import check_notebook
-from bclib.data.index import DatasetError
 from bclib.evaluation.modelcard import write_json
 from bclib.session import BATCH_ENVIRONMENT, library_versions, resolve_dataset_location
 
@@ -173,10 +172,7 @@ def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
     synthetic IDC demo data, other profiles the dataset's folder, falling back to the synthetic
     data for ``idc`` only.
     """
-    try:
-        location, synthetic = resolve_dataset_location(dataset, data, prefer_synthetic=profile == "smoke")
-    except FileNotFoundError as error:
-        raise DatasetError(str(error)) from None
+    location, synthetic = resolve_dataset_location(dataset, data, prefer_synthetic=profile == "smoke")
     if synthetic and data is None and profile != "smoke":
         log("no real IDC data found (pass --data PATH or set BCLIB_DATA); falling back to synthetic data")
     return location, synthetic
