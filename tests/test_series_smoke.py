@@ -1,7 +1,10 @@
 """Smoke runs of the whole series through `bclib run --profile smoke` (papermill, all 8 notebooks).
 
 On synthetic IDC data always; on the real IDC subset, BreastMNIST and a multi-class class-folder
-tree when the shared data is present (the folder tree is generated here).
+tree when the shared data is present (the folder tree is generated here). The synthetic and real IDC
+runs include the worked solutions, and every executed notebook is read the way a student would see
+it (:func:`bclib.run.quality.check_notebook`): no start-up noise, no stray reprs, three decimals in
+tables, a conclusion after every result, an exercises section.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from PIL import Image
 
 from bclib.run import runner
 from bclib.run.cli import main
+from bclib.run.quality import check_notebook
 from bclib.run.reports import run_dir as reports_run_dir
 
 pytestmark = pytest.mark.slow
@@ -21,12 +25,17 @@ TRAINING_NOTEBOOKS = ("02_baseline_cnn", "03_class_weighting", "04_augmentation"
                       "06_resnet50_transfer")
 
 
-def _check_run(run_dir, dataset_name: str, binary: bool = True) -> dict:
+def _check_run(run_dir, dataset_name: str, solutions: bool = False) -> dict:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     notebooks = sorted(path.stem for path in run_dir.glob("[0-9][0-9]_*.ipynb"))
     assert notebooks == [path.stem for path in runner.discover_notebooks()]
     for name in notebooks:
         assert (run_dir / f"{name}.html").stat().st_size > 1000
+        assert check_notebook(run_dir / f"{name}.ipynb", needs_exercises=name < "08") == []
+    executed_solutions = sorted((run_dir / "solutions").glob("*_solutions.ipynb"))
+    assert len(executed_solutions) == (7 if solutions else 0)
+    for path in executed_solutions:
+        assert check_notebook(path, needs_exercises=False) == []
     for name in TRAINING_NOTEBOOKS:
         folder = run_dir / name
         for file_name in ("model.keras", "model_card.json", "history.csv", "metrics.json"):
@@ -52,7 +61,7 @@ def test_smoke_series_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.delenv("BCLIB_DATA_IDC", raising=False)
     assert main(["run", "--profile", "smoke", "--run-id", "smoke-synthetic", "--no-progress"]) == 0
     run_dir = reports_run_dir("smoke-synthetic")
-    manifest = _check_run(run_dir, "idc")
+    manifest = _check_run(run_dir, "idc", solutions=True)
     assert manifest["synthetic"] is True
     assert "SYNTHETIC DEMO DATA" in (run_dir / "summary.md").read_text()
     baseline = json.loads((run_dir / "02_baseline_cnn" / "model_card.json").read_text())
@@ -62,7 +71,7 @@ def test_smoke_series_on_synthetic_data(tmp_path, monkeypatch):
 @pytest.mark.realdata
 def test_smoke_series_on_real_idc_subset(real_idc):
     result = runner.run_series(profile="smoke", dataset="idc", data=real_idc, run_id="smoke-idc", progress=False)
-    manifest = _check_run(result.run_dir, "idc")
+    manifest = _check_run(result.run_dir, "idc", solutions=True)
     assert manifest["synthetic"] is False
     card = json.loads((result.run_dir / "02_baseline_cnn" / "model_card.json").read_text())
     assert card["dataset"]["n_images"] <= 500  # the smoke profile limits the real data to a few hundred patches
@@ -71,7 +80,7 @@ def test_smoke_series_on_real_idc_subset(real_idc):
 @pytest.mark.realdata
 def test_smoke_series_on_breastmnist_with_official_split(shared_data):
     result = runner.run_series(profile="smoke", dataset="breastmnist", data=shared_data / "breastmnist",
-                               run_id="smoke-breastmnist", progress=False)
+                               run_id="smoke-breastmnist", solutions=False, progress=False)
     _check_run(result.run_dir, "breastmnist")
     card = json.loads((result.run_dir / "02_baseline_cnn" / "model_card.json").read_text())
     assert card["class_names"] == ["malignant", "normal/benign"]
@@ -98,7 +107,8 @@ def _write_three_class_tree(root) -> None:
 def test_smoke_series_on_multiclass_folder_dataset(tmp_path):
     root = tmp_path / "three_classes"
     _write_three_class_tree(root)
-    result = runner.run_series(profile="smoke", dataset="folder", data=root, run_id="smoke-folder", progress=False)
+    result = runner.run_series(profile="smoke", dataset="folder", data=root, run_id="smoke-folder", solutions=False,
+                               progress=False)
     run_dir = result.run_dir
     card = json.loads((run_dir / "02_baseline_cnn" / "model_card.json").read_text())
     assert card["class_names"] == ["benign", "malignant", "normal"]
