@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import html
 
+SYNTHETIC_BANNER = ("SYNTHETIC DEMO DATA: generated patches, not patients. The results show that the pipeline runs; "
+                    "no metric here says anything about cancer.")
 BANNER_COLOURS = {"warning": "#b00020", "note": "#2e7d32", "conclusion": "#1f4e79"}
 
 

@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 
 from bclib import __version__, paths, profiles
-from bclib.display import show_banner
+from bclib.display import SYNTHETIC_BANNER, show_banner
 from bclib.data.datasets import DatasetIndex, scan
 from bclib.data.index import DatasetError
 
 INTERACTIVE_RUN_ID = "interactive"
-SYNTHETIC_BANNER = "SYNTHETIC DEMO DATA: generated patches, not patients. No metric here says anything about cancer."
 #: Set by ``bclib run`` for the kernels it starts: no interactive progress bars there.
 BATCH_ENVIRONMENT = "BCLIB_BATCH"
 

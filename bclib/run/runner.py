@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from bclib import DISCLAIMER, paths, profiles
+from bclib.display import SYNTHETIC_BANNER
 from bclib.run import reports
 from bclib.run.quality import check_notebook
 from bclib.evaluation.modelcard import write_json
 from bclib.session import BATCH_ENVIRONMENT, library_versions, resolve_dataset_location
 
-PROFILE_NAMES = tuple(profiles.PROFILES)
 DEFAULT_PROFILE = "quick"
 DEFAULT_DATASET = "idc"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
@@ -32,10 +32,6 @@ MAX_FILES_TO_HASH = 60_000
 WIDGET_STATE_KEY = "application/vnd.jupyter.widget-state+json"
 #: Parameters every run injects (when a notebook declares them).
 RUN_PARAMETERS = ("run_id", "profile", "dataset", "data_dir")
-SYNTHETIC_WARNING = (
-    "SYNTHETIC DEMO DATA: no real dataset is used; results show that the pipeline runs, "
-    "not how well a model does."
-)
 
 
 class RunFailed(RuntimeError):
@@ -89,7 +85,6 @@ def discover_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
     return sorted(folder.glob(NOTEBOOK_PATTERN)) if folder.is_dir() else []
 
 
-NOTEBOOKS: list[Path] = discover_notebooks()
 SOLUTIONS_FOLDER = "solutions"
 
 
@@ -313,8 +308,8 @@ def run_series(
         manifest["parameters"] = parameters
         log(f"resuming run {run_id} in {directory}")
     else:
-        if profile not in PROFILE_NAMES:
-            raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILE_NAMES)}")
+        if profile not in profiles.PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {list(profiles.PROFILES)}")
         from bclib.data.datasets import DATASET_NAMES
 
         if dataset not in DATASET_NAMES:
@@ -345,10 +340,10 @@ def run_series(
             "notebooks": {},
         }
         if synthetic:
-            manifest["data_note"] = SYNTHETIC_WARNING
+            manifest["data_note"] = SYNTHETIC_BANNER
         log(f"run {run_id}: {directory}")
     if synthetic:
-        log(f"*** {SYNTHETIC_WARNING} ***")
+        log(f"*** {SYNTHETIC_BANNER} ***")
 
     if solutions:
         selected = selected + matching_solutions(notebooks_dir, selected)
@@ -428,7 +423,7 @@ def run_series(
     write_manifest(directory, manifest)
     result.summary_markdown, result.summary_json = reports.write_summary(directory, manifest)
     if synthetic:
-        log(f"*** {SYNTHETIC_WARNING} ***")
+        log(f"*** {SYNTHETIC_BANNER} ***")
     log(f"run {run_id} completed: {result.summary_markdown}")
     return result
 
@@ -442,7 +437,7 @@ def _safe_summary(directory: Path, manifest: dict, log: Callable[[str], Any]) ->
 
 
 __all__ = [
-    "NOTEBOOKS", "PROFILE_NAMES", "RunFailed", "RunResult", "run_series", "discover_notebooks",
+    "RunFailed", "RunResult", "run_series", "discover_notebooks",
     "select_notebooks", "declared_parameters", "notebook_completed", "export_html", "resolve_data",
     "data_fingerprint", "git_state",
 ]
