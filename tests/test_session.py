@@ -10,7 +10,7 @@ import pytest
 from bclib import profiles
 from bclib.data import explore
 from bclib.data.datasets import scan
-from bclib.evaluation import compare, conclusions, experiment, leakage, modelcard
+from bclib.evaluation import conclusions, experiment, modelcard
 from bclib.models import builders, training
 from bclib.session import resolve_dataset_location, start, subsample_patients
 
@@ -169,49 +169,3 @@ def test_compare_conclusion_uses_paired_intervals_on_the_same_images(smoke_sessi
     assert "validation numbers" in text or "val numbers" in text
     missing = conclusions.compare_text(session, same, "99_missing", "nothing")
     assert "has not run" in missing
-
-
-def test_validation_report_and_comparison(smoke_session, finished_card):
-    card, _ = finished_card
-    table = experiment.validation_report(card)
-    assert {"roc_auc", "sensitivity", "specificity"} <= set(table.index)
-    session = start("07_evaluation", data_dir=smoke_session.data_path, profile="smoke", run_id="unit", progress=False)
-    run = compare.load_run(session)
-    assert run.names == ["baseline_cnn"]
-    frame = run.table(n_boot=50)
-    assert frame.loc["baseline_cnn", "n_images"] == len(session.positions("test"))
-    assert 0 <= frame.loc["baseline_cnn", "roc_auc"] <= 1
-    assert run.best_model() == "baseline_cnn"
-    calibration = run.calibration_table()
-    assert calibration.loc["baseline_cnn", "temperature"] > 0
-    for figure in (run.plot_curves(), run.plot_confusion_matrices(), run.plot_calibration(), run.plot_patients("baseline_cnn"),
-                   run.plot_gradcam("baseline_cnn", per_row=2)):
-        assert figure.axes
-    matrices = run.plot_confusion_matrices()
-    counts = [int(text.get_text().replace(",", "")) for text in matrices.axes[0].texts]
-    assert len(counts) == 4 and sum(counts) == len(session.positions("test"))
-    assert any("(positive)" in label.get_text() for label in matrices.axes[0].get_yticklabels())
-    slides = run.plot_slides("baseline_cnn", [session.split.patients("test")[0], "no-such-patient"])
-    assert len(slides) == 1
-    path = run.write_evaluation(session, n_boot=20)
-    assert json.loads(path.read_text())["models"] == ["baseline_cnn"]
-
-
-def test_leaky_positions_differ_only_in_whose_patches_train():
-    patients = np.repeat(np.array(["a", "b", "c", "d", "e"]), 10)
-    train_rows, test_rows = np.arange(0, 30), np.arange(30, 50)
-    honest, leaky, held = leakage.leaky_positions(train_rows, test_rows, patients, seed=0)
-    assert len(honest) == len(leaky)
-    assert not set(held) & set(leaky) and not set(held) & set(honest)
-    assert set(patients[honest]) <= {"a", "b", "c"}
-    assert set(patients[leaky]) & {"d", "e"} == {"d", "e"}
-    assert len(held) == 10 and set(patients[held]) == {"d", "e"}
-
-
-def test_leakage_lesson_scores_both_models_on_the_same_test_patches(smoke_session):
-    lesson = leakage.lesson(smoke_session, epochs=1, image_size=32)
-    table = lesson.table.set_index("training set")
-    assert table.loc[leakage.LEAKY, "test patients seen in training"] > 0
-    assert table.loc[leakage.HONEST, "test patients seen in training"] == 0
-    assert table["training images"].nunique() == 1 and table["test images"].nunique() == 1
-    assert lesson.plot().axes

@@ -1,13 +1,16 @@
-"""Notebook 07's engine: every model of a run, compared on the same test split.
+"""Notebook 07's data: every trained model of a run, scored on the same validation and test patients.
 
-``load_run(session)`` finds each trained model of the run (its card, its stored validation and test
-predictions) and offers the tables and figures of the evaluation notebook. Predictions stored by
-:func:`bclib.evaluation.experiment.finish` are reused when the split is the same; otherwise the model is run
-again on this session's test split.
+``load_run(session)`` reads each model card of the run and the predictions
+:func:`bclib.evaluation.experiment.finish` stored beside it (a model trained on other patients is
+predicted again on this session's splits). Every score is P(positive class); with more than two
+classes, one class (the last) is scored against the rest. The tables, calibration, patient view,
+Grad-CAM examples, slide maps and the final ranking build on those scores; the metrics, intervals
+and calibration themselves come from :mod:`~bclib.evaluation.metrics`,
+:mod:`~bclib.evaluation.bootstrap` and :mod:`~bclib.evaluation.calibration`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +18,48 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bclib.evaluation import calibration
-from bclib.evaluation import metrics
-from bclib.evaluation import modelcard
-from bclib.data.pipeline import resize_images
+from bclib.evaluation import calibration, metrics, modelcard
+from bclib.evaluation.bootstrap import binary_metrics_with_ci, format_interval, paired_bootstrap_difference
+from bclib.evaluation.experiment import Predictions
 from bclib.plots import evaluation as evaluation_plots
 
 SPLITS = ("val", "test")
+PREDICTIONS_FILE = "predictions.npz"
+#: The test-table columns that get a patient-bootstrap interval.
+INTERVAL_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity")
+
+
+def scored_label(session: Any) -> int:
+    """The label scored as positive: the dataset's disease class, else (more classes) the last one."""
+    return session.num_classes - 1 if session.positive_label is None else int(session.positive_label)
+
+
+def positive_scores(probabilities: np.ndarray, positive_label: int) -> np.ndarray:
+    """P(positive class) from a model's outputs: one sigmoid unit, two softmax units, or one unit per class."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim == 2 and probabilities.shape[1] > 2:
+        return probabilities[:, positive_label].astype(np.float64)
+    return metrics.positive_probability(probabilities, positive_label)
 
 
 @dataclass
 class ModelEntry:
-    """One trained model of the run: its card, folder and predictions per split."""
+    """One trained model of the run: its card, folder, predictions per split and decision threshold."""
 
     name: str
     card: dict
     directory: Path
-    labels: dict[str, np.ndarray] = field(default_factory=dict)
-    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
-    patients: dict[str, np.ndarray] = field(default_factory=dict)
+    predictions: dict[str, Predictions]
+    threshold: float = 0.5
     _model: Any = None
-
-    @property
-    def threshold(self) -> float:
-        return float(self.card["threshold"]["value"])
 
     @property
     def input_size(self) -> int:
         return int(self.card["input_size"])
+
+    @property
+    def threshold_rule(self) -> str:
+        return str(self.card["threshold"].get("method"))
 
     def model(self):
         """The Keras model, loaded once (safe mode)."""
@@ -51,309 +68,288 @@ class ModelEntry:
         return self._model
 
 
-def _not_applicable(text: str):
-    fig, ax = plt.subplots(figsize=(6, 1.2))
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center")
-    return fig
-
-
 @dataclass
 class RunComparison:
-    """All models of one run, with the session whose test split they are compared on."""
+    """All models of one run, with the session whose validation and test patients they are scored on."""
 
     session: Any
     models: list[ModelEntry]
+    positive_label: int = 1
 
+    # ----- what every table and cell reads ------------------------------------------------
     @property
     def names(self) -> list[str]:
         return [entry.name for entry in self.models]
 
     @property
-    def binary(self) -> bool:
-        return self.session.num_classes == 2
-
-    @property
-    def positive_label(self) -> int:
-        label = self.session.positive_label
-        return 1 if label is None else int(label)
-
-    @property
     def positive_name(self) -> str:
         return self.session.class_names[self.positive_label]
+
+    @property
+    def decision_names(self) -> list[str]:
+        """``[negative, positive]`` names: the rows and columns of a confusion matrix."""
+        others = [name for label, name in enumerate(self.session.class_names) if label != self.positive_label]
+        return [others[0] if len(others) == 1 else f"not {self.positive_name}", self.positive_name]
 
     def entry(self, name: str) -> ModelEntry:
         for entry in self.models:
             if entry.name == name:
                 return entry
-        raise KeyError(f"no model {name!r} in this run; models: {self.names}")
+        raise ValueError(f"no model {name!r} in this run; models: {self.names}")
 
-    def scores(self, entry: ModelEntry, split: str) -> np.ndarray:
-        """P(positive class) for ``split`` (the sigmoid is P(label 1); flipped when the disease is 0)."""
-        probabilities = entry.probabilities[split]
-        if probabilities.ndim == 2:
-            return probabilities[:, self.positive_label]
-        return metrics.positive_probability(probabilities, self.positive_label)
+    def truth(self, split: str) -> np.ndarray:
+        """True where an image of ``split`` belongs to the positive class."""
+        return self.session.labels(split) == self.positive_label
+
+    def patient_ids(self, split: str) -> np.ndarray:
+        return self.session.patient_ids(split).astype(str)
+
+    def scores(self, name: str, split: str) -> np.ndarray:
+        """Model ``name``'s P(positive class) for each image of ``split``, in split order."""
+        return positive_scores(self.entry(name).predictions[split].probabilities, self.positive_label)
+
+    def threshold(self, name: str) -> float:
+        """Model ``name``'s decision threshold, chosen on validation."""
+        return self.entry(name).threshold
+
+    def best_model(self) -> str:
+        """The model with the highest validation ROC-AUC (chosen without looking at test)."""
+        truth = self.truth("val")
+        return max(self.names, key=lambda name: metrics.roc_auc(truth, self.scores(name, "val")) or 0.0)
 
     # ----- tables --------------------------------------------------------------------------
     def table(self, n_boot: int = 1000) -> pd.DataFrame:
-        """Test metrics of every model at its validation-chosen threshold, 95% patient-bootstrap CIs."""
+        """Test metrics of every model at its validation-chosen threshold, 95 % patient-bootstrap intervals."""
+        truth, patients = self.truth("test"), self.patient_ids("test")
         rows = []
-        seed = self.session.seed
         for entry in self.models:
-            y, patients = entry.labels["test"], entry.patients["test"]
-            if not self.binary:
-                result = metrics.multiclass_metrics(y, entry.probabilities["test"], self.session.class_names)
-                rows.append({"model": entry.name, **{k: v for k, v in result.items() if np.isscalar(v)}})
-                continue
-            scores = self.scores(entry, "test")
-            result = metrics.binary_metrics(y, scores, entry.threshold, self.positive_label,
-                                            self.session.class_names, patients)
-            intervals = metrics.bootstrap_ci(y, scores, patients, n_boot=int(n_boot), seed=seed,
-                                             threshold=entry.threshold, positive_label=self.positive_label)
-            row = {"model": entry.name}
-            for key in ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "f1"):
-                value, interval = result.get(key), intervals.get(key)
-                row[key] = value
-                row[f"{key} 95% CI"] = "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
-            auc_interval = intervals.get("roc_auc")
-            row["better than chance"] = None if not auc_interval else bool(auc_interval[0] > 0.5)
+            result = binary_metrics_with_ci(truth.astype(int), self.scores(entry.name, "test"), patients,
+                                            entry.threshold, n_boot=int(n_boot), seed=self.session.seed)
+            row: dict[str, Any] = {"model": entry.name}
+            for key in INTERVAL_METRICS:
+                row[key] = result[key]
+                row[f"{key} 95% CI"] = format_interval(result["ci"].get(key))
+            row["brier"] = result["brier"]
+            auc_interval = result["ci"].get("roc_auc")
+            row["above chance"] = bool(auc_interval and auc_interval[0] > 0.5)
             row["threshold"] = entry.threshold
+            row["threshold rule"] = entry.threshold_rule
             row["weights"] = entry.card.get("weights", {}).get("used")
-            row["n_images"] = result["n_images"]
-            row["n_patients"] = result["n_patients"]
             rows.append(row)
-        frame = pd.DataFrame(rows).set_index("model")
-        chance = [name for name, flag in frame.get("better than chance", pd.Series(dtype=object)).items() if flag is False]
-        if chance:
-            print(f"WARNING: {', '.join(chance)} not distinguishable from chance on the test split "
-                  "(the AUC interval includes 0.5).")
-        print(f"positive class: {self.positive_name!r}; thresholds chosen on validation; "
-              f"{len(np.unique(self.models[0].patients['test'])) if self.models else 0} test patients")
-        return frame
-
-    def calibration_table(self) -> pd.DataFrame:
-        """ECE and Brier score on test, before and after temperature scaling fitted on validation."""
-        if not self.binary:
-            return pd.DataFrame({"note": ["calibration is shown for binary datasets only"]})
-        rows = []
-        for entry in self.models:
-            temperature = calibration.fit_temperature(entry.labels["val"], self.scores(entry, "val"), self.positive_label)
-            summary = calibration.calibration_summary(entry.labels["test"], self.scores(entry, "test"), temperature,
-                                                      positive_label=self.positive_label)
-            rows.append({"model": entry.name, **summary})
+        print(f"test split: {len(truth):,} images from {len(np.unique(patients))} patients; positive class "
+              f"{self.positive_name!r}; each model at its own threshold, chosen on validation")
         return pd.DataFrame(rows).set_index("model")
 
-    def best_model(self) -> str:
-        """The model with the highest validation ROC-AUC (never chosen on test)."""
-        def key(entry: ModelEntry) -> float:
-            value = entry.card.get("metrics", {}).get("val", {}).get("roc_auc")
-            if value is None:
-                value = entry.card.get("metrics", {}).get("val", {}).get("roc_auc_macro")
-            return -1.0 if value is None else float(value)
-
-        if not self.models:
-            raise ValueError("no trained model in this run")
-        return max(self.models, key=key).name
+    def calibration_table(self) -> pd.DataFrame:
+        """Test ECE and Brier score before and after temperature scaling fitted on validation, with the
+        mean predicted probability beside the observed positive fraction."""
+        val_truth, test_truth = self.truth("val"), self.truth("test")
+        rows = []
+        for name in self.names:
+            temperature = calibration.fit_temperature(val_truth.astype(int), self.scores(name, "val"))
+            scores = self.scores(name, "test")
+            summary = calibration.calibration_summary(test_truth.astype(int), scores, temperature)
+            rows.append({"model": name, "temperature": summary["temperature"], "ece": summary["ece"],
+                         "ece_scaled": summary["ece_scaled"], "brier": summary["brier"],
+                         "brier_scaled": summary["brier_scaled"], "mean_probability": float(scores.mean()),
+                         "positive_fraction": float(test_truth.mean())})
+        return pd.DataFrame(rows).set_index("model")
 
     def patient_table(self, name: str) -> pd.DataFrame:
-        entry = self.entry(name)
-        return metrics.patient_level_table(entry.labels["test"], self.scores(entry, "test"), entry.patients["test"],
-                                           entry.threshold, self.positive_label)
+        """One row per test patient: true and predicted positive fractions, per-patient rates."""
+        return metrics.patient_level_table(self.truth("test").astype(int), self.scores(name, "test"),
+                                           self.patient_ids("test"), self.threshold(name))
 
     def worst_patients(self, name: str, k: int = 5) -> pd.DataFrame:
-        if not self.binary:
-            return pd.DataFrame()
         return metrics.worst_patients(self.patient_table(name), k)
 
-    # ----- figures -------------------------------------------------------------------------
-    def plot_curves(self):
-        if not self.binary or not self.models:
-            return _not_applicable("ROC/PR curves are drawn for binary datasets")
-        curves = {entry.name: (entry.labels["test"], self.scores(entry, "test")) for entry in self.models}
-        return evaluation_plots.roc_pr_curves(
-            {name: ((y == self.positive_label).astype(int), s) for name, (y, s) in curves.items()},
-            positive_label=1, positive_name=self.positive_name,
-        )
+    def ranking(self, n_boot: int = 1000, metric: str = "roc_auc") -> pd.DataFrame:
+        """Models by test ``metric``, each compared with the first on the same patient resamples.
 
-    def plot_confusion_matrices(self):
-        count = len(self.models)
-        if count == 0:
-            return _not_applicable("no model in this run")
-        fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.4), squeeze=False)
-        for ax, entry in zip(axes[0], self.models):
-            y = entry.labels["test"]
-            if self.binary:
-                result = metrics.binary_metrics(y, self.scores(entry, "test"), entry.threshold, self.positive_label)
-                matrix = np.asarray(result["confusion_matrix"])
-            else:
-                predicted = np.argmax(entry.probabilities["test"], axis=1)
-                matrix = pd.crosstab(pd.Categorical(y, categories=range(self.session.num_classes)),
-                                     pd.Categorical(predicted, categories=range(self.session.num_classes)),
-                                     dropna=False).to_numpy()
-            evaluation_plots.confusion_matrix(
-                matrix, self.session.class_names, self.positive_label if self.binary else None, ax=ax,
-                xlabel="decision", title=f"{entry.name}\nthreshold {entry.threshold:.3f}",
-            )
+        ``attrs`` carries the validation-chosen model and the patient counts of both splits.
+        """
+        truth, patients = self.truth("test"), self.patient_ids("test")
+        test_values = {name: metrics.binary_metrics(truth.astype(int), self.scores(name, "test"),
+                                                    self.threshold(name))[metric] for name in self.names}
+        order = sorted(self.names, key=lambda name: -(test_values[name] or 0.0))
+        leader = order[0]
+        rows = []
+        for rank, name in enumerate(order, start=1):
+            row = {"rank": rank, "model": name, f"test {metric}": test_values[name],
+                   f"validation {metric}": metrics.binary_metrics(self.truth("val").astype(int),
+                                                                  self.scores(name, "val"), self.threshold(name))[metric],
+                   f"difference to {leader}": None, "95% CI of the difference": "", "interval excludes 0": None}
+            if name != leader:
+                difference = paired_bootstrap_difference(
+                    truth.astype(int), self.scores(leader, "test"), self.scores(name, "test"), patients, metric=metric,
+                    n_boot=int(n_boot), seed=self.session.seed, threshold_a=self.threshold(leader),
+                    threshold_b=self.threshold(name))
+                row.update({f"difference to {leader}": difference["difference"],
+                            "95% CI of the difference": format_interval(difference["ci"]),
+                            "interval excludes 0": difference["excludes_zero"]})
+            rows.append(row)
+        table = pd.DataFrame(rows).set_index("rank")
+        table.attrs.update(metric=metric, leader=leader, chosen_on_validation=self.best_model(),
+                           val_patients=len(np.unique(self.patient_ids("val"))),
+                           test_patients=len(np.unique(patients)))
+        return table
+
+    # ----- figures -------------------------------------------------------------------------
+    def plot_calibration(self):
+        """One reliability diagram per model (test), before and after its validation-fitted temperature."""
+        fig, axes = plt.subplots(2, len(self.models), figsize=(4.6 * len(self.models), 5.5), squeeze=False,
+                                 sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        truth = self.truth("test").astype(int)
+        for column, name in enumerate(self.names):
+            temperature = calibration.fit_temperature(self.truth("val").astype(int), self.scores(name, "val"))
+            scores = self.scores(name, "test")
+            evaluation_plots.reliability_diagram(truth, scores, calibration.apply_temperature(scores, temperature),
+                                                 temperature, axes=axes[:, column])
+            axes[0, column].set_title(f"{name}: reliability on test")
         fig.tight_layout()
         return fig
 
-    def plot_calibration(self):
-        if not self.binary or not self.models:
-            return _not_applicable("calibration is shown for binary datasets")
-        figures = []
-        for entry in self.models:
-            temperature = calibration.fit_temperature(entry.labels["val"], self.scores(entry, "val"), self.positive_label)
-            scaled = calibration.apply_temperature(self.scores(entry, "test"), temperature)
-            truth = (entry.labels["test"] == self.positive_label).astype(int)
-            fig = evaluation_plots.reliability_diagram(truth, self.scores(entry, "test"), scaled, temperature)
-            fig.axes[0].set_title(f"{entry.name}: reliability on test")
-            figures.append(fig)
-        return _side_by_side(figures)
-
     def plot_patients(self, name: str):
-        if not self.binary:
-            return _not_applicable("the patient view is drawn for binary datasets")
         fig = evaluation_plots.patient_scatter(self.patient_table(name))
         fig.axes[0].set_title(f"{name}: " + fig.axes[0].get_title())
         return fig
 
-    def gradcam_models(self) -> list[str]:
-        return list(self.names)
+    def gradcam_examples(self, name: str, per_group: int = 4) -> dict[str, np.ndarray]:
+        """Test positions of the most confident true positives, false positives and false negatives."""
+        truth, scores = self.truth("test"), self.scores(name, "test")
+        decided = scores >= self.threshold(name)
+        groups = {"true positive": truth & decided, "false positive": ~truth & decided,
+                  "false negative": truth & ~decided}
+        # positives ranked by their highest scores, missed positives by their lowest
+        return {group: np.flatnonzero(mask)[np.argsort(scores[mask] if group == "false negative"
+                                                       else -scores[mask])][:per_group]
+                for group, mask in groups.items()}
 
-    def plot_gradcam(self, name: str, per_row: int = 4):
-        """Grad-CAM on the most confident true positives, false positives and false negatives."""
+    def plot_gradcam(self, name: str, per_group: int = 4):
+        """Grad-CAM of :meth:`gradcam_examples`, one row per group."""
+        from bclib.data.pipeline import resize_images
         from bclib.evaluation import explain
 
-        if not self.binary:
-            return _not_applicable("Grad-CAM examples are chosen for binary datasets")
-        entry = self.entry(name)
-        y = entry.labels["test"] == self.positive_label
-        scores = self.scores(entry, "test")
-        decided = scores >= entry.threshold
-        test_positions = self.session.positions("test")
-        groups = {
-            "true positives": np.flatnonzero(y & decided)[np.argsort(-scores[y & decided])][:per_row],
-            "false positives": np.flatnonzero(~y & decided)[np.argsort(-scores[~y & decided])][:per_row],
-            "false negatives": np.flatnonzero(y & ~decided)[np.argsort(scores[y & ~decided])][:per_row],
-        }
-        chosen = [(group, int(p)) for group, positions in groups.items() for p in positions]
+        entry, scores = self.entry(name), self.scores(name, "test")
+        chosen = [(group, int(p)) for group, positions in self.gradcam_examples(name, per_group).items()
+                  for p in positions]
         if not chosen:
-            return _not_applicable(f"{name}: no test images to explain")
-        images = np.asarray(self.session.cache.images[np.asarray([test_positions[p] for _, p in chosen])])
-        inputs = resize_images(images, entry.input_size)
+            raise ValueError(f"{name}: no test image to explain")
+        positions = np.asarray([p for _, p in chosen])
+        inputs = resize_images(self.session.cache.images[self.session.positions("test")[positions]], entry.input_size)
         heatmaps = explain.grad_cam(entry.model(), inputs, class_index=self.positive_label)
         fig = evaluation_plots.gradcam_grid(
-            inputs.astype(np.uint8), heatmaps, [int(entry.labels["test"][p]) for _, p in chosen],
-            [float(scores[p]) for _, p in chosen], self.session.class_names, self.positive_label, columns=per_row,
-            captions=[group[:-1] for group, _ in chosen],
-        )
-        present = ", ".join(f"{group}: {len(positions)}" for group, positions in groups.items())
-        fig.suptitle(f"{name} Grad-CAM, the most confident of each ({present})", fontsize=10)
+            inputs.astype(np.uint8), heatmaps, self.session.labels("test")[positions], scores[positions],
+            self.session.class_names, self.positive_label, columns=per_group, captions=[group for group, _ in chosen])
+        fig.suptitle(f"{name}: Grad-CAM of the most confident test images of each group", fontsize=10)
         return fig
 
-    def plot_slides(self, name: str, patients: list[str]) -> dict[str, Any]:
-        """Mosaic | truth | predicted probability, for each requested patient present in the data."""
+    def slides(self, name: str, patients: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
+        """Mosaic | truth | predicted probability for each requested patient in the data, and a table
+        of each shown patient's split, patches and within-slide ROC-AUC."""
         from bclib.evaluation import mosaic
         from bclib.models.training import predict_probabilities
 
         frame = self.session.cache.index.frame
         if not {"x", "y"} <= set(frame.columns):
             print("this dataset carries no patch coordinates: no whole-slide view")
-            return {}
+            return {}, pd.DataFrame()
         entry = self.entry(name)
-        split_of = {}
-        for split_name in ("train", "val", "test"):
-            for patient in self.session.split.patients(split_name):
-                split_of[str(patient)] = split_name
-        figures = {}
-        for patient in patients:
-            positions = np.flatnonzero(frame["patient_id"].to_numpy() == str(patient))
-            if len(positions) == 0:
-                print(f"patient {patient}: not in the data at hand")
-                continue
+        split_of = {str(patient): split for split in ("train", "val", "test")
+                    for patient in self.session.split.patients(split)}
+        figures, rows = {}, []
+        patient_ids = frame["patient_id"].astype(str).to_numpy()
+        requested = list(dict.fromkeys(map(str, patients)))  # each patient once, in the order given
+        absent = [patient for patient in requested if patient not in set(patient_ids)]
+        if absent:
+            print(f"not in the data at hand: patient(s) {', '.join(absent)}")
+        for patient in (patient for patient in requested if patient not in absent):
+            positions = np.flatnonzero(patient_ids == patient)
             patient_frame = frame.iloc[positions].reset_index(drop=True)
-            images = np.asarray(self.session.cache.images[positions])
             data = self.session.dataset("test", image_size=entry.input_size, training=False, positions=positions)
-            probabilities = np.asarray(predict_probabilities(entry.model(), data))
-            scores = metrics.positive_probability(probabilities, self.positive_label)
-            canvas, extent = mosaic.build_mosaic(patient_frame, images=images, patch_size=self.session.pack_size)
-            truth = mosaic.label_map(patient_frame.assign(label=(patient_frame["label"] == self.positive_label).astype(int)))
-            predicted = mosaic.probability_map(patient_frame, scores)
-            fig = evaluation_plots.slide_view(canvas, extent, truth, predicted, patient_id=str(patient),
-                                              positive_name=self.positive_name)
-            where = split_of.get(str(patient), "?")
-            fig.suptitle(f"patient {patient} ({len(positions)} patches; {where} split"
-                         + ("" if where == "test" else ": the model saw or tuned on this patient") + f") · {name}")
+            labels = np.asarray(self.session.cache.labels)[positions]
+            scores = positive_scores(predict_probabilities(entry.model(), data), self.positive_label)
+            truth = labels == self.positive_label
+            canvas, extent = mosaic.build_mosaic(patient_frame, images=self.session.cache.images[positions],
+                                                 patch_size=self.session.pack_size)
+            fig = evaluation_plots.slide_view(
+                canvas, extent, mosaic.label_map(patient_frame.assign(label=truth.astype(int))),
+                mosaic.probability_map(patient_frame, scores), positive_name=self.positive_name)
+            where = split_of.get(patient, "unknown")
+            fig.suptitle(f"patient {patient}: {where.upper()} split, {len(positions)} patches · {name}"
+                         + ("" if where == "test" else "  (the model learnt from or was tuned on this patient)"))
             figures[f"slide_{patient}_{name}"] = fig
-        return figures
+            rows.append({"patient": patient, "split": where, "patches": len(positions),
+                         "positive_fraction": float(truth.mean()), "mean_probability": float(scores.mean()),
+                         "roc_auc": metrics.roc_auc(truth.astype(int), scores) if 0 < truth.sum() < len(truth)
+                         else None})
+        return figures, pd.DataFrame(rows)
 
-    def write_evaluation(self, session: Any, n_boot: int | None = None) -> Path:
-        """evaluation.json: the comparison table and calibration figures of this notebook."""
-        table = self.table(n_boot=int(n_boot or session.settings["n_boot"])) if self.models else pd.DataFrame()
+    def write_evaluation(self, session: Any, test: pd.DataFrame, calibrated: pd.DataFrame,
+                         ranking: pd.DataFrame) -> Path:
+        """evaluation.json: the test table, calibration and ranking shown in this notebook."""
         data = {
             "run_id": session.run_id,
             "models": self.names,
-            "best_by_validation_auc": self.best_model() if self.models else None,
-            "test": table.reset_index().to_dict(orient="records"),
-            "calibration": self.calibration_table().reset_index().to_dict(orient="records") if self.models else [],
+            "positive_class": self.positive_name,
+            "best_by_validation_auc": self.best_model(),
+            "test": test.reset_index().to_dict(orient="records"),
+            "calibration": calibrated.reset_index().to_dict(orient="records"),
+            "ranking": ranking.reset_index().to_dict(orient="records"),
             "figures": list(session.figures),
         }
         return modelcard.write_json(data, session.out_dir / "evaluation.json")
 
 
-def _side_by_side(figures: list) -> Any:
-    """Combine single-panel figures into one wide figure (rendered images, one per model)."""
-    if len(figures) == 1:
-        return figures[0]
-    rendered = []
-    for fig in figures:
-        fig.canvas.draw()
-        rendered.append(np.asarray(fig.canvas.buffer_rgba())[..., :3])
-        plt.close(fig)
-    combined, axes = plt.subplots(1, len(rendered), figsize=(4.6 * len(rendered), 5.2))
-    for ax, image in zip(np.atleast_1d(axes), rendered):
-        ax.imshow(image)
-        ax.axis("off")
-    combined.tight_layout()
-    return combined
+def _stored_predictions(session: Any, card: dict, directory: Path) -> dict[str, Predictions] | None:
+    """The predictions ``finish`` stored, when they are for exactly this session's images."""
+    stored = directory / PREDICTIONS_FILE
+    if not stored.exists() or card.get("split", {}).get("patients_hash") != session.split.patients_hash():
+        return None
+    with np.load(stored, allow_pickle=False) as data:
+        predictions = {split: Predictions(split, data[f"{split}_labels"], data[f"{split}_probabilities"],
+                                          data[f"{split}_patients"].astype(str)) for split in SPLITS}
+    same = all(np.array_equal(predictions[split].labels, session.labels(split)) for split in SPLITS)
+    return predictions if same else None
 
 
-def _entry_from_card(session: Any, card_path: Path) -> ModelEntry | None:
+def _entry(session: Any, card_path: Path, positive_label: int) -> ModelEntry | None:
     directory = card_path.parent
     if not (directory / modelcard.MODEL_FILE).exists():
         return None
     card = modelcard.read_card(directory / modelcard.MODEL_FILE)
-    entry = ModelEntry(name=card["model_name"], card=card, directory=directory)
-    stored = directory / "predictions.npz"
-    same_split = card.get("split", {}).get("patients_hash") == session.split.patients_hash()
-    if stored.exists() and same_split:
-        with np.load(stored, allow_pickle=False) as data:
-            for split in SPLITS:
-                entry.labels[split] = data[f"{split}_labels"]
-                entry.probabilities[split] = data[f"{split}_probabilities"]
-                entry.patients[split] = data[f"{split}_patients"].astype(str)
-        return entry
-    from bclib.models.training import predict_probabilities
+    entry = ModelEntry(name=card["model_name"], card=card, directory=directory, predictions={})
+    predictions = _stored_predictions(session, card, directory)
+    if predictions is None:
+        from bclib.evaluation.experiment import predict_split
 
-    print(f"{entry.name}: trained on another split or data; predicting this session's splits again")
-    for split in SPLITS:
-        data = session.dataset(split, image_size=entry.input_size, training=False)
-        entry.probabilities[split] = np.asarray(predict_probabilities(entry.model(), data))
-        entry.labels[split] = session.labels(split)
-        entry.patients[split] = session.patient_ids(split).astype(str)
+        print(f"{entry.name}: trained on other patients or data; predicting this session's splits again")
+        predictions = {split: predict_split(session, entry.model(), split, entry.input_size) for split in SPLITS}
+    entry.predictions = predictions
+    if session.num_classes == 2:
+        entry.threshold = float(card["threshold"]["value"])
+    else:  # the card's decision is the arg-max class: choose a one-vs-rest threshold on validation
+        validation = predictions["val"]
+        entry.threshold, info = metrics.choose_threshold(
+            (validation.labels == positive_label).astype(int), positive_scores(validation.probabilities, positive_label))
+        card["threshold"] = {**card["threshold"], "method": info["method"]}
     return entry
 
 
 def load_run(session: Any) -> RunComparison:
     """Every model of ``session``'s run that has a card and ``model.keras``, in notebook order."""
+    positive_label = scored_label(session)
     entries = []
     for card_path in sorted(session.run_dir.glob("*/" + modelcard.CARD_FILE)):
-        if card_path.parent == session.out_dir:
-            continue
-        entry = _entry_from_card(session, card_path)
-        if entry is not None:
-            entries.append(entry)
+        if card_path.parent != session.out_dir:
+            entry = _entry(session, card_path, positive_label)
+            if entry is not None:
+                entries.append(entry)
     if not entries:
-        print(f"no trained model found in {session.run_dir}: run notebooks 02-06 first (same run_id)")
-    return RunComparison(session=session, models=entries)
+        raise FileNotFoundError(f"no trained model in {session.run_dir}: run notebooks 02-06 first with the "
+                                f"same run_id ({session.run_id!r})")
+    if session.num_classes > 2:
+        print(f"{session.num_classes} classes: this notebook scores {session.class_names[positive_label]!r} "
+              "against the rest, with a threshold chosen on validation")
+    print(f"{len(entries)} model(s) in run {session.run_id!r}: {', '.join(entry.name for entry in entries)}")
+    return RunComparison(session=session, models=entries, positive_label=positive_label)

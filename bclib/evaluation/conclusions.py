@@ -196,6 +196,9 @@ def test_table_text(table: pd.DataFrame) -> str:
     auc = table["roc_auc"].astype(float)
     sensitivity = table["sensitivity"].astype(float)
     rules = sorted(set(map(str, table["threshold rule"])))
+    if len(table) == 1:
+        return (f"on the test patients {verdict}: test ROC-AUC {auc.iloc[0]:.3f}, and test sensitivity "
+                f"{sensitivity.iloc[0]:.3f} at the threshold chosen on validation ({rules[0]}).")
     return (f"on the test patients {verdict}. Test ROC-AUC runs from {auc.min():.3f} ({auc.idxmin()}) to "
             f"{auc.max():.3f} ({auc.idxmax()}); at thresholds chosen on validation ({', '.join(rules)}) test "
             f"sensitivity runs from {sensitivity.min():.3f} to {sensitivity.max():.3f}. Overlapping intervals "
@@ -265,7 +268,7 @@ def gradcam_text(run: Any, per_group: int) -> str:
     for name in run.names:
         scores = run.scores(name, "test")
         groups = run.gradcam_examples(name, per_group)
-        shown = ", ".join(f"{len(positions)} {group}s" for group, positions in groups.items())
+        shown = ", ".join(f"{group}s {len(positions)}" for group, positions in groups.items())
         detail = []
         if len(groups["false positive"]):
             detail.append(f"its most confident false alarm scores {scores[groups['false positive'][0]]:.2f}")

@@ -66,12 +66,13 @@ def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], positive_
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], positive_label: int | None = 1,
                      normalize: bool = False, title: str | None = None, ax=None,
-                     xlabel: str = "predicted") -> matplotlib.figure.Figure:
+                     xlabel: str = "predicted", vmax: float | None = None) -> matplotlib.figure.Figure:
     """The confusion matrix (rows = truth, columns = prediction) with named classes.
 
     ``matrix`` is in label order (as :func:`bclib.evaluation.metrics.binary_metrics` gives it for binary
     data: ``[[tn, fp], [fn, tp]]`` with the negative class first). The positive class is marked.
-    ``ax``: draw into this axes (of a larger figure) instead of a new figure.
+    ``ax``: draw into this axes (of a larger figure) instead of a new figure; ``vmax``: the count
+    drawn darkest (give several matrices the same one to compare their colours).
     """
     counts = np.asarray(matrix, dtype=float)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
@@ -89,11 +90,12 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
         fig, ax = plt.subplots(figsize=(size, size * 0.9))
     else:
         fig = ax.figure
-    ax.imshow(shown, cmap="Blues", vmin=0, vmax=shown.max() if shown.max() > 0 else 1)
+    darkest = (1.0 if normalize else vmax) or shown.max() or 1
+    ax.imshow(shown, cmap="Blues", vmin=0, vmax=darkest)
     for row in range(len(names)):
         for column in range(len(names)):
             text = f"{shown[row, column]:.2f}" if normalize else f"{int(counts[row, column]):,}"
-            dark = shown[row, column] > 0.6 * (shown.max() or 1)
+            dark = shown[row, column] > 0.6 * darkest
             ax.text(column, row, text, ha="center", va="center", color="white" if dark else "black")
     ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
     ax.set_yticks(range(len(names)), names)
@@ -103,11 +105,17 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
 
 
 def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | None = None, n_bins: int = 10,
-                        positive_label: int = 1) -> matplotlib.figure.Figure:
-    """Reliability diagram (top) and bin counts (bottom), before and (optionally) after scaling."""
+                        positive_label: int = 1, axes=None) -> matplotlib.figure.Figure:
+    """Reliability diagram (top) and bin counts (bottom), before and (optionally) after scaling.
+
+    ``axes``: a (diagram, counts) pair of a larger figure to draw into instead of a new figure.
+    """
     from bclib.evaluation.calibration import expected_calibration_error, reliability_data
 
-    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if axes is None:
+        fig, axes = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax, ax_count = axes
+    fig = ax.figure
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
     series = [("before", prob)]
     if prob_scaled is not None:
@@ -125,6 +133,8 @@ def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | Non
     ax.grid(alpha=0.3)
     ax_count.set(xlabel="predicted probability of the positive class", ylabel="images")
     ax_count.set_yscale("log")
+    ax_count.set_ylim(bottom=0.8)  # so the axis shows 1, 10, 100... whatever the counts
+    ax_count.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     fig.tight_layout()
     return fig
 
