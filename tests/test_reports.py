@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from bclib import paths# noqa: E402
-from bclib.run import reports
+from bclib import paths  # noqa: E402
+from bclib.run import reports  # noqa: E402
 
 
 def _card(notebook: str, model: str, *, used: str = "imagenet", requested: str | None = "imagenet",
@@ -27,7 +27,7 @@ def _card(notebook: str, model: str, *, used: str = "imagenet", requested: str |
         "model_name": model, "notebook": notebook, "class_names": ["non-IDC", "IDC"], "input_size": 50,
         "threshold": {"value": 0.35, "method": "youden", "chosen_on": "val"},
         "weights": {"requested": requested, "used": used},
-        "dataset": {"name": "idc", "synthetic": synthetic}, "metrics": metrics, "train_seconds": 12.5,
+        "dataset": {"name": "idc", "synthetic": synthetic}, "metrics": metrics,
     }
 
 
@@ -59,7 +59,7 @@ def test_notebook_dir_accepts_names_and_paths():
     assert not reports.notebook_dir("r2", "03_x", create=False).exists()
 
 
-def test_save_fig_sanitises_name_and_records_it(tmp_path):
+def test_save_fig_sanitises_name(tmp_path):
     figure, axis = plt.subplots(figsize=(2, 2))
     axis.plot([0, 1], [0, 1])
     path = reports.save_fig(figure, "ROC curve / test set.png", tmp_path / "nb")
@@ -67,7 +67,7 @@ def test_save_fig_sanitises_name_and_records_it(tmp_path):
     plt.close(figure)
     assert path == again == tmp_path / "nb" / "ROC_curve_test_set.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert reports.read_figures(tmp_path / "nb") == ["ROC_curve_test_set.png"]
+    assert [p.name for p in (tmp_path / "nb").iterdir()] == ["ROC_curve_test_set.png"]
     with pytest.raises(ValueError):
         reports.save_fig(figure, "///", tmp_path)
 
@@ -80,12 +80,13 @@ def test_summary_rows_columns_and_fallback_to_validation(tmp_path):
     (run / "06_broken").mkdir()
     (run / "06_broken" / "model_card.json").write_text("{not json")
 
+    manifest = {"notebooks": {"02_baseline_cnn": {"seconds": 7.5}, "04_transfer": {"seconds": 30.0}}}
     with pytest.warns(UserWarning, match="06_broken"):
-        frame = reports.build_summary(run)
+        frame = reports.build_summary(run, manifest)
     assert len(frame) == 3
     assert list(frame["model"]) == ["baseline_cnn", "mobilenetv2", "resnet50"]
     for column in ("notebook", "model", "roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity",
-                   "f1", "threshold", "weights_used", "train_seconds", "dataset", "synthetic", "evaluated_on",
+                   "f1", "threshold", "weights", "notebook_seconds", "dataset", "synthetic", "evaluated_on",
                    "roc_auc_ci_low", "roc_auc_ci_high", "f1_ci_low", "f1_ci_high"):
         assert column in frame.columns
     assert list(frame["evaluated_on"]) == ["test", "test", "val"]
@@ -94,7 +95,9 @@ def test_summary_rows_columns_and_fallback_to_validation(tmp_path):
     assert by_model.loc["resnet50", "roc_auc"] == pytest.approx(0.85)  # val only
     assert by_model.loc["mobilenetv2", "roc_auc_ci_low"] < by_model.loc["mobilenetv2", "roc_auc_ci_high"]
     assert frame["roc_auc_ci_low"].isna().sum() == 2
-    assert set(frame["threshold"]) == {0.35} and set(frame["weights_used"]) == {"random", "imagenet"}
+    assert set(frame["threshold"]) == {0.35}
+    assert list(frame["weights"]) == ["from scratch", "imagenet", "imagenet"]
+    assert list(frame["notebook_seconds"].fillna(-1)) == [7.5, 30.0, -1]  # 05 is not in the manifest
     assert not frame["synthetic"].any()
 
 
@@ -113,7 +116,6 @@ def test_write_summary_banners_links_and_json(tmp_path):
     figure, axis = plt.subplots(figsize=(1, 1))
     reports.save_fig(figure, "loss curve", run / "02_baseline_cnn")
     plt.close(figure)
-    (run / "04_transfer" / "figures.json").write_text(json.dumps([{"file": "gone.png"}]))  # missing: not linked
     manifest = {"run_id": "run", "profile": "smoke", "dataset": "idc", "status": "completed",
                 "notebooks": {"02_baseline_cnn": {"status": "completed", "seconds": 3.2},
                               "04_transfer": {"status": "failed", "seconds": 1.0}}}
@@ -125,10 +127,13 @@ def test_write_summary_banners_links_and_json(tmp_path):
     assert "RANDOM WEIGHTS" in text and "04_transfer/mobilenetv2" in text
     assert "02_baseline_cnn/baseline_cnn" not in text  # trained from scratch on purpose: no banner
     assert "[02_baseline_cnn.html](02_baseline_cnn.html)" in text and "04_transfer.html" not in text
-    assert "(02_baseline_cnn/loss_curve.png)" in text and "gone.png" not in text
+    assert "(02_baseline_cnn/loss_curve.png)" in text and "### 04_transfer" not in text  # no figure there
     assert "| failed |" in text
     table_lines = [line for line in text.splitlines() if line.startswith("| 0")]
     assert len(table_lines) == 2 + 2  # two model rows, two notebook rows
+    baseline, transfer = table_lines[:2]
+    assert "| from scratch | 3.2 |" in baseline and f"| {reports.MISSING_IMAGENET} | 1.0 |" in transfer
+    assert "notebook_seconds" in text and "run time of the model's whole notebook" in text
 
     payload = json.loads(json_path.read_text())
     assert payload["synthetic"] is True and payload["random_weight_models"] == ["04_transfer/mobilenetv2"]

@@ -7,7 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from bclib import paths
 from bclib.data.index import DatasetIndex
+from bclib.run.cli import CommandError
 
 DEFAULT_DATASET = "idc"
 
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="inspect, split, pack, check, generate or download a dataset",
                                    description="Dataset utilities. Nothing here modifies your data folder.")
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
-    parser.set_defaults(func=lambda args: _missing_action(parser))
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
     info = commands.add_parser("info", help="images, patients and per-class counts")
     _add_dataset_arguments(info)
@@ -76,11 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--force", action="store_true",
                           help="download again, replacing what is already in the destination")
     download.set_defaults(func=run_download)
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _scan(args: argparse.Namespace) -> DatasetIndex:
@@ -142,8 +139,6 @@ def run_pack(args: argparse.Namespace) -> int:
     try:
         cache = pack(index, args.image_size, cache_root=args.cache_dir, progress=not args.no_progress, workers=args.workers)
     except CacheError as error:
-        from bclib.run.cli import CommandError
-
         raise CommandError(str(error)) from None
     state = "reused" if cache.reused else f"packed in {cache.seconds:.1f} s"
     print(f"{len(cache):,} images at {cache.image_size}x{cache.image_size} ({cache.nbytes / 2**20:.1f} MB) {state}")
@@ -178,8 +173,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_cache(args: argparse.Namespace) -> int:
     from bclib.data import cache_maintenance as maintenance
-    from bclib import paths
-    from bclib.run.cli import CommandError
 
     if not args.clean and (args.all or args.unused_days is not None or args.dry_run):
         raise CommandError("--all, --unused-days and --dry-run go with --clean")
@@ -210,7 +203,6 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from bclib.run.cli import CommandError
     from bclib.data.download import DownloadError, download
 
     try:

@@ -6,24 +6,29 @@ import json
 import sys
 from typing import Any
 
+from bclib import DISCLAIMER
+from bclib.display import SYNTHETIC_BANNER
+from bclib.run import reports
 from bclib.profiles import PROFILES
+from bclib.run.runner import DEFAULT_DATASET, DEFAULT_PROFILE, RunFailed, run_series
 
-DEFAULT_PROFILE = "quick"
-DEFAULT_DATASET = "idc"
+
+def parse_value(text: str) -> Any:
+    """A command-line value: a JSON literal when it parses (numbers, ``true``, ``null``, quoted
+    strings, lists), Python's ``True``/``False``/``None``, else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"True": True, "False": False, "None": None}.get(text, text)
 
 
 def parse_parameter(text: str) -> tuple[str, Any]:
-    """``"epochs=3"`` -> ``("epochs", 3)``: values are JSON literals when they parse
-    (numbers, ``true``/``false``, ``null``, quoted strings, lists), else plain strings."""
+    """``"epochs=3"`` -> ``("epochs", 3)``, the value read by :func:`parse_value`."""
     key, separator, raw = text.partition("=")
     key = key.strip()
     if not separator or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a Python name as KEY, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
+    return key, parse_value(raw)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the notebook series with papermill into reports/<run_id>/",
         description=(
             "Execute the numbered notebooks in order into a new run folder (never overwritten), "
-            "export each to HTML, and write manifest.json and summary.md/json. "
-            "For education and research, not for diagnosis."
+            f"export each to HTML, and write manifest.json and summary.md/json. {DISCLAIMER}"
         ),
     )
     parser.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
@@ -55,32 +59,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the series; print the run folder and the summary table. 1 when a notebook fails."""
-    from bclib.run import reports
-    from bclib.run.runner import RunFailed, run_series
-
     try:
-        result = run_series(
-            profile=args.profile,
-            dataset=args.dataset,
-            data=args.data,
-            run_id=args.run_id,
-            notebooks=args.notebooks,
-            parameters=dict(args.parameters),
-            resume=args.resume,
-            solutions=not args.no_solutions,
-            kernel_name=args.kernel,
-            progress=not args.no_progress,
-        )
+        result = run_series(profile=args.profile, dataset=args.dataset, data=args.data, run_id=args.run_id,
+                            notebooks=args.notebooks, parameters=dict(args.parameters), resume=args.resume,
+                            solutions=not args.no_solutions, kernel_name=args.kernel, progress=not args.no_progress)
     except RunFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
         return 1
     frame = result.summary()
-    print()
-    print(f"run folder: {result.run_dir}")
+    print(f"\nrun folder: {result.run_dir}")
     if result.skipped:
         print(f"skipped (already completed): {', '.join(result.skipped)}")
     print(reports.markdown_table(reports.display_summary(frame)) if not frame.empty else "no model cards in this run")
     print(f"summary: {result.summary_markdown}")
     if result.synthetic:
-        print(f"*** {reports.SYNTHETIC_BANNER.replace('**', '')} ***")
+        print(f"*** {SYNTHETIC_BANNER} ***")
     return 0
