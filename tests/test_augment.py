@@ -1,20 +1,20 @@
-"""Augmentation: exact symmetries, zoom-crop geometry, stain jitter algebra, ranges, seeds."""
+"""Augmentation layers: exact symmetries, zoom-crop geometry, stain jitter algebra, ranges, seeds, dtypes."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 
+from bclib.data import augment
 from bclib.data.augment import (
-    Augmenter,
     RandomBrightnessContrast,
+    RandomDihedral,
     RandomStainJitter,
     RandomZoomCrop,
     bilinear_weights,
-    build_augmenter,
     jitter_stains,
-    random_dihedral,
     stain_matrices,
+    standard_augmentation,
 )
 
 
@@ -49,42 +49,40 @@ def _which_symmetry(candidate: np.ndarray, image: np.ndarray) -> int:
     return matches[0]
 
 
-# ----- geometric stage -----------------------------------------------------------------------
+# ----- dihedral ------------------------------------------------------------------------------
 
-def test_dihedral_gives_each_of_the_8_symmetries():
-    image = _asymmetric_image()
-    moved = random_dihedral(np.repeat(image[None], 400, axis=0), np.random.default_rng(0))
-    assert moved.dtype == np.uint8 and moved.shape == (400, 5, 5, 3)
-    counts = np.bincount([_which_symmetry(m, image) for m in moved], minlength=8)
+def _dihedral_kinds(layer: RandomDihedral, image: np.ndarray, copies: int) -> list[int]:
+    moved = np.asarray(layer(np.repeat(image[None], copies, axis=0).astype("float32"), training=True))
+    assert moved.shape == (copies, *image.shape)
+    return [_which_symmetry(m.astype("uint8"), image) for m in moved]
+
+
+def test_dihedral_gives_each_of_the_8_symmetries_and_only_them():
+    counts = np.bincount(_dihedral_kinds(RandomDihedral(seed=0), _asymmetric_image(), 400), minlength=8)
+    assert len(counts) == 8  # _which_symmetry fails on anything but an exact symmetry
     assert counts.min() >= 25  # 400 draws of a fair 8-sided die: expected 50 each
 
 
-def test_dihedral_turns_only_and_flips_only_stay_in_their_subgroups():
+def test_dihedral_only_mirrors_a_non_square_image():
+    image = np.arange(4 * 6 * 3, dtype="uint8").reshape(4, 6, 3)
+    moved = np.asarray(RandomDihedral(seed=1)(np.repeat(image[None], 64, axis=0).astype("float32"), training=True))
+    mirrors = [image, image[::-1], image[:, ::-1], image[::-1, ::-1]]
+    kinds = {next(k for k, m in enumerate(mirrors) if np.array_equal(candidate.astype("uint8"), m)) for candidate in moved}
+    assert kinds == {0, 1, 2, 3}
+
+
+def test_dihedral_is_determined_by_its_seed():
     image = _asymmetric_image()
-    stack = np.repeat(image[None], 200, axis=0)
-    turned = {_which_symmetry(m, image) for m in random_dihedral(stack, np.random.default_rng(1), flips=False)}
-    assert turned == {0, 1, 2, 3}  # the 4 rotations, no mirror
-    flipped = {_which_symmetry(m, image) for m in random_dihedral(stack, np.random.default_rng(2), turns=False)}
-    assert flipped == {0, 2, 4, 6}  # identity, 180 degrees (both flips), and the two axis mirrors
-    np.testing.assert_array_equal(random_dihedral(stack, np.random.default_rng(3), flips=False, turns=False), stack)
+    first = _dihedral_kinds(RandomDihedral(seed=7), image, 32)
+    assert first == _dihedral_kinds(RandomDihedral(seed=7), image, 32)
+    assert first != _dihedral_kinds(RandomDihedral(seed=8), image, 32)
+    layer = RandomDihedral(seed=7)
+    assert _dihedral_kinds(layer, image, 32) != _dihedral_kinds(layer, image, 32)  # new draws on every call
 
 
-def test_dihedral_is_seeded_copies_and_keeps_the_input():
-    stack = np.repeat(_asymmetric_image()[None], 16, axis=0)
-    original = stack.copy()
-    first = random_dihedral(stack, np.random.default_rng(7))
-    np.testing.assert_array_equal(first, random_dihedral(stack, np.random.default_rng(7)))
-    assert not np.array_equal(first, random_dihedral(stack, np.random.default_rng(8)))
-    np.testing.assert_array_equal(stack, original)
-
-
-def test_dihedral_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="square"):
-        random_dihedral(np.zeros((2, 8, 6, 3), "uint8"), np.random.default_rng(0))
-    with pytest.raises(ValueError, match="batch"):
-        random_dihedral(np.zeros((8, 8, 3), "uint8"), np.random.default_rng(0))
-    mirrored = random_dihedral(np.zeros((2, 8, 6, 3), "uint8"), np.random.default_rng(0), turns=False)
-    assert mirrored.shape == (2, 8, 6, 3)
+def test_dihedral_rejects_what_is_not_an_rgb_batch():
+    with pytest.raises(ValueError, match="RGB batches"):
+        RandomDihedral()(np.zeros((8, 8, 3), "float32"), training=True)
 
 
 # ----- zoom ----------------------------------------------------------------------------------
@@ -163,11 +161,13 @@ def test_brightness_shifts_and_contrast_scales_around_the_mean():
     assert spread.min() >= 0.7 - 1e-4 and spread.max() <= 1.3 + 1e-4 and np.ptp(spread) > 0.05
 
 
+# ----- the whole stack -----------------------------------------------------------------------
+
 def test_invalid_strength_is_rejected():
     with pytest.raises(ValueError, match="zoom"):
-        build_augmenter(zoom=1.5)
+        standard_augmentation(zoom=1.5)
     with pytest.raises(ValueError, match="contrast"):
-        build_augmenter(contrast=-0.1)
+        standard_augmentation(contrast=-0.1)
     with pytest.raises(ValueError, match="strength"):
         RandomStainJitter(-0.1)
 
@@ -175,65 +175,85 @@ def test_invalid_strength_is_rejected():
 def test_custom_layers_serialise_round_trip():
     for layer, attribute, value in ((RandomStainJitter(0.2, seed=5), "strength", 0.2),
                                     (RandomZoomCrop(0.15, seed=5), "zoom", 0.15),
-                                    (RandomBrightnessContrast(0.05, 0.2, seed=5), "contrast", 0.2)):
+                                    (RandomBrightnessContrast(0.05, 0.2, seed=5), "contrast", 0.2),
+                                    (RandomDihedral(seed=5), "seed", 5)):
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
         assert type(restored) is type(layer)
         assert getattr(restored, attribute) == value and restored.seed == 5
 
 
-# ----- the whole augmenter -------------------------------------------------------------------
-
-def test_full_augmenter_keeps_shape_dtype_and_range(batch):
-    augmented = np.asarray(build_augmenter(seed=1)(batch, training=True))
+def test_stack_keeps_shape_dtype_and_range(batch):
+    augmented = np.asarray(standard_augmentation(seed=1)(batch, training=True))
     assert augmented.shape == batch.shape
     assert augmented.dtype == np.float32
     assert augmented.min() >= 0.0 and augmented.max() <= 255.0
     assert not np.allclose(augmented, batch)
 
 
-def test_zero_strengths_are_the_identity(batch):
-    augmenter = build_augmenter(flips=False, rot90=False, zoom=0, brightness=0, contrast=0, stain_jitter=0)
-    assert not augmenter.geometric
-    np.testing.assert_array_equal(np.asarray(augmenter(batch, training=True)), batch)
+def test_zero_strengths_leave_only_the_exact_symmetries(batch):
+    stack = standard_augmentation(zoom=0, stain_jitter=0, brightness=0, contrast=0, seed=0)
+    augmented = np.asarray(stack(batch, training=True))
+    for original, moved in zip(batch, augmented):
+        assert any(np.array_equal(moved, symmetry) for symmetry in _symmetries(original))
 
 
 def test_not_training_is_the_identity(batch):
-    np.testing.assert_array_equal(np.asarray(build_augmenter(seed=3)(batch, training=False)), batch)
+    np.testing.assert_array_equal(np.asarray(standard_augmentation(seed=3)(batch, training=False)), batch)
+    for layer in standard_augmentation(seed=3).layers:
+        np.testing.assert_array_equal(np.asarray(layer(batch, training=False)), batch)
 
 
 def test_same_seed_same_result_other_seed_differs(batch):
-    first = np.asarray(build_augmenter(seed=7)(batch, training=True))
-    second = np.asarray(build_augmenter(seed=7)(batch, training=True))
-    other = np.asarray(build_augmenter(seed=8)(batch, training=True))
+    first = np.asarray(standard_augmentation(seed=7)(batch, training=True))
+    second = np.asarray(standard_augmentation(seed=7)(batch, training=True))
+    other = np.asarray(standard_augmentation(seed=8)(batch, training=True))
     np.testing.assert_array_equal(first, second)
     assert not np.allclose(first, other)
 
 
-def test_geometric_only_augmenter_moves_pixels_exactly():
-    image = _asymmetric_image(6)
-    augmenter = build_augmenter(zoom=0, brightness=0, contrast=0, stain_jitter=0, seed=0)
-    moved = np.asarray(augmenter(np.repeat(image[None], 32, axis=0), training=True))
-    kinds = {_which_symmetry(m.astype("uint8"), image) for m in moved}
-    assert len(kinds) >= 5
-
-
-def test_augmenter_config_rebuilds_the_same_augmenter(batch):
-    augmenter = build_augmenter(zoom=0.2, brightness=0.05, contrast=0.0, stain_jitter=0.1, seed=4)
-    config = augmenter.config()
-    assert config == {"flips": True, "turns": True, "zoom": 0.2, "brightness": 0.05, "contrast": 0.0,
-                      "stain_jitter": 0.1, "seed": 4}
-    rebuilt = Augmenter(**config)
-    np.testing.assert_array_equal(np.asarray(rebuilt(batch)), np.asarray(build_augmenter(
-        zoom=0.2, brightness=0.05, contrast=0.0, stain_jitter=0.1, seed=4)(batch)))
-    assert [layer.name for layer in augmenter.layers.layers] == ["zoom", "stain_jitter", "brightness_contrast"]
-
-
-def test_augmenter_stays_float32_under_mixed_precision(batch):
+def test_stack_computes_in_float32_under_mixed_precision(batch):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        augmented = np.asarray(build_augmenter(seed=2)(batch, training=True))
+        stack = standard_augmentation(seed=2)
+        augmented = stack(batch, training=True)
     finally:
         keras.config.set_dtype_policy(previous)
-    assert augmented.dtype == np.float32
+    assert all(layer.compute_dtype == "float32" for layer in stack.layers)
+    assert keras.backend.standardize_dtype(augmented.dtype) == "float32"
+    augmented = np.asarray(augmented)
     assert augmented.min() >= 0.0 and augmented.max() <= 255.0
+
+
+def test_describe_layers_records_each_layer_and_its_settings():
+    described = augment.describe_layers(standard_augmentation(zoom=0.2, stain_jitter=0.1, brightness=0.05,
+                                                              contrast=0.0, seed=4))
+    assert [entry["layer"] for entry in described] == [
+        "RandomDihedral", "RandomZoomCrop", "RandomStainJitter", "RandomBrightnessContrast"]
+    assert described[1]["zoom"] == 0.2 and described[2]["strength"] == 0.1
+    assert described[3]["brightness"] == 0.05 and described[3]["contrast"] == 0.0
+    assert [entry["seed"] for entry in described] == [4, 5, 6, 7]
+    assert all("name" not in entry and "dtype" not in entry for entry in described)
+
+
+# ----- the figure ------------------------------------------------------------------------------
+
+def test_augmentation_figure_has_a_column_per_transform_and_rows_by_class(batch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bclib.plots.data import augmentation_examples
+
+    stack = standard_augmentation(seed=3)
+    examples = {"non-IDC": batch[:2].astype("uint8"), "IDC": batch[2:5].astype("uint8")}
+    before = np.asarray(standard_augmentation(seed=3)(batch, training=True))
+    figure = augmentation_examples(examples, stack)
+    axes = np.asarray(figure.axes).reshape(5, len(stack.layers) + 2)
+    titles = [ax.get_title() for ax in axes[0]]
+    assert titles[0] == "original" and titles[-1] == "all together"
+    assert [title.split("\n")[0] for title in titles[1:-1]] == ["Dihedral", "ZoomCrop", "StainJitter", "BrightnessContrast"]
+    assert "zoom 0.1" in titles[2]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["non-IDC"] * 2 + ["IDC"] * 3
+    np.testing.assert_array_equal(np.asarray(stack(batch, training=True)), before)  # training's draws untouched
+    with pytest.raises(ValueError, match="no images"):
+        augmentation_examples({"IDC": batch[:0]}, stack)

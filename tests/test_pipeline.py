@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bclib.data.augment import build_augmenter
-from bclib.data.pipeline import dataset_labels, encode_labels, make_dataset, steps_per_epoch
+from bclib.data.augment import standard_augmentation
+from bclib.data.pipeline import encode_labels, make_dataset, resize_images
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,6 @@ def test_eval_order_equals_positions(memmap_images):
     assert y.shape == (len(positions), 1)
     np.testing.assert_array_equal(y[:, 0], (labels % 2)[positions])
     np.testing.assert_array_equal(x[:, 0, 0, 0], positions.astype("float32"))
-    np.testing.assert_array_equal(dataset_labels(make_dataset(images, labels % 2, positions, batch_size=3))[:, 0],
-                                  (labels % 2)[positions])
 
 
 def test_multiclass_labels_are_one_hot(memmap_images):
@@ -66,7 +64,7 @@ def test_training_keeps_images_and_labels_paired(memmap_images):
 
 def test_resize_and_augment_only_when_training(memmap_images):
     images, labels = memmap_images
-    augmenter = build_augmenter(seed=0, stain_jitter=0.2, brightness=0.3)
+    augmenter = standard_augmentation(seed=0, stain_jitter=0.2, brightness=0.3)
     x_eval, _ = _collect(make_dataset(images, labels % 2, batch_size=8, image_size=20, augmenter=augmenter))
     assert x_eval.shape == (30, 20, 20, 3)
     np.testing.assert_allclose(x_eval[:, 5, 5, 0], np.arange(30), atol=1e-3)  # constant images stay constant
@@ -74,6 +72,14 @@ def test_resize_and_augment_only_when_training(memmap_images):
                                        augmenter=augmenter))
     assert x_train.shape == (30, 8, 8, 3)
     assert x_train.min() >= 0 and x_train.max() <= 255
+    assert np.ptp(x_train.reshape(30, -1), axis=1).max() > 1.0  # brightness and stains changed the flat images
+
+
+def test_resize_images_matches_the_pipeline(memmap_images):
+    images, labels = memmap_images
+    x, _ = _collect(make_dataset(images, labels % 2, batch_size=8, image_size=7))
+    np.testing.assert_allclose(resize_images(np.asarray(images), 7), x, atol=1e-4)
+    assert resize_images(np.asarray(images), 12).dtype == np.float32
 
 
 def test_cache_in_memory_gives_the_same_batches(memmap_images):
@@ -85,9 +91,8 @@ def test_cache_in_memory_gives_the_same_batches(memmap_images):
         np.testing.assert_array_equal(a, b)
 
 
-def test_steps_and_validation(memmap_images):
+def test_validation(memmap_images):
     images, labels = memmap_images
-    assert steps_per_epoch(30, 7) == 5
     assert len(list(make_dataset(images, labels % 2, batch_size=7))) == 5
     with pytest.raises(ValueError, match="labels must be in"):
         make_dataset(images, labels, num_classes=2)
@@ -97,6 +102,8 @@ def test_steps_and_validation(memmap_images):
         make_dataset(images, labels[:5] % 2)
     with pytest.raises(ValueError, match="empty"):
         make_dataset(images, labels % 2, positions=[])
+    with pytest.raises(ValueError, match="batch_size"):
+        make_dataset(images, labels % 2, batch_size=0)
     with pytest.raises(ValueError, match="num_classes"):
         encode_labels(np.zeros(3, int), num_classes=1)
 
@@ -108,26 +115,39 @@ def _symmetry_index(candidate: np.ndarray, image: np.ndarray) -> int:
     return matches[0]
 
 
-def test_geometric_augmentation_runs_in_the_gather_step_seeded_per_epoch():
+def test_seeded_augmenter_gives_new_draws_every_epoch_and_the_same_run_every_time():
     base = np.arange(6 * 6 * 3, dtype="uint8").reshape(6, 6, 3)
     images = np.repeat(base[None], 40, axis=0)
     labels = np.arange(40) % 2
-    geometric = build_augmenter(zoom=0, brightness=0, contrast=0, stain_jitter=0, seed=0)
-    dataset = make_dataset(images, labels, batch_size=8, training=True, seed=3, augmenter=geometric)
+
+    def flips_only(seed: int):
+        return standard_augmentation(zoom=0, stain_jitter=0, brightness=0, contrast=0, seed=seed)
+
+    dataset = make_dataset(images, labels, batch_size=8, training=True, seed=3, augmenter=flips_only(0))
     first, _ = _collect(dataset)
     second, _ = _collect(dataset)
-    again, _ = _collect(make_dataset(images, labels, batch_size=8, training=True, seed=3, augmenter=geometric))
+    again, _ = _collect(make_dataset(images, labels, batch_size=8, training=True, seed=3, augmenter=flips_only(0)))
     kinds_first = [_symmetry_index(x.astype("uint8"), base) for x in first]
     kinds_second = [_symmetry_index(x.astype("uint8"), base) for x in second]
     assert len(set(kinds_first)) >= 5  # 40 draws over the 8 symmetries
     assert kinds_first != kinds_second  # new draws every epoch
-    np.testing.assert_array_equal(first, again)  # and the same ones for the same seed
-    evaluation, _ = _collect(make_dataset(images, labels, batch_size=8, augmenter=geometric))
+    np.testing.assert_array_equal(first, again)  # and the same run for the same seeds
+    evaluation, _ = _collect(make_dataset(images, labels, batch_size=8, augmenter=flips_only(0)))
     np.testing.assert_array_equal(evaluation, images.astype("float32"))  # never outside training
 
 
-def test_generic_callable_augmenter_is_applied_to_float_batches(memmap_images):
+def test_any_callable_augmenter_gets_float_training_batches_only(memmap_images):
     images, labels = memmap_images
-    x, _ = _collect(make_dataset(images, labels % 2, batch_size=8, training=True,
-                                 augmenter=lambda batch, training: batch * 0.0 + 7.0))
+    seen = []
+
+    def augmenter(batch, training):
+        seen.append((batch.dtype, training))
+        return batch * 0.0 + 7.0
+
+    x, _ = _collect(make_dataset(images, labels % 2, batch_size=8, training=True, augmenter=augmenter))
     np.testing.assert_array_equal(x, 7.0)
+    assert seen and all(dtype == "float32" and training is True for dtype, training in seen)
+    calls = len(seen)
+    x_eval, _ = _collect(make_dataset(images, labels % 2, batch_size=8, training=False, augmenter=augmenter))
+    np.testing.assert_array_equal(x_eval[:, 0, 0, 0], np.arange(30))
+    assert len(seen) == calls  # never called outside training

@@ -1,13 +1,16 @@
 """tf.data input pipeline over the packed uint8 image cache (a memmap or any numpy array).
 
 The dataset is built over *row positions*, not pixels: positions are (shuffled when training,)
-batched, and each batch of images is gathered from the array in one numpy call, so a cache
-larger than memory streams from the memory map and only ``batch_size`` images are copied per
-step. Then, on whole batches: cast to float32 (values stay 0..255, models rescale inside),
-augment (training only), resize (bilinear) and prefetch.
+batched, and each batch of images is gathered from the array in one numpy call, as float32 (values
+stay 0..255, models rescale inside), so a cache larger than memory streams from the memory map and
+only ``batch_size`` images are copied per step. Then, on whole batches: augment (training only),
+resize (bilinear) and prefetch. (Casting in numpy keeps uint8 out of the TensorFlow graph, where
+its optimiser would move flips and transposes before the cast onto a slow uint8 path.)
 
-The augmenter (e.g. a ``keras.Sequential`` of :mod:`bclib.data.augment` layers) is applied to
-each float training batch as ``augmenter(batch, training=True)``, before the resize.
+The augmenter (any callable, e.g. a ``keras.Sequential`` of :mod:`bclib.data.augment` layers) is
+applied to each float training batch as ``augmenter(batch, training=True)``, before the resize. It
+runs on one batch at a time, in order: random layers draw from a seeded state, and calls in
+parallel would take those draws in a different order on every run.
 
 Labels: two classes give float32 ``(batch, 1)`` (for the sigmoid output and binary
 cross-entropy); more classes give one-hot float32 ``(batch, num_classes)`` (categorical
@@ -66,7 +69,8 @@ def make_dataset(
     """Batches ``(images float32 0..255, labels)`` of the rows ``positions`` (default: all).
 
     ``training``: reshuffle every epoch (deterministic for ``seed``), keep the last partial
-    batch, and apply ``augmenter(batch, training=True)`` if given. Otherwise the order equals
+    batch, and apply ``augmenter(batch, training=True)`` if given (one batch at a time, so a
+    seeded augmenter gives the same batches on every run). Otherwise the order equals
     ``positions`` and no augmentation is applied. ``image_size``: resize square (bilinear,
     antialiased when shrinking). ``cache_in_memory``: copy the selected rows into RAM first
     (fast for small sets; the default streams from the memory map).
@@ -87,11 +91,11 @@ def make_dataset(
     def gather(batch_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if training:  # order inside a shuffled batch is irrelevant; sorted reads are faster
             batch_positions = np.sort(batch_positions)
-        return np.asarray(images[batch_positions]), encoded[batch_positions]
+        return np.asarray(images[batch_positions], dtype=np.float32), encoded[batch_positions]
 
     def gather_batch(batch_positions):
         batch_images, batch_labels = tf.numpy_function(
-            gather, [batch_positions], [tf.as_dtype(images.dtype), tf.float32], stateful=False
+            gather, [batch_positions], [tf.float32, tf.float32], stateful=False
         )
         batch_images.set_shape([None, height, width, 3])
         batch_labels.set_shape([None, label_width])
@@ -106,14 +110,16 @@ def make_dataset(
     antialias = size is not None and size < max(height, width)
 
     def to_model_input(batch_images, batch_labels):
-        batch_images = tf.cast(batch_images, tf.float32)
         if augment is not None:
             batch_images = augment(batch_images, training=True)
         if size is not None:
             batch_images = tf.image.resize(batch_images, (size, size), method="bilinear", antialias=antialias)
         return batch_images, batch_labels
 
-    dataset = dataset.map(to_model_input, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if augment is None:
+        dataset = dataset.map(to_model_input, num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:  # in order, so the augmenter's seeded draws repeat from run to run
+        dataset = dataset.map(to_model_input)
     return dataset.prefetch(AUTOTUNE)
 
 

@@ -1,8 +1,10 @@
-"""Figures of the data itself: class balance, patients, sample grids, colours."""
+"""Figures of the data itself: class balance, patients, sample grids, colours, augmentations."""
 from __future__ import annotations
 
-import matplotlib
+from typing import Mapping
 
+import matplotlib
+import matplotlib.figure
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -85,25 +87,49 @@ def split_overview(summary: pd.DataFrame) -> matplotlib.figure.Figure:
     return fig
 
 
-def augmentation_examples(images: np.ndarray, augmenter, n_versions: int = 6, seed: int = 0) -> matplotlib.figure.Figure:
-    """Each row: an original patch, then ``n_versions`` random augmentations of it."""
-    import tensorflow as tf
+def _transform_title(settings: dict) -> str:
+    """``RandomZoomCrop`` with ``{"zoom": 0.1, "seed": 1}`` -> ``"ZoomCrop\nzoom 0.1"`` (seeds left out)."""
+    name = str(settings.pop("layer")).removeprefix("Random")
+    values = [f"{key} {value}" for key, value in settings.items()
+              if key != "seed" and isinstance(value, (int, float, str)) and not isinstance(value, bool)]
+    return "\n".join([name, *values[:2]])
 
+
+def augmentation_examples(images_by_class: Mapping[str, np.ndarray], augmentation) -> matplotlib.figure.Figure:
+    """The stack's transforms one column each, applied alone, then the whole stack.
+
+    ``images_by_class``: a few patches of each class (uint8 RGB); each patch is a row labelled by
+    its class. ``augmentation``: a ``keras.Sequential`` of augmentation layers. The figure uses
+    fresh copies of the layers (from their configurations): it shows the same draws every time,
+    leaves the random state training draws from untouched, and with seeded layers the last
+    column composes exactly the draws shown one by one before it.
+    """
     import keras
 
-    keras.utils.set_random_seed(seed)
-    rows = len(images)
-    fig, axes = plt.subplots(rows, n_versions + 1, figsize=((n_versions + 1) * 1.3, rows * 1.35), squeeze=False)
-    batch = tf.convert_to_tensor(np.asarray(images), dtype=tf.float32)
-    versions = [np.clip(np.asarray(augmenter(batch, training=True)), 0, 255).astype(np.uint8) for _ in range(n_versions)]
-    for row in range(rows):
-        axes[row, 0].imshow(images[row])
-        for column in range(n_versions):
-            axes[row, column + 1].imshow(versions[column][row])
-    for ax in axes.ravel():
-        ax.axis("off")
-    axes[0, 0].set_title("original", fontsize=9)
-    for column in range(n_versions):
-        axes[0, column + 1].set_title(f"augmented {column + 1}", fontsize=9)
+    from bclib.data.augment import describe_layers
+
+    row_names = [name for name, images in images_by_class.items() for _ in range(len(images))]
+    originals = np.concatenate([np.asarray(images) for images in images_by_class.values()])
+    if len(originals) == 0:
+        raise ValueError("no images to augment: images_by_class holds no patches")
+    batch = originals.astype("float32")
+    copies = [type(layer).from_config(layer.get_config()) for layer in augmentation.layers]
+    columns = [("original", originals)]
+    for layer, settings in zip(copies, describe_layers(augmentation)):
+        columns.append((_transform_title(settings), np.asarray(layer(batch, training=True))))
+    whole = keras.Sequential([type(layer).from_config(layer.get_config()) for layer in augmentation.layers])
+    columns.append(("all together", np.asarray(whole(batch, training=True))))
+
+    rows = len(originals)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(len(columns) * 1.45, rows * 1.45 + 0.5), squeeze=False)
+    for column, (title, images) in enumerate(columns):
+        axes[0, column].set_title(title, fontsize=8)
+        for row in range(rows):
+            ax = axes[row, column]
+            ax.imshow(np.clip(images[row], 0, 255).astype(np.uint8))
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for row, name in enumerate(row_names):
+        axes[row, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
     return fig
