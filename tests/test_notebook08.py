@@ -9,12 +9,13 @@ import nbformat
 import pytest
 
 from bclib import DISCLAIMER
+from bclib.run.quality import check_notebook
 from test_predict import save_tiny_model, write_patch, write_tiny_idc
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08_predict_widget.ipynb"
 PARAMETERS = {
-    "run_id": None, "model_path": None, "images": [], "dataset": "idc",
-    "data_dir": None, "threshold": None, "n_samples": 4, "profile": "quick",
+    "dataset": "idc", "data_dir": None, "run_id": None, "profile": "quick", "seed": 0,
+    "model_path": None, "images": [], "threshold": None, "n_samples": 4,
 }
 
 
@@ -32,9 +33,10 @@ def test_notebook_is_stored_clean_with_its_parameters():
     assert notebook.metadata["bclib"]["save_widget_state"] is False
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
-    assert "import" in code[0].source and "parameters" in code[1].metadata.get("tags", [])
-    assert _parameters_of(code[1].source) == PARAMETERS
-    assert all(len(cell.source.splitlines()) <= 3 for cell in code[2:])  # logic lives in bclib
+    install, imports, parameters, *app_cells = code
+    assert "pip" in install.source and "import bclib" in imports.source and "parameters" in parameters.metadata["tags"]
+    assert _parameters_of(parameters.source) == PARAMETERS
+    assert all(len(cell.source.splitlines()) <= 3 for cell in app_cells)  # the app lives in bclib.app
     text = " ".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
     assert DISCLAIMER.rstrip(".") in text and "nbstripout" in text and "Save Widget State" in text
 
@@ -61,6 +63,9 @@ def test_notebook_runs_under_papermill_and_shows_predictions(tmp_path, monkeypat
     probabilities = [float(v) for v in re.findall(r'data-probability="([0-9.]+)"', html_outputs)]
     assert len(probabilities) == 2 and abs(sum(probabilities) - 1.0) < 1e-4
     assert "my patch ü.png" in html_outputs and "broken.png" in html_outputs and "bclib-error" in html_outputs
-    assert "random weights" in html_outputs and DISCLAIMER in html_outputs
+    assert "trained from scratch" in html_outputs and "bclib-warning" not in html_outputs and DISCLAIMER in html_outputs
+    outputs = [out for cell in executed.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "execute_result"]  # displayed, no Out[n] value
+    assert check_notebook(output, needs_exercises=False) == []
     state = json.dumps(executed.metadata.get("widgets", {}))
     assert "base64" not in state and "data:image" not in state  # no image in saved widget state

@@ -14,11 +14,12 @@ from bclib.app.predict import (
     class_probabilities,
     collect_image_paths,
     decide,
-    folder_throughput,
-    measure_latency,
     predict_paths,
     prepare_image,
+    pretrained_weights_missing,
+    weights_description,
 )
+from bclib.run.bench import folder_throughput, measure_latency
 
 INPUT_SIZE = 32
 
@@ -142,7 +143,10 @@ def test_class_probabilities_and_decision():
 def test_predictor_reads_the_card_and_ranks_red_above_blue(model_path, tmp_path):
     predictor = Predictor.load(model_path)
     assert predictor.class_names == ["non-IDC", "IDC"] and predictor.pack_size == 50
-    assert predictor.random_weights
+    assert weights_description(predictor.card) == "trained from scratch"
+    assert not pretrained_weights_missing(predictor.card)  # from scratch by design is no failure
+    offline = tiny_card(weights={"requested": "imagenet", "used": "random"})
+    assert pretrained_weights_missing(offline) and "unavailable" in weights_description(offline)
     red = np.full((50, 50, 3), (230, 30, 30), np.uint8)
     blue = np.full((50, 50, 3), (30, 30, 230), np.uint8)
     results = predictor.predict_images([red, blue], ["red", "blue"])
@@ -242,7 +246,7 @@ def test_unsafe_lambda_model_is_refused(tmp_path, odd_files, capsys):
     assert code == 2 and "safe mode" in err and out == ""
 
 
-# ---------------------------------------------------------------- latency helpers
+# ---------------------------------------------------------------- bench helpers on a saved model
 
 def test_latency_and_throughput_helpers(model_path, odd_files):
     predictor = Predictor.load(model_path)
@@ -254,7 +258,6 @@ def test_latency_and_throughput_helpers(model_path, odd_files):
 
 
 def test_latency_with_gradcam(model_path):
-    pytest.importorskip("bclib.evaluation.explain")
     predictor = Predictor.load(model_path)
     latency = measure_latency(predictor, np.zeros((50, 50, 3), np.uint8), n=3, with_gradcam=True)
     assert latency["median_ms"] > 0

@@ -1,15 +1,22 @@
-"""bclib.app.widgets: model discovery, samples, the static view and the upload handler with bad inputs."""
+"""bclib.app: model discovery, samples, the static view and the widget app's upload handler with bad inputs."""
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 
 import pytest
 
 from bclib import DISCLAIMER
 from bclib.evaluation.modelcard import ModelLoadError
-from bclib.app.widgets import PredictApp, find_models, sample_images, static_html
+from bclib.app import views
+from bclib.app.catalog import find_models, sample_images
+from bclib.app.templates import banner_html, render
+from bclib.app.views import models_table_html, static_html
+from bclib.app.widgets import PredictApp
 from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc
+
+OFFLINE_IMAGENET = {"requested": "imagenet", "used": "random", "note": "no ImageNet weights offline"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +55,7 @@ def upload_value(paths) -> tuple[dict, ...]:
 def test_find_models_lists_carded_models_best_first(run_folder):
     models = find_models(run_id=run_folder.name, reports_root=run_folder.parent)
     assert [m.path.parent.name for m in models] == ["03_transfer", "02_baseline_cnn"]
-    assert "0.900" in models[0].label and "imagenet" in models[0].label
+    assert "0.900" in models[0].label and "ImageNet" in models[0].label
     assert find_models(reports_root=run_folder.parent)[0].path == models[0].path  # latest run found alone
     assert find_models(run_id="no-such-run", reports_root=run_folder.parent) == []
     with pytest.raises(ModelLoadError):
@@ -79,7 +86,7 @@ def test_upload_handler_survives_every_bad_input(run_folder, files):
     assert html.count('class="bclib-probability"') == 2 * (len(files) - len(BAD))
     assert "patch &#x27;q&quot; ü 名.png" in html  # odd names are escaped, not injected
     assert "could not be predicted" in app.status.value
-    assert DISCLAIMER in html
+    assert (app.header.value + html).count(DISCLAIMER) == 1  # shown once, above the results
 
 
 def test_observer_clears_the_upload_value(run_folder, files):
@@ -106,18 +113,22 @@ def test_model_change_repredicts_kept_images(run_folder, files):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     app.handle_upload(upload_value([files["rgb"], files["grayscale"]]))
     app.model_selector.value = 1
-    assert len(app.predictions) == 2 and "random weights" in app.output.value
+    assert len(app.predictions) == 2 and "trained from scratch" in app.output.value
+    assert "bclib-warning" not in app.output.value  # from scratch by design: nothing failed
 
 
-def test_gradcam_overlay_or_a_clear_fallback(run_folder, files):
+def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     app.handle_upload(upload_value([files["rgb"]]))
-    try:
-        import bclib.evaluation.explain  # noqa: F401
-    except ImportError:
-        assert "bclib-gradcam-missing" in app.output.value
-    else:
-        assert 'class="bclib-heatmap"' in app.output.value
+    assert 'class="bclib-heatmap"' in app.output.value
+
+    def unexplainable(*args, **kwargs):
+        raise ValueError("no convolution to explain")
+
+    monkeypatch.setattr(views, "grad_cam", unexplainable)
+    app.handle_upload(upload_value([files["rgb"]]))
+    assert app.predictions[0].ok and "bclib-heatmap" not in app.output.value
+    assert "Grad-CAM failed for this model: no convolution to explain" in app.output.value
 
 
 def test_app_without_models_stays_usable():
@@ -126,14 +137,35 @@ def test_app_without_models_stays_usable():
     assert app.handle_upload(()) == []
 
 
-def test_static_view_and_random_weights_banner(run_folder, files):
+def test_static_view_says_from_scratch_and_warns_only_for_missing_imagenet(run_folder, files, tmp_path):
     model = run_folder / "02_baseline_cnn" / "model.keras"
     text = static_html(model, [files["rgb"], files["empty"], "/no/such/file.png"])
-    assert DISCLAIMER in text and "bclib-random-weights" in text
+    assert DISCLAIMER in text and "trained from scratch" in text and "bclib-warning" not in text
     assert text.count('class="bclib-result"') == 1 and text.count("bclib-error") == 2
-    probabilities = [float(v) for v in __import__("re").findall(r'data-probability="([0-9.]+)"', text)]
+    probabilities = [float(v) for v in re.findall(r'data-probability="([0-9.]+)"', text)]
     assert len(probabilities) == 2 and abs(sum(probabilities) - 1.0) < 1e-4
     assert "No trained model" in static_html(None, [files["rgb"]])
+    offline = save_tiny_model(tmp_path / "05_mobilenetv2_transfer", model_name="mobilenetv2", weights=OFFLINE_IMAGENET)
+    text = static_html(offline, [files["rgb"]])
+    assert text.count("bclib-warning") == 1 and "ImageNet weights were unavailable" in text
+
+
+def test_models_table_marks_only_missing_imagenet_weights(run_folder, tmp_path):
+    models = find_models(run_id=run_folder.name, reports_root=run_folder.parent)
+    table = models_table_html(models)
+    assert "trained from scratch" in table and "ImageNet weights" in table and "unavailable" not in table
+    save_tiny_model(tmp_path / "05_mobilenetv2_transfer", model_name="mobilenetv2", weights=OFFLINE_IMAGENET)
+    table = models_table_html(models + find_models(model_path=tmp_path / "05_mobilenetv2_transfer"))
+    assert table.count("bclib-weights-missing") == 1 and "ImageNet weights were unavailable" in table
+
+
+def test_banners_escape_their_text_and_unknown_pieces_are_refused():
+    warning = banner_html("<script>alert(1)</script> & more", "warning")
+    assert "<script>" not in warning and "&lt;script&gt;" in warning and 'class="bclib-banner bclib-warning"' in warning
+    with pytest.raises(ValueError, match="kind"):
+        banner_html("text", "loud")
+    with pytest.raises(ValueError, match="no piece"):
+        render("no-such-piece")
 
 
 def test_sample_images_balanced_from_a_dataset(tmp_path):

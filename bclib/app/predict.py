@@ -8,20 +8,19 @@ model's ``input_size``. Bad files give a per-file error message; the others are 
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from bclib import DISCLAIMER
 from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, read_image
-from bclib.evaluation.modelcard import ModelLoadError, load_model
+from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, load_model
 
 DEFAULT_BATCH_SIZE = 64
+_WEIGHTS_NAMES = {"imagenet": "ImageNet"}
 
 
 class PredictError(ValueError):
@@ -71,6 +70,29 @@ def decide(probabilities: Sequence[float], class_names: Sequence[str], positive_
             return class_names[positive_label]
         return class_names[1 - positive_label]
     return class_names[int(np.argmax(probabilities))]
+
+
+def validation_auc(card: Mapping[str, Any]) -> float | None:
+    """The validation ROC AUC a model card records, or None."""
+    value = ((card.get("metrics") or {}).get("val") or {}).get("roc_auc")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def pretrained_weights_missing(card: Mapping[str, Any]) -> bool:
+    """True when the model asked for pretrained weights (ImageNet) but was trained from random ones."""
+    weights = card.get("weights") or {}
+    return weights.get("requested") is not None and str(weights.get("used", "")).startswith("random")
+
+
+def weights_description(card: Mapping[str, Any]) -> str:
+    """What the model started from, in words: from scratch by design is not a failure; missing ImageNet weights is."""
+    weights = card.get("weights") or {}
+    used = str(weights.get("used", "unknown"))
+    if pretrained_weights_missing(card):
+        return f"random weights ({_WEIGHTS_NAMES.get(weights['requested'], weights['requested'])} weights were unavailable)"
+    if used == "random":
+        return "trained from scratch"
+    return f"{_WEIGHTS_NAMES.get(used, used)} weights"
 
 
 @dataclass
@@ -130,7 +152,7 @@ class Predictor:
         """Load ``model.keras`` (Keras safe mode) and its card; raises :class:`ModelLoadError`."""
         model, card = load_model(model_path)
         path = Path(model_path)
-        return cls(model, card, path / "model.keras" if path.is_dir() else path)
+        return cls(model, card, path / MODEL_FILE if path.is_dir() else path)
 
     # -- describing the model -------------------------------------------------------------
     @property
@@ -139,17 +161,8 @@ class Predictor:
 
     @property
     def weights_used(self) -> str:
+        """The card's ``weights.used``: ``imagenet``, ``file:<path>``, ``random`` or ``unknown``."""
         return str((self.card.get("weights") or {}).get("used", "unknown"))
-
-    @property
-    def random_weights(self) -> bool:
-        """True when the model was trained from random weights (no pretrained backbone)."""
-        return self.weights_used.lower().startswith("random")
-
-    @property
-    def val_auc(self) -> float | None:
-        value = ((self.card.get("metrics") or {}).get("val") or {}).get("roc_auc")
-        return float(value) if isinstance(value, (int, float)) else None
 
     # -- predicting -----------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -190,6 +203,35 @@ class Predictor:
             results.append(result)
         return results
 
+    def predict_named(
+        self, named: Sequence[tuple[str, np.ndarray | bytes | str | os.PathLike]], threshold: float | None = None
+    ) -> list[Prediction]:
+        """Predict ``(name, image)`` pairs, images as arrays, bytes or paths decoded in memory; never raises:
+        a file that cannot be read or predicted gets a result with its ``error``."""
+        results: list[Prediction | None] = [None] * len(named)
+        decoded: list[tuple[int, str, np.ndarray]] = []
+        for position, (name, source) in enumerate(named):
+            try:
+                decoded.append((position, name, source if isinstance(source, np.ndarray) else read_image(source)))
+            except Exception as error:  # whatever the decoder does, the other images are still predicted
+                results[position] = Prediction(source=name, error=_read_error_message(error, source))
+        if decoded:
+            try:
+                predicted = self.predict_images([image for _, _, image in decoded], [name for _, name, _ in decoded], threshold)
+            except Exception as error:
+                predicted = [Prediction(source=name, error=f"the model could not predict it: {error}") for _, name, _ in decoded]
+            for (position, _, _), prediction in zip(decoded, predicted):
+                results[position] = prediction
+        return [result for result in results if result is not None]
+
+    def rethreshold(self, predictions: Iterable[Prediction], threshold: float) -> None:
+        """Decide ``predictions`` again at a new threshold (probabilities unchanged, no model call)."""
+        for prediction in predictions:
+            if prediction.ok:
+                values = [prediction.probabilities[name] for name in self.class_names]
+                prediction.decision = decide(values, self.class_names, self.positive_label, threshold)
+                prediction.threshold = threshold
+
     def _load_one(self, source: str | os.PathLike | bytes) -> np.ndarray:
         return self.prepare(read_image(source))
 
@@ -214,10 +256,8 @@ class Predictor:
                 for position, future in enumerate(futures):
                     try:
                         ready.append((position, future.result()))
-                    except ImageReadError as error:
-                        errors[position] = _strip_label(str(error), chunk[position])
                     except Exception as error:  # a decoder bug must not stop the other files
-                        errors[position] = f"could not read the image ({type(error).__name__}: {error})"
+                        errors[position] = _read_error_message(error, chunk[position])
                 probabilities = self.predict_batch(np.stack([a for _, a in ready])) if ready else []
                 by_position = {position: row for (position, _), row in zip(ready, probabilities)}
                 for position, source in enumerate(chunk):
@@ -227,10 +267,12 @@ class Predictor:
                         yield self.result(source, by_position[position], threshold)
 
 
-def _strip_label(message: str, source: str) -> str:
-    """ImageReadError messages start with the path; the result already names it."""
-    prefix = f"{source}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
+def _read_error_message(error: Exception, source: str | os.PathLike | bytes) -> str:
+    """Why ``source`` could not be read, without the source name an :class:`ImageReadError` starts with."""
+    if not isinstance(error, ImageReadError):
+        return f"could not read the image ({type(error).__name__}: {error})"
+    label = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    return str(error).removeprefix(f"{label}: ")
 
 
 def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Prediction]]:
@@ -274,92 +316,13 @@ def predict_paths(
 
 
 def check_threshold(threshold: float | None) -> float | None:
+    """``threshold`` as a float in [0, 1] (None stays None: the card's threshold); raises :class:`PredictError`."""
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise PredictError(f"threshold must lie between 0 and 1, got {threshold}")
     return None if threshold is None else float(threshold)
 
 
-# -- latency helpers (used by `bclib bench`) ---------------------------------------------------
-def _model_input_size(model: Any) -> int:
-    shape = getattr(model, "input_shape", None)
-    if isinstance(shape, list):
-        shape = shape[0]
-    if not shape or shape[1] is None:
-        raise ValueError("the model has no fixed input size; pass an image already at its size")
-    return int(shape[1])
-
-
-def measure_latency(model: Any, image: np.ndarray, n: int = 50, with_gradcam: bool = False) -> dict[str, float]:
-    """Single-image latency of ``model`` (a keras model or a :class:`Predictor`) in milliseconds.
-
-    Each of ``n`` timed calls prepares the image and predicts it (plus a Grad-CAM heatmap when
-    ``with_gradcam``); two untimed warm-up calls come first. Returns ``median_ms``, ``p90_ms``, ``n``.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    predictor = model if isinstance(model, Predictor) else None
-    keras_model = predictor.model if predictor else model
-    if predictor:
-        prepare = predictor.prepare
-    else:
-        size = _model_input_size(keras_model)
-        prepare = lambda array: prepare_image(array, size)  # noqa: E731
-    grad_cam = None
-    if with_gradcam:
-        from bclib.evaluation.explain import grad_cam  # noqa: F811  (needs bclib.evaluation.explain)
-
-    def one_call() -> None:
-        batch = prepare(image)[None].astype(np.float32)
-        keras_model.predict_on_batch(batch)
-        if grad_cam is not None:
-            grad_cam(keras_model, batch)
-
-    for _ in range(2):
-        one_call()
-    timings = []
-    for _ in range(n):
-        start = time.perf_counter()
-        one_call()
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return {"median_ms": float(np.median(timings)), "p90_ms": float(np.percentile(timings, 90)), "n": n}
-
-
-def folder_throughput(
-    model_path: str | os.PathLike, folder: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE
-) -> dict[str, float]:
-    """Images per second of ``bclib predict``'s path (files: decode + prepare + batches) on ``folder``,
-    against raw ``model.predict`` on the same prepared images already in memory; ``ratio`` = path / raw.
-    """
-    predictor = Predictor.load(model_path)
-    paths, _ = collect_image_paths([folder])
-    if not paths:
-        raise PredictError(f"no image files in {str(folder)!r}")
-    list(predictor.predict_sources(paths[: min(len(paths), batch_size)], batch_size=batch_size))  # warm-up
-    start = time.perf_counter()
-    results = list(predictor.predict_sources(paths, batch_size=batch_size))
-    path_seconds = time.perf_counter() - start
-    prepared = []
-    for path in paths:
-        try:
-            prepared.append(predictor.prepare(read_image(path)))
-        except ImageReadError:
-            continue
-    arrays = np.stack(prepared).astype(np.float32)
-    start = time.perf_counter()
-    predictor.model.predict(arrays, batch_size=batch_size, verbose=0)
-    raw_seconds = time.perf_counter() - start
-    images_per_second = sum(r.ok for r in results) / max(path_seconds, 1e-9)
-    raw_images_per_second = len(arrays) / max(raw_seconds, 1e-9)
-    return {
-        "images_per_second": images_per_second,
-        "raw_images_per_second": raw_images_per_second,
-        "ratio": images_per_second / raw_images_per_second,
-        "n_images": len(paths),
-    }
-
-
 __all__ = [
-    "DISCLAIMER",
     "ModelLoadError",
     "PredictError",
     "Prediction",
@@ -368,8 +331,9 @@ __all__ = [
     "class_probabilities",
     "collect_image_paths",
     "decide",
-    "folder_throughput",
-    "measure_latency",
     "predict_paths",
     "prepare_image",
+    "pretrained_weights_missing",
+    "validation_auc",
+    "weights_description",
 ]

@@ -617,10 +617,79 @@ def _raw_predict_rate(model_path: Path, folder: Path, batch_size: int) -> float:
     return len(arrays) / max(time.perf_counter() - start, 1e-9)
 
 
+def measure_latency(model: Any, image: np.ndarray, n: int = 50, with_gradcam: bool = False) -> dict[str, float]:
+    """Single-image latency of ``model`` (a keras model or a :class:`~bclib.app.predict.Predictor`) in milliseconds.
+
+    Each of ``n`` timed calls prepares the image and predicts it (plus a Grad-CAM heatmap when
+    ``with_gradcam``); two untimed warm-up calls come first. Returns ``median_ms``, ``p90_ms``, ``n``.
+    """
+    from bclib.app.predict import Predictor, prepare_image
+    from bclib.evaluation.explain import grad_cam, model_input_size
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if isinstance(model, Predictor):
+        keras_model, prepare = model.model, model.prepare
+    else:
+        size = model_input_size(model)
+        if size is None or size[0] != size[1]:
+            raise ValueError("measure_latency needs a model with a fixed square input size (or a Predictor)")
+        keras_model, prepare = model, lambda array: prepare_image(array, size[0])
+
+    def one_call() -> None:
+        batch = prepare(image)[None].astype(np.float32)
+        keras_model.predict_on_batch(batch)
+        if with_gradcam:
+            grad_cam(keras_model, batch)
+
+    for _ in range(2):
+        one_call()
+    timings = []
+    for _ in range(n):
+        start = time.perf_counter()
+        one_call()
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return {"median_ms": float(np.median(timings)), "p90_ms": float(np.percentile(timings, 90)), "n": n}
+
+
+def folder_throughput(model_path: str | os.PathLike, folder: str | os.PathLike, batch_size: int) -> dict[str, float]:
+    """Images per second of ``bclib predict``'s path (files: decode + prepare + batches) on ``folder``,
+    against raw ``model.predict`` on the same prepared images already in memory; ``ratio`` = path / raw.
+    """
+    from bclib.app.predict import Predictor, collect_image_paths
+    from bclib.data.imageio import ImageReadError, read_image
+
+    predictor = Predictor.load(model_path)
+    paths, _ = collect_image_paths([folder])
+    if not paths:
+        raise BenchError(f"no image files in {str(folder)!r}")
+    list(predictor.predict_sources(paths[: min(len(paths), batch_size)], batch_size=batch_size))  # warm-up
+    start = time.perf_counter()
+    results = list(predictor.predict_sources(paths, batch_size=batch_size))
+    path_seconds = time.perf_counter() - start
+    prepared = []
+    for path in paths:
+        try:
+            prepared.append(predictor.prepare(read_image(path)))
+        except ImageReadError:
+            continue
+    arrays = np.stack(prepared).astype(np.float32)
+    start = time.perf_counter()
+    predictor.model.predict(arrays, batch_size=batch_size, verbose=0)
+    raw_seconds = time.perf_counter() - start
+    images_per_second = sum(r.ok for r in results) / max(path_seconds, 1e-9)
+    raw_images_per_second = len(arrays) / max(raw_seconds, 1e-9)
+    return {
+        "images_per_second": images_per_second,
+        "raw_images_per_second": raw_images_per_second,
+        "ratio": images_per_second / raw_images_per_second,
+        "n_images": len(paths),
+    }
+
+
 def bench_inference(context: BenchContext) -> list[BenchRow]:
     """``bclib predict`` on a folder against raw ``model.predict``; latency with and without Grad-CAM."""
     from bclib.models.builders import build_model
-    from bclib.app.predict import folder_throughput, measure_latency
 
     settings = context.settings
     cache = context.ensure_cache()

@@ -1,0 +1,188 @@
+"""What the prediction app offers: the trained models of a run (best first) and sample images.
+
+Models come from ``reports/<run_id>/*/model.keras`` with their model cards; samples from the
+test split of the data the best model was trained on, both classes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from bclib import paths
+from bclib.app.predict import validation_auc, weights_description
+from bclib.data.datasets import DatasetIndex, scan
+from bclib.data.splits import make_split
+from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, read_card
+
+NO_MODEL_MESSAGE = (
+    "No trained model (model.keras with model_card.json) found under reports/. Run a training notebook first "
+    "(02 onwards, or `bclib run`), or set run_id or model_path in the parameters cell."
+)
+
+
+# --------------------------------------------------------------------------- models of a run
+
+@dataclass
+class ModelChoice:
+    """One ``model.keras`` with a readable card, as listed in the model selector."""
+
+    path: Path
+    card: dict
+
+    @property
+    def val_auc(self) -> float | None:
+        return validation_auc(self.card)
+
+    @property
+    def label(self) -> str:
+        """What the model selector shows: notebook, model, validation AUC and the weights it started from."""
+        auc = f"val AUC {self.val_auc:.3f}" if self.val_auc is not None else "val AUC n/a"
+        model_name = self.card.get("model_name", "model")
+        return f"{self.path.parent.name} / {model_name} ({auc}, {weights_description(self.card)})"
+
+
+def _models_in(run_folder: Path) -> list[ModelChoice]:
+    """Every ``model.keras`` one or two folders below ``run_folder`` whose card can be read."""
+    found = sorted(set(run_folder.glob(f"*/{MODEL_FILE}")) | set(run_folder.glob(f"*/*/{MODEL_FILE}")))
+    choices = []
+    for model_path in found:
+        try:
+            choices.append(ModelChoice(model_path, read_card(model_path)))
+        except ModelLoadError:  # no card, or an unreadable one: not offered
+            continue
+    return choices
+
+
+def latest_run_with_models(reports_root: str | os.PathLike | None = None) -> str | None:
+    """The run id under ``reports/`` whose newest ``model.keras`` (with a card) is the most recent."""
+    root = Path(reports_root) if reports_root else paths.reports_dir()
+    if not root.is_dir():
+        return None
+    newest: tuple[float, str] | None = None
+    for run_folder in root.iterdir():
+        if not run_folder.is_dir():
+            continue
+        for choice in _models_in(run_folder):
+            stamp = choice.path.stat().st_mtime
+            if newest is None or stamp > newest[0]:
+                newest = (stamp, run_folder.name)
+    return newest[1] if newest else None
+
+
+def find_models(
+    run_id: str | None = None, model_path: str | os.PathLike | None = None, reports_root: str | os.PathLike | None = None
+) -> list[ModelChoice]:
+    """The models to offer, best first (highest validation ROC AUC from the cards).
+
+    ``model_path`` wins (a missing or card-less file raises :class:`ModelLoadError`); else every
+    ``reports/<run_id>/*/model.keras`` with a card; with no ``run_id``, the most recent run that has models.
+    """
+    if model_path is not None:
+        path = Path(model_path)
+        path = path / MODEL_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ModelLoadError(f"model file {str(path)!r} does not exist")
+        return [ModelChoice(path, read_card(path))]
+    root = Path(reports_root) if reports_root else paths.reports_dir()
+    run_id = run_id or latest_run_with_models(root)
+    if run_id is None:
+        return []
+    return sort_best_first(_models_in(root / run_id))
+
+
+def sort_best_first(choices: Iterable[ModelChoice]) -> list[ModelChoice]:
+    """Highest validation AUC first; models without one keep their order, after the others."""
+    return sorted(choices, key=lambda choice: (choice.val_auc is None, -(choice.val_auc or 0.0)))
+
+
+def best_model(choices: Sequence[ModelChoice]) -> ModelChoice | None:
+    """The model offered by default (highest validation AUC), or None when there is none."""
+    ordered = sort_best_first(choices)
+    return ordered[0] if ordered else None
+
+
+# --------------------------------------------------------------------------- sample images
+
+@dataclass
+class SampleSet:
+    """Sample image paths for the picker, and where they came from (said in the UI)."""
+
+    paths: list[Path] = field(default_factory=list)
+    note: str = ""
+
+
+def _balanced_pick(labels: np.ndarray, positions: np.ndarray, n: int, seed: int) -> list[int]:
+    """Up to ``n`` of ``positions``, taking the classes in turn (random within each class)."""
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(positions[labels[positions] == label])) for label in np.unique(labels[positions])]
+    picked: list[int] = []
+    while len(picked) < n and any(pools):
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(int(pool.pop()))
+    return picked
+
+
+def _test_positions(index: DatasetIndex, card: dict | None) -> tuple[np.ndarray, str]:
+    """Row positions of the run's test split when it can be rebuilt, else the dataset's own test rows."""
+    split_info = (card or {}).get("split") or {}
+    try:
+        split = make_split(index, method=split_info.get("method", "patient"), seed=int(split_info.get("seed") or 0))
+    except ValueError:  # too few patients, no official split, a method this version does not know
+        split = None
+    expected_hash = split_info.get("patients_hash")
+    if split is not None and (not expected_hash or split.patients_hash() == expected_hash):
+        return np.asarray(split.positions("test")), "the test split (patients the model never saw in training)"
+    frame = index.frame
+    if "split" in frame.columns and (frame["split"] == "test").any():
+        return np.flatnonzero(frame["split"].to_numpy() == "test"), "the dataset's official test split"
+    return np.arange(len(frame)), "the dataset (the run's test split could not be rebuilt: the model may have seen these)"
+
+
+def sample_images(
+    models: Sequence[ModelChoice] | dict | None = None,
+    dataset: str = "idc",
+    data_dir: str | os.PathLike | None = None,
+    n: int = 4,
+    seed: int = 0,
+) -> SampleSet:
+    """``n`` sample patches (both classes) from the test split of the run's data, for the picker.
+
+    The data folder is ``data_dir``, else the card's ``dataset.root``, else the usual lookup
+    (:func:`bclib.paths.find_dataset_dir`). No data found gives an empty set with a note.
+    """
+    if n <= 0:
+        return SampleSet([], "no samples requested")
+    card = models if isinstance(models, dict) else (best_model(models).card if models else None)
+    root: Path | None = Path(data_dir) if data_dir else None
+    card_root = ((card or {}).get("dataset") or {}).get("root")
+    if root is None and card_root and Path(card_root).exists():
+        root = Path(card_root)
+    root = root or paths.find_dataset_dir(dataset)
+    if root is None:
+        return SampleSet([], f"no {dataset!r} data found for sample images (set data_dir)")
+    try:
+        index = scan(dataset, root)
+    except (ValueError, OSError) as error:  # DatasetError is a ValueError
+        return SampleSet([], f"no sample images: {error}")
+    if len(index.frame) == 0:
+        return SampleSet([], f"the {dataset!r} data at {root} holds no images")
+    positions, source = _test_positions(index, card)
+    picked = _balanced_pick(index.frame["label"].to_numpy(), positions, n, seed)
+    return SampleSet([Path(index.frame["path"].iloc[p]) for p in picked], f"{len(picked)} samples from {source}")
+
+
+__all__ = [
+    "ModelChoice",
+    "SampleSet",
+    "best_model",
+    "find_models",
+    "NO_MODEL_MESSAGE",
+    "latest_run_with_models",
+    "sample_images",
+    "sort_best_first",
+]
