@@ -11,7 +11,8 @@ from bclib import DISCLAIMER
 from bclib.evaluation.modelcard import ModelLoadError
 from bclib.app import views
 from bclib.app.catalog import find_models, sample_images
-from bclib.app.templates import banner_html, render
+from bclib.app.templates import render
+from bclib.display import banner_html
 from bclib.app.views import models_table_html, static_html
 from bclib.app.widgets import PredictApp
 from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc

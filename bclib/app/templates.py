@@ -1,18 +1,15 @@
 """The prediction app's HTML, read from ``template.html``: one ``<template id="...">`` per piece.
 
-:func:`render` fills a piece's ``${name}`` placeholders; :func:`banner_html` is the one place
-the app's banners (disclaimer, warnings, errors, notes) come from.
+:func:`render` fills a piece's ``${name}`` placeholders. Banners come from :func:`bclib.display.banner_html`.
 """
 from __future__ import annotations
 
-import html
 import re
 from functools import cache
 from importlib import resources
 from string import Template
 
 TEMPLATE_FILE = "template.html"
-BANNER_KINDS = ("info", "warning", "error", "note")
 
 _PIECE = re.compile(r'<template id="([\w-]+)">(.*?)</template>', re.DOTALL)
 #: A line break between two tags or placeholders disappears; any other becomes one space.
@@ -38,11 +35,4 @@ def render(piece: str, **values: object) -> str:
     return pieces()[piece].substitute(values)
 
 
-def banner_html(text: str, kind: str = "info") -> str:
-    """A banner holding plain ``text`` (escaped here): ``info``, ``warning``, ``error`` or ``note``."""
-    if kind not in BANNER_KINDS:
-        raise ValueError(f"banner kind must be one of {BANNER_KINDS}, got {kind!r}")
-    return render(f"banner-{kind}", message=html.escape(text))
-
-
-__all__ = ["BANNER_KINDS", "TEMPLATE_FILE", "banner_html", "pieces", "render"]
+__all__ = ["TEMPLATE_FILE", "pieces", "render"]

@@ -19,7 +19,8 @@ from PIL import Image
 from bclib import DISCLAIMER
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, best_model, sort_best_first
 from bclib.app.predict import Prediction, Predictor, pretrained_weights_missing, validation_auc, weights_description
-from bclib.app.templates import banner_html, render
+from bclib.app.templates import render
+from bclib.display import banner_html
 from bclib.evaluation.explain import grad_cam, overlay
 
 #: Pixels of the images shown in a result card.

@@ -22,7 +22,7 @@ from IPython.display import HTML, display
 
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, SampleSet, sort_best_first
 from bclib.app.predict import Prediction, Predictor
-from bclib.app.templates import banner_html
+from bclib.display import banner_html
 from bclib.app.views import ModelSource, disclaimer_html, gradcam_overlays, models_table_html, static_html, view_html
 from bclib.data.imageio import IMAGE_SUFFIXES
 from bclib.evaluation.modelcard import ModelLoadError
