@@ -198,7 +198,7 @@ class Session:
 
     # ----- outputs ------------------------------------------------------------------------
     def save_fig(self, fig: Any, name: str) -> None:
-        """Save ``fig`` as ``<name>.png`` in this notebook's run folder (listed in its figures.json)."""
+        """Save ``fig`` as ``<name>.png`` in this notebook's run folder (the run summary links it)."""
         from bclib.run.reports import save_fig
 
         path = save_fig(fig, name, self.out_dir)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from bclib.evaluation.modelcard import ModelLoadError, write_card
+from bclib.evaluation.modelcard import imagenet_missing, weights_description
 from bclib.app.predict import (
     Predictor,
     class_probabilities,
@@ -16,8 +17,6 @@ from bclib.app.predict import (
     decide,
     predict_paths,
     prepare_image,
-    pretrained_weights_missing,
-    weights_description,
 )
 from bclib.run.bench import folder_throughput, measure_latency
 
@@ -144,9 +143,9 @@ def test_predictor_reads_the_card_and_ranks_red_above_blue(model_path, tmp_path)
     predictor = Predictor.load(model_path)
     assert predictor.class_names == ["non-IDC", "IDC"] and predictor.pack_size == 50
     assert weights_description(predictor.card) == "trained from scratch"
-    assert not pretrained_weights_missing(predictor.card)  # from scratch by design is no failure
+    assert not imagenet_missing(predictor.card)  # from scratch by design is no failure
     offline = tiny_card(weights={"requested": "imagenet", "used": "random"})
-    assert pretrained_weights_missing(offline) and "unavailable" in weights_description(offline)
+    assert imagenet_missing(offline) and "missing" in weights_description(offline)
     red = np.full((50, 50, 3), (230, 30, 30), np.uint8)
     blue = np.full((50, 50, 3), (30, 30, 230), np.uint8)
     results = predictor.predict_images([red, blue], ["red", "blue"])

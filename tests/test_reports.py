@@ -96,7 +96,7 @@ def test_summary_rows_columns_and_fallback_to_validation(tmp_path):
     assert by_model.loc["mobilenetv2", "roc_auc_ci_low"] < by_model.loc["mobilenetv2", "roc_auc_ci_high"]
     assert frame["roc_auc_ci_low"].isna().sum() == 2
     assert set(frame["threshold"]) == {0.35}
-    assert list(frame["weights"]) == ["from scratch", "imagenet", "imagenet"]
+    assert list(frame["weights"]) == ["trained from scratch", "ImageNet weights", "ImageNet weights"]
     assert list(frame["notebook_seconds"].fillna(-1)) == [7.5, 30.0, -1]  # 05 is not in the manifest
     assert not frame["synthetic"].any()
 
@@ -132,7 +132,7 @@ def test_write_summary_banners_links_and_json(tmp_path):
     table_lines = [line for line in text.splitlines() if line.startswith("| 0")]
     assert len(table_lines) == 2 + 2  # two model rows, two notebook rows
     baseline, transfer = table_lines[:2]
-    assert "| from scratch | 3.2 |" in baseline and f"| {reports.MISSING_IMAGENET} | 1.0 |" in transfer
+    assert "| trained from scratch | 3.2 |" in baseline and "| random weights (ImageNet weights were missing) | 1.0 |" in transfer
     assert "notebook_seconds" in text and "run time of the model's whole notebook" in text
 
     payload = json.loads(json_path.read_text())

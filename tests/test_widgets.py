@@ -148,7 +148,7 @@ def test_static_view_says_from_scratch_and_warns_only_for_missing_imagenet(run_f
     assert "No trained model" in static_html(None, [files["rgb"]])
     offline = save_tiny_model(tmp_path / "05_mobilenetv2_transfer", model_name="mobilenetv2", weights=OFFLINE_IMAGENET)
     text = static_html(offline, [files["rgb"]])
-    assert text.count("bclib-warning") == 1 and "ImageNet weights were unavailable" in text
+    assert text.count("bclib-warning") == 1 and "ImageNet weights were missing" in text
 
 
 def test_models_table_marks_only_missing_imagenet_weights(run_folder, tmp_path):
@@ -157,7 +157,7 @@ def test_models_table_marks_only_missing_imagenet_weights(run_folder, tmp_path):
     assert "trained from scratch" in table and "ImageNet weights" in table and "unavailable" not in table
     save_tiny_model(tmp_path / "05_mobilenetv2_transfer", model_name="mobilenetv2", weights=OFFLINE_IMAGENET)
     table = models_table_html(models + find_models(model_path=tmp_path / "05_mobilenetv2_transfer"))
-    assert table.count("bclib-weights-missing") == 1 and "ImageNet weights were unavailable" in table
+    assert table.count("bclib-weights-missing") == 1 and "ImageNet weights were missing" in table
 
 
 def test_banners_escape_their_text_and_unknown_pieces_are_refused():

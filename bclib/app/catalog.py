@@ -13,7 +13,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bclib import paths
-from bclib.app.predict import validation_auc, weights_description
+from bclib.app.predict import validation_auc
+from bclib.evaluation.modelcard import weights_description
 from bclib.data.datasets import DatasetIndex, scan
 from bclib.data.splits import make_split
 from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, read_card

@@ -20,9 +20,6 @@ from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, rea
 from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, load_model
 
 DEFAULT_BATCH_SIZE = 64
-_WEIGHTS_NAMES = {"imagenet": "ImageNet"}
-
-
 class PredictError(ValueError):
     """Inputs that cannot be predicted at all (no images found, bad threshold...)."""
 
@@ -76,23 +73,6 @@ def validation_auc(card: Mapping[str, Any]) -> float | None:
     """The validation ROC AUC a model card records, or None."""
     value = ((card.get("metrics") or {}).get("val") or {}).get("roc_auc")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def pretrained_weights_missing(card: Mapping[str, Any]) -> bool:
-    """True when the model asked for pretrained weights (ImageNet) but was trained from random ones."""
-    weights = card.get("weights") or {}
-    return weights.get("requested") is not None and str(weights.get("used", "")).startswith("random")
-
-
-def weights_description(card: Mapping[str, Any]) -> str:
-    """What the model started from, in words: from scratch by design is not a failure; missing ImageNet weights is."""
-    weights = card.get("weights") or {}
-    used = str(weights.get("used", "unknown"))
-    if pretrained_weights_missing(card):
-        return f"random weights ({_WEIGHTS_NAMES.get(weights['requested'], weights['requested'])} weights were unavailable)"
-    if used == "random":
-        return "trained from scratch"
-    return f"{_WEIGHTS_NAMES.get(used, used)} weights"
 
 
 @dataclass
@@ -333,7 +313,5 @@ __all__ = [
     "decide",
     "predict_paths",
     "prepare_image",
-    "pretrained_weights_missing",
     "validation_auc",
-    "weights_description",
 ]

@@ -18,7 +18,8 @@ from PIL import Image
 
 from bclib import DISCLAIMER
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, best_model, sort_best_first
-from bclib.app.predict import Prediction, Predictor, pretrained_weights_missing, validation_auc, weights_description
+from bclib.app.predict import Prediction, Predictor, validation_auc
+from bclib.evaluation.modelcard import imagenet_missing, weights_description
 from bclib.app.templates import render
 from bclib.display import banner_html
 from bclib.evaluation.explain import grad_cam, overlay
@@ -39,7 +40,7 @@ def models_table_html(models: Sequence[ModelChoice]) -> str:
         return banner_html(NO_MODEL_MESSAGE, "error")
     rows = []
     for rank, choice in enumerate(sort_best_first(models)):
-        weights_piece = "models-weights-missing" if pretrained_weights_missing(choice.card) else "models-weights"
+        weights_piece = "models-weights-missing" if imagenet_missing(choice.card) else "models-weights"
         rows.append(render(
             "models-row",
             mark="★ default" if rank == 0 else "",
@@ -95,7 +96,7 @@ def model_banner_html(predictor: Predictor, threshold: float) -> str:
         val_auc=f"{val_auc:.3f}" if val_auc is not None else "n/a",
         path=html.escape(str(predictor.path or "")),
     )
-    if pretrained_weights_missing(predictor.card):
+    if imagenet_missing(predictor.card):
         banner += banner_html(
             "This model was trained from random weights because the pretrained weights it asked for were "
             "unavailable: expect weaker predictions than from a pretrained model.", "warning",

@@ -190,9 +190,8 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
         scores = metrics.positive_probability(probabilities, positive_label)
         result = binary_metrics_with_ci(labels, scores, patients, float(threshold["value"]), positive_label,
                                         class_names, n_boot=int(n_boot), seed=selection["seed"] or 0)
-    weights_used = str((card.get("weights") or {}).get("used", ""))
-    if weights_used == "random" and card.get("model_name") not in ("baseline_cnn",):
-        notes.append("this transfer model was built with random weights (no ImageNet weights were available)")
+    if modelcard.imagenet_missing(card):
+        notes.append("this transfer model started from random weights (its ImageNet weights were missing)")
     if index.synthetic:
         notes.append("synthetic data: the numbers test the code, they say nothing about cancer detection")
     elif (card.get("dataset") or {}).get("synthetic"):

@@ -67,6 +67,24 @@ def validate_card(card: dict) -> dict:
     return card
 
 
+def imagenet_missing(card: dict) -> bool:
+    """True when the model asked for pretrained weights but started from random ones (offline, nothing cached)."""
+    weights = card.get("weights") or {}
+    return weights.get("requested") is not None and str(weights.get("used", "")).startswith("random")
+
+
+def weights_description(card: dict) -> str:
+    """What the model started from, in words: trained from scratch (by design), ImageNet or file weights, or
+    random weights because the ImageNet ones were missing."""
+    weights = card.get("weights") or {}
+    used = str(weights.get("used", "unknown"))
+    if imagenet_missing(card):
+        return "random weights (ImageNet weights were missing)"
+    if used == "random":
+        return "trained from scratch"
+    return "ImageNet weights" if used == "imagenet" else f"weights from {used.removeprefix('file:')}"
+
+
 def write_card(card: dict, directory: str | Path) -> Path:
     """Validate and write ``card`` as ``<directory>/model_card.json``."""
     validate_card(card)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bclib import DISCLAIMER, paths
 from bclib.display import SYNTHETIC_BANNER
+from bclib.evaluation import modelcard
 from bclib.evaluation.modelcard import CARD_FILE, write_json
 
 MANIFEST_FILE = "manifest.json"
@@ -31,7 +32,6 @@ SUMMARY_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "spe
 SUMMARY_COLUMNS = ("notebook", "model", *SUMMARY_METRICS, "threshold", "weights", "notebook_seconds",
                    "dataset", "synthetic", "evaluated_on")
 #: What the ``weights`` column says for a model that wanted ImageNet weights and did not get them.
-MISSING_IMAGENET = "random (ImageNet missing)"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -132,16 +132,6 @@ def collect_model_cards(run_folder: str | Path) -> list[dict]:
     return cards
 
 
-def weights_label(card: dict) -> str | None:
-    """``imagenet``, ``file:<path>``, ``from scratch`` (no pretrained weights wanted) or :data:`MISSING_IMAGENET`."""
-    weights = card.get("weights") or {}
-    if weights.get("requested") is None:
-        return "from scratch"
-    if weights.get("requested") == "imagenet" and weights.get("used") == "random":
-        return MISSING_IMAGENET
-    return weights.get("used")
-
-
 def _card_row(card: dict, manifest: dict) -> dict:
     metrics = card.get("metrics") or {}
     evaluated_on = next((split for split in ("test", "val") if split in metrics), None)
@@ -152,7 +142,7 @@ def _card_row(card: dict, manifest: dict) -> dict:
         "model": card.get("model_name"),
         **{name: chosen.get(name) for name in SUMMARY_METRICS},
         "threshold": (card.get("threshold") or {}).get("value"),
-        "weights": weights_label(card),
+        "weights": modelcard.weights_description(card),
         "notebook_seconds": run_state.get("seconds"),
         "dataset": (card.get("dataset") or {}).get("name"),
         "synthetic": bool((card.get("dataset") or {}).get("synthetic", False)),
@@ -266,7 +256,8 @@ def write_summary(run_folder: str | Path, manifest: dict | None = None) -> tuple
         raise FileNotFoundError(f"run folder {str(run_folder)!r} does not exist")
     manifest = read_manifest(run_folder) if manifest is None else manifest
     frame = build_summary(run_folder, manifest)
-    missing_imagenet = [f"{row.notebook}/{row.model}" for row in frame.itertuples() if row.weights == MISSING_IMAGENET]
+    missing_imagenet = [f"{card.get('notebook')}/{card.get('model_name')}" for card in collect_model_cards(run_folder)
+                        if modelcard.imagenet_missing(card)]
     synthetic = bool(manifest.get("synthetic")) or bool(frame["synthetic"].fillna(False).astype(bool).any())
     markdown_path = run_folder / SUMMARY_MARKDOWN
     markdown_path.write_text(_summary_markdown(run_folder, manifest, frame, missing_imagenet, synthetic),
