@@ -139,11 +139,6 @@ class Predictor:
     def model_name(self) -> str:
         return str(self.card.get("model_name", "model"))
 
-    @property
-    def weights_used(self) -> str:
-        """The card's ``weights.used``: ``imagenet``, ``file:<path>``, ``random`` or ``unknown``."""
-        return str((self.card.get("weights") or {}).get("used", "unknown"))
-
     # -- predicting -----------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return prepare_image(image, self.input_size, self.pack_size)

@@ -6,6 +6,7 @@ import json
 import sys
 
 from bclib import DISCLAIMER
+from bclib.evaluation.modelcard import weights_description
 from bclib.app.predict import DEFAULT_BATCH_SIZE, Predictor, check_threshold, collect_image_paths
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.model)
     paths, problems = collect_image_paths(args.inputs)
     failures = 0
-    print(f"# {DISCLAIMER} model: {predictor.model_name}, weights: {predictor.weights_used}", file=sys.stderr)
+    print(f"# {DISCLAIMER} model: {predictor.model_name}, {weights_description(predictor.card)}", file=sys.stderr)
 
     def emit(prediction) -> None:
         nonlocal failures
