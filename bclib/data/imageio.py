@@ -1,4 +1,4 @@
-"""Decode one image file (or bytes) into an RGB ``uint8`` array, whatever its mode.
+"""Decode one image file (or bytes, or a stored array) into an RGB ``uint8`` array, whatever its mode.
 
 Every conversion a user's files may need happens here, once: grayscale, 16-bit, float,
 palette, RGBA (composited on white), CMYK, and a guard against decompression bombs.
@@ -22,82 +22,73 @@ MAX_PIXELS = 200_000_000
 #: Images with a longer side than this are downscaled while decoding (memory stays bounded).
 MAX_SIDE = 4096
 
+_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
 
 class ImageReadError(ValueError):
     """An image could not be decoded; the message says why, in words a user understands."""
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """True when the file name ends like an image this package can read."""
-    name = Path(path).name
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+    """True when the file name ends like an image this package can read (hidden files never do)."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB without losing the visible content."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(np.min(array)), float(np.max(array))
-        if mode.startswith("I;16") and low >= 0 and high <= 65535 and high > 255:
+        low, high = float(array.min()), float(array.max())
+        if image.mode.startswith("I;16") and low >= 0 and 255 < high <= 65535:
             scaled = array / 257.0
-        elif high > low:
-            scaled = (array - low) / (high - low) * 255.0
         else:
-            scaled = np.zeros_like(array)
-        gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-        return gray.convert("RGB")
-    if mode in {"RGBA", "LA", "PA"} or (mode == "P" and "transparency" in image.info):
+            scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "CMYK":
-        return image.convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _decode(data: bytes, label: str, max_side: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageReadError(
+                    f"{label}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
+                    "(decompression-bomb guard); crop or downscale the image first"
+                )
+            if max(width, height) > max_side:
+                image.draft("RGB", (max_side, max_side))
+            image.load()
+            rgb = _to_rgb(image)
+    if max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
 def read_image(source: str | os.PathLike | bytes, max_side: int = MAX_SIDE) -> np.ndarray:
     """Decode ``source`` (a path or raw bytes) into an ``H x W x 3`` RGB ``uint8`` array.
 
-    Raises :class:`ImageReadError` for an empty file, bytes that are not an image, a
+    Raises :class:`ImageReadError` for a missing or empty file, bytes that are not an image, a
     truncated file, or an image over :data:`MAX_PIXELS`. Images whose longer side exceeds
     ``max_side`` are downscaled (aspect kept), so a huge upload cannot exhaust memory.
     """
-    label = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
+        label, data = "<bytes>", bytes(source)
     else:
-        path = Path(source)
-        if not path.is_file():
+        label = str(source)
+        if not Path(source).is_file():
             raise ImageReadError(f"{label}: no such file")
-        data = path.read_bytes()
+        data = Path(source).read_bytes()
     if not data:
         raise ImageReadError(f"{label}: the file is empty (0 bytes)")
-    previous_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    truncated_setting, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageReadError(
-                        f"{label}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                        "(decompression-bomb guard); crop or downscale the image first"
-                    )
-                if width < 1 or height < 1:
-                    raise ImageReadError(f"{label}: the image has no pixels ({width}x{height})")
-                if max(width, height) > max_side:
-                    image.draft("RGB", (max_side, max_side))
-                image.load()
-                if getattr(image, "n_frames", 1) > 1:
-                    image.seek(0)
-                rgb = _to_rgb(image)
-                if max(rgb.size) > max_side:
-                    rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                array = np.asarray(rgb, dtype=np.uint8)
+        return _decode(data, label, max_side)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -107,10 +98,18 @@ def read_image(source: str | os.PathLike | bytes, max_side: int = MAX_SIDE) -> n
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"{label}: truncated or corrupt image ({error})") from None
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous_truncated
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ImageReadError(f"{label}: unexpected decoded shape {array.shape}")
-    return np.ascontiguousarray(array)
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_setting
+
+
+def array_to_rgb(array: np.ndarray, label: str) -> np.ndarray:
+    """A stored ``H x W``, ``H x W x 1`` or ``H x W x 3`` image array as RGB ``uint8`` (gray replicated)."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3):
+        raise ImageReadError(f"{label}: image array has shape {array.shape}, expected HxW, HxWx1 or HxWx3")
+    rgb = np.broadcast_to(array, (*array.shape[:2], 3))
+    return np.ascontiguousarray(rgb if rgb.dtype == np.uint8 else np.clip(rgb, 0, 255).astype(np.uint8))
 
 
 def fit_to_square(image: np.ndarray, size: int, fill: int = 255) -> np.ndarray:
