@@ -128,4 +128,4 @@ def test_real_file_official_splits_and_class_counts(shared_data: Path) -> None:
         image = index.load_image(position)
         assert image.shape == (28, 28, 3) and image.dtype == np.uint8
         assert np.array_equal(image[:, :, 0], image[:, :, 2])
-    assert index.frame["image_id"].is_unique
+    assert not index.frame.duplicated(["split", "array_position"]).any() and index.frame["patient_id"].is_unique

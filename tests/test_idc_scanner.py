@@ -103,11 +103,13 @@ def test_bad_names_are_problems_and_non_images_are_ignored(tmp_path):
     (tmp_path / "9000" / "1" / "subfolder").mkdir()
     odd = tmp_path / "9000" / "1" / "renamed_by_hand.png"
     Image.new("RGB", (50, 50)).save(odd)
+    misplaced = tmp_path / "9000" / "9000_idx5_x1_y1_class0.png"  # beside the class folders
+    Image.new("RGB", (50, 50)).save(misplaced)
     index = idc.scan(tmp_path)
     assert len(index) == 6
-    assert index.ignored_files == 5
-    assert [p.path for p in index.problems] == [str(odd)]
-    assert "does not follow" in index.problems[0].reason
+    assert index.ignored_files == 4  # files only: the empty sub-folder is not counted
+    assert sorted(p.path for p in index.problems) == sorted([str(odd), str(misplaced)])
+    assert all("does not follow" in problem.reason for problem in index.problems)
 
 
 def test_grayscale_and_rgba_patches_load_as_rgb(tmp_path):

@@ -33,8 +33,7 @@ def write_pcam(folder: Path, sizes: dict[str, int] = SIZES, patch: int = 12) -> 
 
 @pytest.fixture()
 def small_pcam(tmp_path: Path) -> Path:
-    yield write_pcam(tmp_path / "pcam")
-    pcam.close_files()
+    return write_pcam(tmp_path / "pcam")
 
 
 def test_index_splits_and_labels(small_pcam: Path) -> None:

@@ -20,26 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bclib.data.index import DatasetError, DatasetIndex, Problem, mismatch_error
-from bclib.data.imageio import is_image_file
+from bclib.data.index import (DatasetError, DatasetIndex, Problem, deepest_folder, existing_path, image_files,
+                              mismatch_error)
 
 #: Binary class names: label 1 (malignant) is the disease.
 BINARY_CLASS_NAMES = ["benign", "malignant"]
 
-#: The eight subtypes in their fixed label order: the four benign ones, then the four
-#: malignant ones, each group in the order of the BreakHis paper (A, F, PT, TA, DC, LC, MC, PC).
-SUBTYPE_CLASS_NAMES = [
-    "adenosis",
-    "fibroadenoma",
-    "phyllodes_tumor",
-    "tubular_adenoma",
-    "ductal_carcinoma",
-    "lobular_carcinoma",
-    "mucinous_carcinoma",
-    "papillary_carcinoma",
-]
-
-#: Subtype code in the file name -> (subtype folder name, benign/malignant).
+#: Subtype code in the file name -> (subtype, benign/malignant), in the fixed label order of
+#: ``labels="subtype"``: the four benign subtypes, then the four malignant ones, as in the paper.
 SUBTYPE_CODES: dict[str, tuple[str, str]] = {
     "A": ("adenosis", "benign"),
     "F": ("fibroadenoma", "benign"),
@@ -50,11 +38,11 @@ SUBTYPE_CODES: dict[str, tuple[str, str]] = {
     "MC": ("mucinous_carcinoma", "malignant"),
     "PC": ("papillary_carcinoma", "malignant"),
 }
+SUBTYPE_CLASS_NAMES = [subtype for subtype, _ in SUBTYPE_CODES.values()]
 
 MAGNIFICATIONS = (40, 100, 200, 400)
 LABEL_MODES = ("binary", "subtype")
-NESTED_FOLDERS = ("BreaKHis_v1", "histology_slides", "breast")
-CLASS_FOLDERS = ("benign", "malignant")
+NESTED_FOLDERS = ("breakhis", "BreaKHis_v1", "histology_slides", "breast")
 
 FILE_PATTERN = re.compile(
     r"^SOB_(?P<letter>[BM])_(?P<code>[A-Z]+)-(?P<patient>\d+-\d+)(?P<section>[A-Z]*)-(?P<mag>\d+)-(?P<frame>\d+)\.png$",
@@ -69,87 +57,37 @@ EXPECTED_LAYOUT = (
 
 def parse_magnification(value: int | str) -> int | None:
     """``40|100|200|400`` (also ``"40X"``) -> the int; ``"all"`` -> ``None``; else ``ValueError``."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "all":
-            return None
-        text = text.removesuffix("x")
-        if text.isdigit():
-            value = int(text)
-    if isinstance(value, bool) or not isinstance(value, int) or value not in MAGNIFICATIONS:
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return None
+    text = str(value).strip().lower().removesuffix("x")
+    if isinstance(value, bool) or not text.isdigit() or int(text) not in MAGNIFICATIONS:
         raise ValueError(f"magnification must be one of {list(MAGNIFICATIONS)} or 'all', got {value!r}")
-    return value
+    return int(text)
 
 
 def find_root(path: str | os.PathLike) -> Path:
     """The ``breast/`` folder (holding ``benign/`` and ``malignant/``) at or below ``path``."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"BreakHis data folder {str(path)!r} does not exist; {EXPECTED_LAYOUT}")
-    if not path.is_dir():
-        raise DatasetError(f"BreakHis data path {str(path)!r} is not a folder; {EXPECTED_LAYOUT}")
-    candidates = [path]
-    for name in ("breakhis", *NESTED_FOLDERS):
-        nested = candidates[-1] / name
-        if nested.is_dir():
-            candidates.append(nested)
-    for candidate in reversed(candidates):
-        if any((candidate / folder).is_dir() for folder in CLASS_FOLDERS):
-            return candidate
-    raise DatasetError(f"no benign/ or malignant/ folder found under {str(path)!r}; {EXPECTED_LAYOUT}")
+    path = existing_path(path, "BreakHis data path", EXPECTED_LAYOUT)
+    root = deepest_folder(path, NESTED_FOLDERS, lambda folder: any((folder / c).is_dir() for c in BINARY_CLASS_NAMES))
+    if root is None:
+        raise DatasetError(f"no benign/ or malignant/ folder found under {str(path)!r}; {EXPECTED_LAYOUT}")
+    return root
 
 
-def _folder_mismatches(relative_parts: tuple[str, ...], class_folder: str, match: re.Match) -> list[str]:
-    """Reasons why the folders around a file disagree with its name (empty when they agree)."""
+def _disagreements(folders: list[str], match: re.Match) -> list[str]:
+    """Why the folders above a file disagree with its name (empty when they agree)."""
     subtype, kind = SUBTYPE_CODES[match["code"].upper()]
-    reasons = []
     letter_kind = "benign" if match["letter"].upper() == "B" else "malignant"
-    if letter_kind != class_folder:
-        reasons.append(f"name says {letter_kind}, folder says {class_folder}")
+    reasons = [] if folders[0] == letter_kind else [f"name says {letter_kind}, folder says {folders[0]}"]
     if kind != letter_kind:
         reasons.append(f"subtype {subtype} is {kind} but the name says {letter_kind}")
-    folders = [part.lower() for part in relative_parts[:-1]]
-    known_subtypes = [part for part in folders if part in SUBTYPE_CLASS_NAMES]
-    if known_subtypes and known_subtypes[-1] != subtype:
-        reasons.append(f"name says {subtype}, folder says {known_subtypes[-1]}")
+    subtype_folders = [part for part in folders if part in SUBTYPE_CLASS_NAMES]
+    if subtype_folders and subtype_folders[-1] != subtype:
+        reasons.append(f"name says {subtype}, folder says {subtype_folders[-1]}")
     magnification_folders = [part for part in folders if re.fullmatch(r"\d+x", part)]
     if magnification_folders and int(magnification_folders[-1][:-1]) != int(match["mag"]):
         reasons.append(f"name says {match['mag']}X, folder says {magnification_folders[-1].upper()}")
     return reasons
-
-
-def _walk_class_folder(folder: Path, class_folder: str, rows: list, problems: list, mismatched: list) -> int:
-    """Index the PNGs under one class folder; returns the number of ignored files."""
-    ignored = 0
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories.sort()
-        for name in sorted(files):
-            path = Path(directory) / name
-            if not is_image_file(name):
-                ignored += 1
-                continue
-            match = FILE_PATTERN.match(name)
-            if match is None or match["code"].upper() not in SUBTYPE_CODES:
-                problems.append(Problem(str(path), "file name does not follow SOB_<B|M>_<T>-<slide>-<mag>-<frame>.png"))
-                continue
-            reasons = _folder_mismatches(path.relative_to(folder).parts, class_folder, match)
-            if reasons:
-                mismatched.append(f"{path} ({'; '.join(reasons)})")
-                continue
-            subtype, kind = SUBTYPE_CODES[match["code"].upper()]
-            rows.append(
-                {
-                    "path": str(path),
-                    "binary_label": BINARY_CLASS_NAMES.index(kind),
-                    "subtype": subtype,
-                    "category": kind,
-                    "magnification": int(match["mag"]),
-                    "slide": f"{match['patient']}{match['section'].upper()}",
-                    "patient_id": match["patient"],
-                    "frame": int(match["frame"]),
-                }
-            )
-    return ignored
 
 
 def scan(path: str | os.PathLike, labels: str = "binary", magnification: int | str = "all") -> DatasetIndex:
@@ -159,23 +97,32 @@ def scan(path: str | os.PathLike, labels: str = "binary", magnification: int | s
     ``labels="subtype"``: the eight subtypes of :data:`SUBTYPE_CLASS_NAMES` (label = position
     there), ``positive_label`` is ``None``. ``magnification`` keeps one of 40/100/200/400 or
     ``"all"``. Columns: ``subtype``, ``category`` (benign/malignant, in both label modes),
-    ``magnification``, ``slide``, ``frame``; ``patient_id`` is
-    the patient number without section letters (see the module docstring). Non-image files are
-    ignored and counted; PNGs with other names are problems; a file whose name disagrees with
-    its folders (benign/malignant, subtype or magnification) is an error naming the files.
+    ``magnification``, ``slide``, ``frame``; ``patient_id`` is the patient number without section
+    letters (see the module docstring). Non-image files are ignored and counted; PNGs with other
+    names are problems; a file whose name disagrees with its folders (benign/malignant, subtype or
+    magnification) is an error naming the files.
     """
     if labels not in LABEL_MODES:
         raise ValueError(f"labels must be one of {list(LABEL_MODES)}, got {labels!r}")
     wanted_magnification = parse_magnification(magnification)
     root = find_root(path)
-    rows: list[dict] = []
-    problems: list[Problem] = []
-    mismatched: list[str] = []
-    ignored = 0
-    for class_folder in CLASS_FOLDERS:
-        folder = root / class_folder
-        if folder.is_dir():
-            ignored += _walk_class_folder(folder, class_folder, rows, problems, mismatched)
+    rows, problems, mismatched, ignored = [], [], [], 0
+    for class_folder in BINARY_CLASS_NAMES:
+        images, skipped = image_files(root / class_folder) if (root / class_folder).is_dir() else ([], 0)
+        ignored += skipped
+        for file in images:
+            match = FILE_PATTERN.match(os.path.basename(file))
+            if match is None or match["code"].upper() not in SUBTYPE_CODES:
+                problems.append(Problem(file, "file name does not follow SOB_<B|M>_<T>-<slide>-<mag>-<frame>.png"))
+                continue
+            reasons = _disagreements([part.lower() for part in Path(file).relative_to(root).parts[:-1]], match)
+            if reasons:
+                mismatched.append(f"{file} ({'; '.join(reasons)})")
+                continue
+            subtype, kind = SUBTYPE_CODES[match["code"].upper()]
+            rows.append({"path": file, "subtype": subtype, "category": kind, "magnification": int(match["mag"]),
+                         "slide": f"{match['patient']}{match['section'].upper()}", "patient_id": match["patient"],
+                         "frame": int(match["frame"])})
     if mismatched:
         raise mismatch_error(mismatched, "BreakHis file(s) have a name that disagrees with their folders")
     if not rows:
@@ -185,24 +132,16 @@ def scan(path: str | os.PathLike, labels: str = "binary", magnification: int | s
         frame = frame[frame["magnification"] == wanted_magnification]
         if frame.empty:
             raise DatasetError(f"no BreakHis images at {wanted_magnification}X under {str(root)!r}")
-    if labels == "binary":
-        class_names = list(BINARY_CLASS_NAMES)
-        frame["label"] = frame["binary_label"]
-        positive_label: int | None = 1
-    else:
-        class_names = list(SUBTYPE_CLASS_NAMES)
-        frame["label"] = frame["subtype"].map(SUBTYPE_CLASS_NAMES.index)
-        positive_label = None
-    frame["label_name"] = frame["label"].map(dict(enumerate(class_names)))
+    class_names = BINARY_CLASS_NAMES if labels == "binary" else SUBTYPE_CLASS_NAMES
+    frame.insert(1, "label", frame["category" if labels == "binary" else "subtype"].map(class_names.index))
     frame = frame.sort_values(["label", "subtype", "patient_id", "slide", "magnification", "frame"], kind="stable")
-    frame = frame[["path", "label", "label_name", "patient_id", "subtype", "category", "magnification", "slide", "frame"]]
     return DatasetIndex(
         name="breakhis",
         root=root,
-        frame=frame.reset_index(drop=True),
-        class_names=class_names,
+        frame=frame[["path", "label", "patient_id", "subtype", "category", "magnification", "slide", "frame"]],
+        class_names=list(class_names),
         problems=problems,
         ignored_files=ignored,
         options={"labels": labels, "magnification": wanted_magnification or "all"},
-        positive_label=positive_label,
+        positive_label=1 if labels == "binary" else None,
     )

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bclib.data.index import DatasetError, DatasetIndex
 from bclib.data.imageio import is_image_file
+from bclib.data.index import DatasetError, DatasetIndex, existing_path, image_files
 
 EXPECTED_LAYOUT = "expected a class-folder layout <root>/<class_name>/<images> (at least two class folders)"
 DISEASE_WORDS = ("malignant", "cancer", "carcinoma", "tumor", "tumour", "idc", "positive", "abnormal", "metasta")
@@ -28,73 +28,67 @@ IMAGE_LEVEL_WARNING = (
 )
 
 
-def _class_folders(root: Path) -> list[Path]:
-    with os.scandir(root) as entries:
-        return sorted((Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda p: p.name)
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
-def _has_direct_images(folder: Path) -> bool:
-    with os.scandir(folder) as entries:
-        return any(e.is_file() and is_image_file(e.name) for e in entries)
+def _has_images(folder: Path) -> bool:
+    return any(path.is_file() and is_image_file(path) for path in folder.iterdir())
 
 
 def find_root(path: str | os.PathLike) -> Path:
     """``path``, or the folder below it when ``path`` only wraps one folder of class folders."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"image folder {str(path)!r} does not exist; {EXPECTED_LAYOUT}")
-    if not path.is_dir():
-        raise DatasetError(f"{str(path)!r} is not a folder; {EXPECTED_LAYOUT}")
+    path = existing_path(path, "image folder", EXPECTED_LAYOUT)
     for _ in range(3):
-        subfolders = _class_folders(path)
-        if len(subfolders) != 1 or _has_direct_images(path) or _has_direct_images(subfolders[0]):
+        inside = _subfolders(path)
+        if len(inside) != 1 or _has_images(path) or _has_images(inside[0]) or len(_subfolders(inside[0])) < 2:
             break
-        if len(_class_folders(subfolders[0])) < 2:
-            break
-        path = subfolders[0]
+        path = inside[0]
     return path
 
 
-def _walk_images(folder: Path) -> tuple[list[Path], int]:
-    """Image files under ``folder`` (sorted, nested folders included) and the count of other files."""
-    images: list[Path] = []
-    ignored = 0
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        for name in sorted(files):
-            if is_image_file(name):
-                images.append(Path(directory) / name)
-            else:
-                ignored += 1
-    return images, ignored
-
-
-def _read_patients(csv_path: str | os.PathLike, root: Path, frame: pd.DataFrame) -> pd.Series:
-    """``patient_id`` for every row of ``frame`` from the CSV; DatasetError when rows are unmatched."""
+def _read_patients(csv_path: str | os.PathLike, relative_paths: pd.Series) -> pd.Series:
+    """The ``patient_id`` of every image (by its path relative to the root, or its unique file name)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DatasetError(f"patients_csv {str(csv_path)!r} does not exist")
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    missing = [c for c in ("path", "patient_id") if c not in table.columns]
+    missing = [column for column in ("path", "patient_id") if column not in table.columns]
     if missing:
-        raise DatasetError(f"{csv_path} lacks column(s) {missing}; it needs 'path' (relative to {root} or a file name) and 'patient_id'")
-    table["path"] = table["path"].str.strip().str.replace("\\", "/", regex=False)
-    by_relative = dict(zip(table["path"], table["patient_id"]))
-    names = table["path"].map(lambda p: p.rsplit("/", 1)[-1])
-    duplicated_names = set(names[names.duplicated(keep=False)])
-    by_name = {n: p for n, p in zip(names, table["patient_id"]) if n not in duplicated_names}
-    relative = frame["path"].map(lambda p: Path(p).relative_to(root).as_posix())
-    patients = relative.map(by_relative)
-    unresolved = patients.isna()
-    patients[unresolved] = frame.loc[unresolved, "path"].map(lambda p: by_name.get(Path(p).name))
-    empty = patients.isna() | (patients.astype(str).str.strip() == "")
-    if empty.any():
-        shown = ", ".join(relative[empty].head(10))
+        raise DatasetError(f"{csv_path} lacks column(s) {missing}; it needs 'path' (relative to the "
+                           "dataset folder, or a file name) and 'patient_id'")
+    listed = table["path"].str.strip().str.replace("\\", "/", regex=False)
+    patients = table["patient_id"].str.strip()
+    names = listed.str.rsplit("/", n=1).str[-1]
+    unique_name = ~names.duplicated(keep=False)
+    by_name = dict(zip(names[unique_name], patients[unique_name]))
+    found = relative_paths.map(dict(zip(listed, patients)))
+    found = found.fillna(relative_paths.str.rsplit("/", n=1).str[-1].map(by_name))
+    unmatched = found.isna() | (found == "")
+    if unmatched.any():
         raise DatasetError(
-            f"{int(empty.sum())} image(s) have no patient_id in {csv_path} (e.g. {shown}); "
-            "list every image (path relative to the root, or a unique file name)"
+            f"{int(unmatched.sum())} image(s) have no patient_id in {csv_path} (e.g. "
+            f"{', '.join(relative_paths[unmatched].head(10))}); list every image (path relative to the "
+            "root, or a unique file name)"
         )
-    return patients.astype(str).str.strip()
+    return found
+
+
+def _positive_label(class_names: list[str], positive_class: str | None, warnings: list[str]) -> int | None:
+    if len(class_names) != 2:
+        if positive_class is not None:
+            raise ValueError(f"positive_class needs exactly two classes, got {len(class_names)}")
+        return None
+    if positive_class is not None:
+        if positive_class not in class_names:
+            raise ValueError(f"positive_class {positive_class!r} is not one of the classes {class_names}")
+        return class_names.index(positive_class)
+    if any(word in class_names[0].lower() for word in DISEASE_WORDS):
+        warnings.append(
+            f"label 1 ({class_names[1]!r}) is taken as the positive class, but {class_names[0]!r} "
+            "sounds like the disease: pass positive_class= or classes=[negative, positive]"
+        )
+    return 1
 
 
 def scan(
@@ -110,57 +104,37 @@ def scan(
     ``patients_csv``.
     """
     root = find_root(path)
-    folders = {folder.name: folder for folder in _class_folders(root)}
-    if classes is None:
-        class_names = sorted(folders)
-    else:
-        class_names = [str(name) for name in classes]
-        if len(set(class_names)) != len(class_names):
-            raise ValueError(f"classes has duplicates: {class_names}")
-        absent = [name for name in class_names if name not in folders]
-        if absent:
-            raise DatasetError(f"no folder for class(es) {absent} in {str(root)!r} (folders: {sorted(folders)})")
+    folders = {folder.name: folder for folder in _subfolders(root)}
+    class_names = sorted(folders) if classes is None else [str(name) for name in classes]
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"classes has duplicates: {class_names}")
+    absent = [name for name in class_names if name not in folders]
+    if absent:
+        raise DatasetError(f"no folder for class(es) {absent} in {str(root)!r} (folders: {sorted(folders)})")
     if len(class_names) < 2:
         raise DatasetError(f"found {len(class_names)} class folder(s) {class_names} in {str(root)!r}; {EXPECTED_LAYOUT}")
-    rows: list[dict] = []
-    ignored = 0
-    empty: list[str] = []
+    frames, empty = [], []
+    ignored = sum(1 for entry in root.iterdir() if entry.is_file())
     for label, name in enumerate(class_names):
-        images, skipped = _walk_images(folders[name])
+        images, skipped = image_files(folders[name])
         ignored += skipped
-        if not images:
-            empty.append(name)
-        rows.extend({"path": str(image), "label": label, "label_name": name} for image in images)
+        empty += [] if images else [name]
+        frames.append(pd.DataFrame({"path": images, "label": label}))
     if empty:
         raise DatasetError(f"class folder(s) {empty} in {str(root)!r} hold no images; remove them or add images")
-    with os.scandir(root) as entries:
-        ignored += sum(1 for entry in entries if entry.is_file())
-    frame = pd.DataFrame(rows)
+    frame = pd.concat(frames, ignore_index=True)
+    relative_paths = frame["path"].map(lambda file: Path(file).relative_to(root).as_posix())
     warnings: list[str] = []
     if patients_csv is None:
-        frame["patient_id"] = frame["path"].map(lambda p: Path(p).relative_to(root).as_posix())
+        frame["patient_id"] = relative_paths
         warnings.append(IMAGE_LEVEL_WARNING)
     else:
-        frame["patient_id"] = _read_patients(patients_csv, root, frame)
-    positive_label: int | None = None
-    if len(class_names) == 2:
-        if positive_class is not None:
-            if positive_class not in class_names:
-                raise ValueError(f"positive_class {positive_class!r} is not one of the classes {class_names}")
-            positive_label = class_names.index(positive_class)
-        else:
-            positive_label = 1
-            if any(word in class_names[0].lower() for word in DISEASE_WORDS):
-                warnings.append(
-                    f"label 1 ({class_names[1]!r}) is taken as the positive class, but {class_names[0]!r} "
-                    "sounds like the disease: pass positive_class= or classes=[negative, positive]"
-                )
-    elif positive_class is not None:
-        raise ValueError(f"positive_class needs exactly two classes, got {len(class_names)}")
+        frame["patient_id"] = _read_patients(patients_csv, relative_paths)
+    positive_label = _positive_label(class_names, positive_class, warnings)
     return DatasetIndex(
         name="folder",
         root=root,
-        frame=frame[["path", "label", "label_name", "patient_id"]],
+        frame=frame,
         class_names=class_names,
         ignored_files=ignored,
         options={

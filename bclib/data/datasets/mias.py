@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bclib.data.index import DatasetError, DatasetIndex, Problem
-from bclib.data.imageio import ImageReadError, is_image_file, read_image
+from bclib.data.imageio import ImageReadError, read_image
+from bclib.data.index import DatasetError, DatasetIndex, Problem, existing_path, files_in_one_folder, image_files
 
+#: Severity code -> class name, from the least to the most severe.
 SEVERITY_NAMES = {"N": "normal", "B": "benign", "M": "malignant"}
-ALL_CLASSES = ("normal", "benign", "malignant")
-LABEL_MODES = {"three-class": ("normal", "benign", "malignant"), "binary": ("benign", "malignant")}
+ALL_CLASSES = tuple(SEVERITY_NAMES.values())
+LABEL_MODES = {"three-class": ALL_CLASSES, "binary": ("benign", "malignant")}
 MODES = ("whole", "roi")
 ABNORMALITY_CLASSES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM")
 INFO_FILE = "Info.txt"
@@ -48,61 +49,38 @@ EXPECTED_LAYOUT = (
 
 def find_info_file(path: str | os.PathLike) -> Path:
     """``Info.txt`` at ``path`` (a file) or in ``path`` or up to two folders below it."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"MIAS data path {str(path)!r} does not exist; {EXPECTED_LAYOUT}")
-    if path.is_file():
-        if path.name.lower() == INFO_FILE.lower():
-            return path
+    path = existing_path(path, "MIAS data path", EXPECTED_LAYOUT, folder=False)
+    if path.is_dir():
+        return files_in_one_folder(path, "[Ii]nfo.txt", INFO_FILE, EXPECTED_LAYOUT, depth=2)[0]
+    if path.name.lower() != INFO_FILE.lower():
         raise DatasetError(f"{str(path)!r} is a file but not {INFO_FILE}; {EXPECTED_LAYOUT}")
-    for pattern in ("*", "*/*", "*/*/*"):
-        found = sorted(p for p in path.glob(pattern) if p.name.lower() == INFO_FILE.lower() and p.is_file())
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise DatasetError(f"several {INFO_FILE} files under {str(path)!r} ({[str(p) for p in found]}); pass one folder")
-    raise DatasetError(f"no {INFO_FILE} found in {str(path)!r}; {EXPECTED_LAYOUT}")
+    return path
 
 
-def _coordinate(text: str | None, info_path: Path, line_number: int) -> float:
+def _coordinate(text: str | None, where: str) -> float:
     if text is None or text == "*":
         return math.nan
     if not text.isdigit():
-        raise DatasetError(f"{info_path}:{line_number}: {text!r} is not a pixel coordinate; {EXPECTED_LAYOUT}")
+        raise DatasetError(f"{where}: {text!r} is not a pixel coordinate; {EXPECTED_LAYOUT}")
     return float(text)
 
 
 def parse_info(info_path: str | os.PathLike) -> pd.DataFrame:
     """One row per Info.txt line: refnum, number, tissue, abnormality, severity (N/B/M), x, y, radius."""
-    info_path = Path(info_path)
     rows = []
-    for line_number, line in enumerate(info_path.read_text(errors="replace").splitlines(), start=1):
-        fields = line.split()
+    for line_number, line in enumerate(Path(info_path).read_text(errors="replace").splitlines(), start=1):
+        fields, where = line.split(), f"{info_path}:{line_number}"
         if not fields or fields[0].upper() == "REFNUM" or fields[0].startswith("#"):
             continue
         match = REFNUM_PATTERN.match(fields[0])
-        if match is None or len(fields) < 3 or fields[2].upper() not in ABNORMALITY_CLASSES:
-            raise DatasetError(f"{info_path}:{line_number}: cannot read {line.strip()!r}; {EXPECTED_LAYOUT}")
-        abnormality = fields[2].upper()
-        if abnormality == "NORM":
-            severity = "N"
-        elif len(fields) >= 4 and fields[3].upper() in ("B", "M"):
-            severity = fields[3].upper()
-        else:
-            raise DatasetError(f"{info_path}:{line_number}: {abnormality} row without severity B or M: {line.strip()!r}")
-        extra = fields[4:7] + [None] * (3 - len(fields[4:7]))
-        rows.append(
-            {
-                "refnum": fields[0].lower(),
-                "number": int(match.group(1)),
-                "tissue": fields[1].upper(),
-                "abnormality": abnormality,
-                "severity": severity,
-                "x": _coordinate(extra[0], info_path, line_number),
-                "y": _coordinate(extra[1], info_path, line_number),
-                "radius": _coordinate(extra[2], info_path, line_number),
-            }
-        )
+        abnormality = fields[2].upper() if len(fields) > 2 else ""
+        severity = "N" if abnormality == "NORM" else fields[3].upper() if len(fields) > 3 else ""
+        if match is None or abnormality not in ABNORMALITY_CLASSES or severity not in SEVERITY_NAMES:
+            raise DatasetError(f"{where}: cannot read {line.strip()!r} (an abnormality needs severity B or M); "
+                               f"{EXPECTED_LAYOUT}")
+        x, y, radius = (_coordinate(text, where) for text in (fields[4:7] + [None] * 3)[:3])
+        rows.append({"refnum": fields[0].lower(), "number": int(match.group(1)), "tissue": fields[1].upper(),
+                     "abnormality": abnormality, "severity": severity, "x": x, "y": y, "radius": radius})
     if not rows:
         raise DatasetError(f"{info_path} lists no films; {EXPECTED_LAYOUT}")
     return pd.DataFrame(rows)
@@ -114,8 +92,7 @@ def _resolve_classes(labels: str, classes: Sequence[str] | None) -> list[str]:
     if classes is None:
         return list(LABEL_MODES[labels])
     chosen = [str(name).lower() for name in classes]
-    unknown = [name for name in chosen if name not in ALL_CLASSES]
-    if unknown or len(set(chosen)) != len(chosen) or len(chosen) < 2:
+    if any(name not in ALL_CLASSES for name in chosen) or len(set(chosen)) != len(chosen) or len(chosen) < 2:
         raise ValueError(f"classes must be two or three distinct names among {list(ALL_CLASSES)}, got {list(classes)!r}")
     if labels == "binary" and len(chosen) != 2:
         raise ValueError(f"labels='binary' needs two classes, got {chosen}")
@@ -124,90 +101,69 @@ def _resolve_classes(labels: str, classes: Sequence[str] | None) -> list[str]:
 
 def crop_box(cx: float, cy: float, radius: float, width: int, height: int, min_crop: int) -> tuple[int, int, int]:
     """``(left, top, size)`` of the square crop around ``(cx, cy)`` (columns, rows), inside the image."""
-    size = int(min(max(2 * radius if not math.isnan(radius) else 0, min_crop), width, height))
-    left = int(round(cx - size / 2))
-    top = int(round(cy - size / 2))
-    left = min(max(left, 0), width - size)
-    top = min(max(top, 0), height - size)
+    size = int(min(max(0 if math.isnan(radius) else 2 * radius, min_crop), width, height))
+    left = min(max(int(round(cx - size / 2)), 0), width - size)
+    top = min(max(int(round(cy - size / 2)), 0), height - size)
     return left, top, size
 
 
 def read_row(row: pd.Series) -> np.ndarray:
     """The film (or its ROI crop) of one index row as ``H x W x 3`` uint8 (the index's reader)."""
     image = read_image(row["path"])
-    size = row.get("crop_size", math.nan)
-    if size is None or (isinstance(size, float) and math.isnan(size)):
+    if pd.isna(row.get("crop_size")):
         return image
-    scale = image.shape[0] / float(row["height"])
+    scale = image.shape[0] / float(row["height"])  # read_image may downscale a very large film
     top, left, size = (int(round(float(row[name]) * scale)) for name in ("crop_top", "crop_left", "crop_size"))
     crop = image[top : top + size, left : left + size]
-    if crop.shape[0] < 1 or crop.shape[1] < 1:
+    if crop.size == 0:
         raise ImageReadError(f"{row['path']}: the crop box lies outside the {image.shape[1]}x{image.shape[0]} image")
     return np.ascontiguousarray(crop)
 
 
-def _find_films(folder: Path, info_path: Path) -> tuple[dict[str, Path], list[Problem], int]:
-    """mdbNNN image files under ``folder`` by refnum, problems (unknown/duplicate names), ignored count."""
-    films: dict[str, Path] = {}
+def _find_films(root: Path, info_path: Path) -> tuple[dict[str, str], list[Problem], int]:
+    """mdbNNN image files under ``root`` by refnum, problems (unknown/duplicate names), ignored count."""
+    images, ignored = image_files(root, not_counted={info_path.name})
+    films: dict[str, str] = {}
     problems: list[Problem] = []
-    ignored = 0
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories.sort()
-        for name in sorted(files):
-            path = Path(directory) / name
-            if path == info_path:
-                continue
-            if not is_image_file(name):
-                ignored += 1
-                continue
-            stem = Path(name).stem.lower()
-            if REFNUM_PATTERN.match(stem) is None:
-                problems.append(Problem(str(path), "file name is not mdbNNN.<pgm|png|...>, so no Info.txt row can match it"))
-            elif stem in films:
-                problems.append(Problem(str(path), f"a second file for {stem} (already using {films[stem]})"))
-            else:
-                films[stem] = path
+    for file in images:
+        refnum = Path(file).stem.lower()
+        if REFNUM_PATTERN.match(refnum) is None:
+            problems.append(Problem(file, "file name is not mdbNNN.<pgm|png|...>, so no Info.txt row can match it"))
+        elif refnum in films:
+            problems.append(Problem(file, f"a second file for {refnum} (already using {films[refnum]})"))
+        else:
+            films[refnum] = file
     return films, problems, ignored
 
 
-def _film_rows(info: pd.DataFrame, films: dict[str, Path], mode: str, min_crop: int) -> list[dict]:
+def _film_rows(info: pd.DataFrame, films: dict[str, str], mode: str, min_crop: int) -> list[dict]:
     """Index rows (before class filtering) for every listed film found on disk."""
     rows = []
-    rank = {"N": 0, "B": 1, "M": 2}
     for refnum, findings in info.groupby("refnum", sort=True):
-        path = films[refnum]
         try:
-            with Image.open(path) as image:
+            with Image.open(films[refnum]) as image:
                 width, height = image.size
         except (OSError, SyntaxError) as error:
-            raise ImageReadError(f"{path}: cannot read the image header ({error})") from None
+            raise ImageReadError(f"{films[refnum]}: cannot read the image header ({error})") from None
         number = int(findings["number"].iloc[0])
-        base = {
-            "path": str(path),
-            "patient_id": f"{(number + 1) // 2:03d}",
-            "refnum": refnum,
-            "side": "left" if number % 2 == 0 else "right",
-            "tissue": findings["tissue"].iloc[0],
-            "n_abnormalities": int((findings["severity"] != "N").sum()),
-            "width": width,
-            "height": height,
-        }
+        film = {"path": films[refnum], "patient_id": f"{(number + 1) // 2:03d}", "refnum": refnum,
+                "side": "left" if number % 2 == 0 else "right", "tissue": findings["tissue"].iloc[0],
+                "n_abnormalities": int((findings["severity"] != "N").sum()), "width": width, "height": height}
         if mode == "whole":
-            worst = max(findings["severity"], key=rank.__getitem__)
+            worst = max(findings["severity"], key=list(SEVERITY_NAMES).index)
             findings = findings[findings["severity"] == worst].head(1)
         for finding_number, finding in enumerate(findings.itertuples(index=False)):
-            cx, mias_y, radius = finding.x, finding.y, finding.radius
-            cy = math.nan if math.isnan(mias_y) else float(min(max(height - 1 - mias_y, 0), height - 1))
-            row = dict(base, severity=finding.severity, abnormality=finding.abnormality, cx=cx, cy=cy, mias_y=mias_y, radius=radius)
+            cy = math.nan if math.isnan(finding.y) else float(min(max(height - 1 - finding.y, 0), height - 1))
+            row = dict(film, severity=finding.severity, abnormality=finding.abnormality, cx=finding.x, cy=cy,
+                       mias_y=finding.y, radius=finding.radius)
             if mode == "roi":
-                row["finding"] = finding_number
                 if finding.severity == "N":
-                    left, top, size = crop_box(width / 2, height / 2, math.nan, width, height, min_crop)
-                elif math.isnan(cx) or math.isnan(cy):
-                    left, top, size = (math.nan,) * 3
+                    box = crop_box(width / 2, height / 2, math.nan, width, height, min_crop)
+                elif math.isnan(finding.x) or math.isnan(cy):
+                    box = (math.nan,) * 3
                 else:
-                    left, top, size = crop_box(cx, cy, radius, width, height, min_crop)
-                row.update(crop_left=left, crop_top=top, crop_size=size)
+                    box = crop_box(finding.x, cy, finding.radius, width, height, min_crop)
+                row.update(finding=finding_number, crop_left=box[0], crop_top=box[1], crop_size=box[2])
             rows.append(row)
     return rows
 
@@ -238,31 +194,26 @@ def scan(
     info = parse_info(info_path)
     films, problems, ignored = _find_films(root, info_path)
     listed = set(info["refnum"])
-    problems.extend(Problem(str(p), "not listed in Info.txt") for refnum, p in sorted(films.items()) if refnum not in listed)
+    problems += [Problem(file, "not listed in Info.txt") for refnum, file in sorted(films.items()) if refnum not in listed]
     present = info[info["refnum"].isin(films.keys())]
-    listed_not_found = len(listed - set(films))
     if present.empty:
         raise DatasetError(
             f"none of the {len(listed)} films listed in {info_path} was found under {str(root)!r}; {EXPECTED_LAYOUT}"
         )
     frame = pd.DataFrame(_film_rows(present, films, mode, min_crop))
-    frame["label_name"] = frame["severity"].map(SEVERITY_NAMES)
-    excluded = int((~frame["label_name"].isin(class_names)).sum())
-    frame = frame[frame["label_name"].isin(class_names)].copy()
+    frame.insert(1, "label_name", frame["severity"].map(SEVERITY_NAMES))
+    chosen = frame["label_name"].isin(class_names)
+    frame = frame[chosen].copy()
     if frame.empty:
         raise DatasetError(f"no MIAS film of the classes {class_names} under {str(root)!r}")
-    frame["label"] = frame["label_name"].map(class_names.index)
-    warnings = [f"no {name} images in this copy" for name in class_names if name not in set(frame["label_name"])]
+    frame.insert(1, "label", frame["label_name"].map(class_names.index))
     frame["severity"] = frame["severity"].replace({"N": None})
     leading = ["path", "label", "label_name", "patient_id", "severity", "cx", "cy", "radius"]
-    frame = frame[leading + [c for c in frame.columns if c not in leading]]
-    positive_label = None
-    if len(class_names) == 2:
-        positive_label = 1 if ALL_CLASSES.index(class_names[1]) > ALL_CLASSES.index(class_names[0]) else 0
+    binary_order = len(class_names) == 2 and ALL_CLASSES.index(class_names[1]) > ALL_CLASSES.index(class_names[0])
     return DatasetIndex(
         name="mias",
         root=root,
-        frame=frame.reset_index(drop=True),
+        frame=frame[leading + [column for column in frame.columns if column not in leading]],
         class_names=class_names,
         problems=problems,
         ignored_files=ignored,
@@ -271,10 +222,10 @@ def scan(
             "labels": labels,
             "classes": tuple(class_names),
             "min_crop": min_crop,
-            "listed_not_found": listed_not_found,
-            "excluded_by_class": excluded,
-            "warnings": warnings,
+            "listed_not_found": len(listed - set(films)),
+            "excluded_by_class": int((~chosen).sum()),
+            "warnings": [f"no {name} images in this copy" for name in class_names if name not in set(frame["label_name"])],
         },
-        positive_label=positive_label,
+        positive_label=1 if binary_order else 0,
         reader=read_row,
     )
