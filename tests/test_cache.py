@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from bclib.data import cache as cache_module
-from bclib.data.cache import COMPLETE_MARKER, CacheError, is_complete, open_cache, pack
+from bclib.data.cache import COMPLETE_MARKER, is_complete, pack
 from bclib.data.datasets import idc
-from bclib.data.index import _read_path
 from bclib.data.synthetic import make_synthetic_idc
 from bclib.data.imageio import fit_to_square
 
@@ -35,8 +34,8 @@ def test_pack_contents_match_the_index(synthetic_idc, tmp_path):
         np.testing.assert_array_equal(packed.images[position], fit_to_square(index.load_image(position), 40))
     assert packed.directory.parent == tmp_path and is_complete(packed.directory)
     assert index.name in packed.key and "40px" in packed.key and index.content_hash() in packed.key
-    images, labels, frame = open_cache(packed.directory)
-    assert images.shape == packed.images.shape and list(frame["patient_id"]) == list(index.frame["patient_id"])
+    assert list(packed.index.frame["patient_id"]) == list(index.frame["patient_id"])
+    np.testing.assert_array_equal(packed.positions, np.arange(len(index)))
 
 
 def test_small_edge_patches_are_padded_not_stretched(synthetic_idc, tmp_path):
@@ -115,7 +114,7 @@ def test_interrupted_pack_leaves_no_complete_cache(small_idc, tmp_path, workers)
         calls["n"] += 1
         if calls["n"] > 9:
             raise RuntimeError("simulated crash in the middle of packing")
-        return _read_path(row)
+        return index.reader(row)
 
     cache_root = tmp_path / "cache"
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -130,8 +129,7 @@ def test_an_unfinished_folder_is_rebuilt(small_idc, tmp_path):
     packed = pack(index, 32, cache_root=tmp_path, progress=False)
     (packed.directory / COMPLETE_MARKER).unlink()
     (packed.directory / cache_module.IMAGES_FILE).write_bytes(b"half written")
-    with pytest.raises(CacheError, match="not a complete cache"):
-        open_cache(packed.directory)
+    assert not is_complete(packed.directory)
     rebuilt = pack(index, 32, cache_root=tmp_path, progress=False)
     assert not rebuilt.reused and is_complete(rebuilt.directory) and len(rebuilt) == len(index)
 

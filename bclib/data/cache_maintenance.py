@@ -1,8 +1,8 @@
 """What the cache folder holds, and removing what is no longer needed.
 
 The cache folder (``$BCLIB_CACHE`` or ``data/cache``) grows: every dataset version, image size
-and subsample gets its own packed cache (about 2 GB for the full IDC set at 50 px), feature
-files accumulate, and an interrupted pack can leave a hidden ``.building-`` folder behind.
+and subsample gets its own packed cache, feature files accumulate, and an interrupted pack can
+leave a hidden ``.building-`` folder behind.
 :func:`inventory` lists them with their size and last use; :func:`select_for_removal` picks
 what a clean-up may delete; :func:`remove` deletes it. Nothing outside the cache folder is
 ever touched.
@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bclib import paths
@@ -41,9 +41,7 @@ class CacheEntry:
         return ((time.time() if now is None else now) - self.last_used) / 86400.0
 
     def as_dict(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind, "bytes": self.bytes, "last_used": self.last_used,
-                "dataset": self.dataset, "image_size": self.image_size, "images": self.images,
-                "source": self.source, "source_exists": self.source_exists}
+        return {**asdict(self), "path": str(self.path)}
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -51,12 +49,8 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _last_used(folder: Path) -> float:
-    for name in (LAST_USED_FILE, COMPLETE_MARKER):
-        try:
-            return (folder / name).stat().st_mtime
-        except OSError:
-            continue
-    return folder.stat().st_mtime
+    marker = next((folder / name for name in (LAST_USED_FILE, COMPLETE_MARKER) if (folder / name).exists()), folder)
+    return marker.stat().st_mtime
 
 
 def _packed_entry(folder: Path) -> CacheEntry:
@@ -102,14 +96,11 @@ def select_for_removal(entries: list[CacheEntry], everything: bool = False, unus
     if unused_days is not None and unused_days < 0:
         raise ValueError(f"unused_days must be >= 0, got {unused_days}")
     now = time.time() if now is None else now
-    chosen = []
-    for entry in entries:
-        if (everything
-                or (entry.kind == "unfinished" and now - entry.last_used > UNFINISHED_GRACE_SECONDS)
-                or (entry.kind == "packed" and not entry.source_exists)
-                or (unused_days is not None and entry.age_days(now) >= unused_days)):
-            chosen.append(entry)
-    return chosen
+    return [entry for entry in entries
+            if everything
+            or (entry.kind == "unfinished" and now - entry.last_used > UNFINISHED_GRACE_SECONDS)
+            or (entry.kind == "packed" and not entry.source_exists)
+            or (unused_days is not None and entry.age_days(now) >= unused_days)]
 
 
 def remove(entries: list[CacheEntry]) -> int:

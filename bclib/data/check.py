@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 
-import numpy as np
-from tqdm.auto import tqdm
-
-from bclib.data.index import DatasetIndex, Problem
-from bclib.data.imageio import ImageReadError
+from bclib.data.index import DatasetIndex, Problem, decode_all
 
 
 @dataclass
@@ -31,17 +27,7 @@ class CheckReport:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {
-            "dataset": self.dataset,
-            "root": self.root,
-            "ok": self.ok,
-            "checked": self.checked,
-            "decoded": self.decoded,
-            "problems": [problem.to_dict() for problem in self.problems],
-            "ignored_files": self.ignored_files,
-            "sizes": dict(self.sizes),
-            "seconds": round(self.seconds, 2),
-        }
+        return {**asdict(self), "ok": self.ok, "seconds": round(self.seconds, 2)}
 
     def lines(self) -> list[str]:
         """A short human-readable report."""
@@ -52,14 +38,6 @@ class CheckReport:
         return [head, *(f"  {problem.path}: {problem.reason}" for problem in self.problems)]
 
 
-def _check_one(index: DatasetIndex, position: int) -> tuple[str, Problem | None]:
-    try:
-        image = index.load_image(position)
-    except (ImageReadError, OSError) as error:
-        return "", Problem(str(index.frame.at[position, "path"]), str(error))
-    return f"{image.shape[1]}x{image.shape[0]}", None
-
-
 def check_dataset(index: DatasetIndex, workers: int = 2, progress: bool = False) -> CheckReport:
     """Decode every image of ``index`` (``workers`` threads) and list those that fail.
 
@@ -68,29 +46,13 @@ def check_dataset(index: DatasetIndex, workers: int = 2, progress: bool = False)
     only read.
     """
     started = time.perf_counter()
-    workers = max(1, int(workers))
-    positions = np.arange(len(index))
-    bar = tqdm(total=len(index), desc=f"checking {index.name}", unit="img", disable=not progress)
-    results: list[tuple[str, Problem | None]] = []
-    try:
-        if workers == 1:
-            for position in positions:
-                results.append(_check_one(index, int(position)))
-                bar.update(1)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as executor:
-                for result in executor.map(lambda p: _check_one(index, int(p)), positions, chunksize=64):
-                    results.append(result)
-                    bar.update(1)
-    finally:
-        bar.close()
-    sizes: dict[str, int] = {}
     problems = list(index.problems)
-    for size, problem in results:
-        if problem is not None:
-            problems.append(problem)
-        else:
-            sizes[size] = sizes.get(size, 0) + 1
+    sizes: Counter[str] = Counter()
+    description = f"checking {index.name}" if progress else None
+    size_of = lambda image: f"{image.shape[1]}x{image.shape[0]}"  # noqa: E731
+    for chunk in decode_all(index, size_of, workers, description=description):
+        problems += [result for _, result in chunk if isinstance(result, Problem)]
+        sizes.update(result for _, result in chunk if not isinstance(result, Problem))
     return CheckReport(
         dataset=index.name,
         root=str(index.root),
@@ -98,7 +60,7 @@ def check_dataset(index: DatasetIndex, workers: int = 2, progress: bool = False)
         decoded=sum(sizes.values()),
         problems=problems,
         ignored_files=int(index.ignored_files),
-        sizes=dict(sorted(sizes.items(), key=lambda item: -item[1])),
+        sizes=dict(sizes.most_common()),
         seconds=time.perf_counter() - started,
     )
 
