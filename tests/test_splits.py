@@ -10,7 +10,7 @@ import pytest
 
 from bclib.data.datasets import idc
 from bclib.data.index import DatasetError, DatasetIndex
-from bclib.data.official_splits import IDC_OFFICIAL_SPLITS, IDC_TEST_PATIENTS, IDC_TRAIN_PATIENTS, IDC_VAL_PATIENTS
+from bclib.data.official_splits import IDC_OFFICIAL_SPLITS
 from bclib.data.splits import LeakageWarning, make_split
 
 
@@ -136,6 +136,9 @@ def test_image_split_warns_about_leakage(synthetic_index):
     assert abs(sizes["train"] / len(synthetic_index) - 0.7) < 0.02
 
 
+IDC_TRAIN_PATIENTS, IDC_VAL_PATIENTS, IDC_TEST_PATIENTS = (IDC_OFFICIAL_SPLITS[name] for name in ("train", "val", "test"))
+
+
 def test_official_lists_are_the_published_sizes_and_disjoint():
     assert (len(IDC_TRAIN_PATIENTS), len(IDC_VAL_PATIENTS), len(IDC_TEST_PATIENTS)) == (84, 29, 49)
     everyone = [p for ids in IDC_OFFICIAL_SPLITS.values() for p in ids]
@@ -153,7 +156,7 @@ def test_official_idc_split_reports_missing_patients():
     assert "not in the data" in messages and "no official list" in messages
     assert split.patients("train") == sorted(IDC_TRAIN_PATIENTS[:5], key=int)
     assert len(split.missing_patients) == 162 - 9
-    assert len(split.missing_by_split["test"]) == 47
+    assert any(note.startswith("47 of the 49 official 'test' patients") for note in split.warnings)
     assert "77777" not in sum((split.patients(n) for n in split.names), [])
     assert any("no official list" in note for note in split.warnings)
 
@@ -170,9 +173,12 @@ def test_official_on_synthetic_idc_explains(synthetic_index):
 
 
 def test_official_from_split_column_and_missing_column():
-    index = make_index({str(p): [p % 2] for p in range(9)}, split_column=["train"] * 5 + ["Validation", "val", "test", "test"])
+    index = make_index({str(p): [p % 2] for p in range(9)}, split_column=["train"] * 5 + ["val", "val", "test", "test"])
     split = make_split(index, "official")
     assert [len(split.positions(n)) for n in ("train", "val", "test")] == [5, 2, 2]
+    partly = make_index({str(p): [p % 2] for p in range(4)}, split_column=["train", None, "val", "test"])
+    with pytest.warns(UserWarning, match="1 patient.* in no official list"):
+        assert len(make_split(partly, "official").positions("train")) == 1
     bad = make_index({str(p): [p % 2] for p in range(3)}, split_column=["train", "dev", "test"])
     with pytest.raises(DatasetError, match="dev"):
         make_split(bad, "official")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -27,12 +28,6 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 METHODS: tuple[str, ...] = ("patient", "official", "image")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
-_SPLIT_COLUMN_VALUES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}
-
 
 class LeakageWarning(UserWarning):
     """A split puts images of one patient into more than one split."""
@@ -40,6 +35,10 @@ class LeakageWarning(UserWarning):
 
 def _patient_sort_key(patient: str) -> tuple:
     return (0, int(patient), "") if patient.isdigit() else (1, 0, patient)
+
+
+def _sorted_patients(patients) -> list[str]:
+    return sorted(patients, key=_patient_sort_key)
 
 
 @dataclass(eq=False)
@@ -52,38 +51,33 @@ class Split:
     fractions: tuple[float, ...]
     assignment: dict[str, np.ndarray]
     missing_patients: list[str] = field(default_factory=list)
-    missing_by_split: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    _patient_lists: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = self.index.frame["patient_id"].to_numpy()
+        self._patients = {name: _sorted_patients(pd.unique(ids[rows])) for name, rows in self.assignment.items()}
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.assignment)
 
-    def _check_name(self, name: str) -> None:
+    def _checked(self, name: str) -> str:
         if name not in self.assignment:
             raise ValueError(f"unknown split {name!r}; choose one of {list(self.assignment)}")
+        return name
 
     def positions(self, name: str) -> np.ndarray:
         """Sorted row positions of split ``name`` into the index."""
-        self._check_name(name)
-        return self.assignment[name].copy()
+        return self.assignment[self._checked(name)].copy()
 
     def patients(self, name: str) -> list[str]:
         """The patient IDs of split ``name``, sorted (numerically where they are numbers)."""
-        self._check_name(name)
-        if name not in self._patient_lists:
-            ids = pd.unique(self.index.frame["patient_id"].to_numpy()[self.assignment[name]])
-            self._patient_lists[name] = sorted(ids.tolist(), key=_patient_sort_key)
-        return list(self._patient_lists[name])
+        return list(self._patients[self._checked(name)])
 
     def overlapping_patients(self) -> list[str]:
         """Patients whose images are in more than one split (empty for patient-level splits)."""
-        seen: dict[str, int] = {}
-        for name in self.assignment:
-            for patient in self.patients(name):
-                seen[patient] = seen.get(patient, 0) + 1
-        return sorted((p for p, n in seen.items() if n > 1), key=_patient_sort_key)
+        splits_per_patient = Counter(patient for patients in self._patients.values() for patient in patients)
+        return _sorted_patients(patient for patient, count in splits_per_patient.items() if count > 1)
 
     def _positive_fraction(self, positions: np.ndarray) -> float | None:
         if self.index.positive_label is None or len(positions) == 0:
@@ -92,25 +86,17 @@ class Split:
 
     def summary(self) -> pd.DataFrame:
         """One row per split: patients, images, positive fraction and images per class."""
-        labels = self.index.labels
         rows = []
         for name, positions in self.assignment.items():
-            row = {
-                "split": name,
-                "patients": len(self.patients(name)),
-                "images": int(len(positions)),
-                "positive_fraction": self._positive_fraction(positions),
-            }
-            for label, class_name in enumerate(self.index.class_names):
-                row[class_name] = int(np.sum(labels[positions] == label))
-            rows.append(row)
-        frame = pd.DataFrame(rows).set_index("split")
-        frame["positive_fraction"] = frame["positive_fraction"].astype(float)
-        return frame
+            labels = self.index.labels[positions]
+            per_class = {class_name: int(np.sum(labels == label)) for label, class_name in enumerate(self.index.class_names)}
+            rows.append({"split": name, "patients": len(self._patients[name]), "images": len(positions),
+                         "positive_fraction": self._positive_fraction(positions), **per_class})
+        return pd.DataFrame(rows).set_index("split").astype({"positive_fraction": float})
 
     def patients_hash(self) -> str:
         """A short fingerprint of the patient lists (and, for image splits, the positions)."""
-        content: dict = {name: self.patients(name) for name in self.assignment}
+        content: dict = dict(self._patients)
         if self.method == "image":
             content["positions"] = {name: positions.tolist() for name, positions in self.assignment.items()}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
@@ -123,10 +109,10 @@ class Split:
             "seed": int(self.seed),
             "fractions": [float(f) for f in self.fractions],
             "patients_hash": self.patients_hash(),
-            "patients": {name: len(self.patients(name)) for name in self.assignment},
-            "images": {name: int(len(p)) for name, p in self.assignment.items()},
+            "patients": {name: len(patients) for name, patients in self._patients.items()},
+            "images": {name: len(positions) for name, positions in self.assignment.items()},
             "positive_fraction": {name: self._positive_fraction(p) for name, p in self.assignment.items()},
-            "patient_ids": {name: self.patients(name) for name in self.assignment},
+            "patient_ids": {name: list(patients) for name, patients in self._patients.items()},
             "missing_patients": list(self.missing_patients),
             "warnings": list(self.warnings),
         }
@@ -274,51 +260,47 @@ def _image_split(index: DatasetIndex, seed: int, fractions: tuple[float, ...]) -
     return {name: np.sort(order[dealt == i]) for i, name in enumerate(SPLIT_NAMES)}
 
 
-def _official_from_lists(index: DatasetIndex) -> tuple[dict[str, np.ndarray], dict[str, list[str]], list[str]]:
-    patients = index.frame["patient_id"].to_numpy()
-    present = set(patients.tolist())
-    assignment, missing, notes = {}, {}, []
-    listed: set[str] = set()
-    for name in SPLIT_NAMES:
-        wanted = IDC_OFFICIAL_SPLITS[name]
-        listed.update(wanted)
-        assignment[name] = np.flatnonzero(np.isin(patients, list(wanted)))
-        missing[name] = sorted((p for p in wanted if p not in present), key=_patient_sort_key)
-        if len(assignment[name]) == 0:
-            hint = (" This is synthetic data, whose made-up patients are in no official list." if index.synthetic
-                    else " The shared development subset holds the 49 benchmark test patients out on purpose.")
+def _official_split(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """Row positions of the published split, the listed patients absent from the data, and notes."""
+    notes, missing = [], []
+    if index.name == "idc":
+        split_of_patient = {patient: name for name, patients in IDC_OFFICIAL_SPLITS.items() for patient in patients}
+        official = index.frame["patient_id"].map(split_of_patient)
+        present = set(index.frame["patient_id"])
+        notes.append(f"official split: {CITATION}")
+        for name, patients in IDC_OFFICIAL_SPLITS.items():
+            absent = _sorted_patients(p for p in patients if p not in present)
+            missing += absent
+            if absent and len(absent) < len(patients):
+                notes.append(f"{len(absent)} of the {len(patients)} official {name!r} patients are not in the data: "
+                             f"{', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}")
+        hint = (" This is synthetic data, whose made-up patients are in no official list." if index.synthetic
+                else " The shared development subset holds the 49 benchmark test patients out on purpose.")
+    elif "split" in index.frame.columns:
+        official = index.frame["split"]
+        unknown = sorted(set(official.dropna()) - set(SPLIT_NAMES))
+        if unknown:
+            raise DatasetError(f"the {index.name!r} index has unknown values in its 'split' column: {unknown}; "
+                               "expected train/val/test")
+        hint = ""
+    else:
+        raise DatasetError(f"dataset {index.name!r} has no official split (no 'split' column in its index); "
+                           "use split='patient' (`--split patient`)")
+    unlisted = index.frame.loc[official.isna(), "patient_id"]
+    if len(unlisted):
+        notes.append(f"{unlisted.nunique()} patient(s) ({len(unlisted)} images) of the data are in no official list "
+                     "and are left out of every split")
+    assignment = {name: np.flatnonzero((official == name).to_numpy(dtype=bool, na_value=False)) for name in SPLIT_NAMES}
+    for name, positions in assignment.items():
+        if len(positions) == 0:
+            listed = "its images"
+            if index.name == "idc":
+                listed = f"its {len(IDC_OFFICIAL_SPLITS[name])} patients (Janowczyk & Madabhushi 2016)"
             raise DatasetError(
-                f"the official {name!r} split is empty: none of its {len(wanted)} patients "
-                f"(Janowczyk & Madabhushi 2016) are in the data at {str(index.root)!r}.{hint} "
-                "Use the patient split instead (split='patient', `--split patient`)."
+                f"the official {name!r} split is empty: none of {listed} are in the {index.name!r} data at "
+                f"{str(index.root)!r}.{hint} Use the patient split instead (split='patient', `--split patient`)."
             )
-        if missing[name]:
-            notes.append(
-                f"{len(missing[name])} of the {len(wanted)} official {name!r} patients are not in the data: "
-                f"{', '.join(missing[name][:10])}{' ...' if len(missing[name]) > 10 else ''}"
-            )
-    unlisted = sorted(present - listed, key=_patient_sort_key)
-    if unlisted:
-        notes.append(f"{len(unlisted)} patient(s) of the data are in no official list and are left out of every split")
-    return assignment, missing, notes
-
-
-def _official_from_column(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[str]]:
-    values = index.frame["split"].astype("string").str.strip().str.lower()
-    mapped = values.map(_SPLIT_COLUMN_VALUES)
-    unknown = sorted(set(values[mapped.isna() & values.notna()].tolist()))
-    if unknown:
-        raise DatasetError(f"the {index.name!r} index has unknown values in its 'split' column: {unknown}; expected train/val/test")
-    notes = []
-    unassigned = int(mapped.isna().sum())
-    if unassigned:
-        notes.append(f"{unassigned} image(s) have no official split and are left out")
-    assignment = {}
-    for name in SPLIT_NAMES:
-        assignment[name] = np.flatnonzero((mapped == name).to_numpy(dtype=bool, na_value=False))
-        if len(assignment[name]) == 0:
-            raise DatasetError(f"the official {name!r} split of {index.name!r} is empty in the data at {str(index.root)!r}")
-    return assignment, notes
+    return assignment, _sorted_patients(missing), notes
 
 
 def make_split(
@@ -339,43 +321,25 @@ def make_split(
     if len(index) == 0:
         raise DatasetError(f"cannot split {index.name!r}: the index holds no images")
     seed = int(seed)
-    missing: dict[str, list[str]] = {}
+    missing: list[str] = []
     if method == "patient":
         assignment, notes = _patient_split(index, seed, fractions)
     elif method == "image":
-        assignment = _image_split(index, seed, fractions)
-        notes = []
-    elif index.name == "idc":
-        assignment, missing, notes = _official_from_lists(index)
-        notes.insert(0, f"official split: {CITATION}")
-    elif "split" in index.frame.columns:
-        assignment, notes = _official_from_column(index)
+        assignment, notes = _image_split(index, seed, fractions), []
     else:
-        raise DatasetError(
-            f"dataset {index.name!r} has no official split (no 'split' column in its index); "
-            "use split='patient' (`--split patient`)"
-        )
-    split = Split(
-        index=index,
-        method=method,
-        seed=seed,
-        fractions=fractions,
-        assignment=assignment,
-        missing_patients=sorted({p for ids in missing.values() for p in ids}, key=_patient_sort_key),
-        missing_by_split=missing,
-        warnings=notes,
-    )
+        assignment, missing, notes = _official_split(index)
+    split = Split(index=index, method=method, seed=seed, fractions=fractions, assignment=assignment,
+                  missing_patients=missing, warnings=notes)
     if method == "image":
-        leaking = split.overlapping_patients()
         message = (
-            f"an image-level split leaks patients: {len(leaking)} of {index.frame['patient_id'].nunique()} patients "
-            "have images in more than one split, which inflates every metric. Use it only for the leakage "
-            "lesson; report results of split='patient'."
+            f"an image-level split leaks patients: {len(split.overlapping_patients())} of "
+            f"{index.frame['patient_id'].nunique()} patients have images in more than one split, which inflates "
+            "every metric. Use it only for the leakage lesson; report results of split='patient'."
         )
         split.warnings.append(message)
         warnings.warn(message, LeakageWarning, stacklevel=2)
     else:
-        for note in split.warnings:
+        for note in notes:
             if not note.startswith("official split:"):
                 warnings.warn(note, UserWarning, stacklevel=2)
     return split
