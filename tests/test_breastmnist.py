@@ -78,6 +78,13 @@ def test_accepts_file_folder_or_parent(small_npz: Path, relative: str) -> None:
     assert len(breastmnist.scan(small_npz.parent / relative)) == sum(SIZES.values())
 
 
+def test_two_copies_below_the_folder_are_refused_by_name(small_npz: Path) -> None:
+    second = write_npz(small_npz.parent.parent / "copy" / "breastmnist.npz")
+    with pytest.raises(DatasetError, match="several folders") as error:
+        breastmnist.scan(small_npz.parent.parent)
+    assert str(second.parent) in str(error.value) and str(small_npz.parent) in str(error.value)
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist.*breastmnist.npz"):
         breastmnist.scan(tmp_path / "nothing")
