@@ -126,7 +126,7 @@ def test_leakage_lesson_scores_both_models_on_the_same_test_patches(run):
     assert table.loc[leakage.HONEST, "test patients seen in training"] == 0
     assert table["training images"].nunique() == 1 and table["test images"].nunique() == 1
     gap = lesson.difference(n_boot=30)
-    assert gap["n_images"] == table["test images"].iloc[0]
+    assert gap["n_images"] == table["test images"].iloc[0] and gap["test_patients_seen"] > 0
     assert gap["difference"] == pytest.approx(table.loc[leakage.LEAKY, "test_roc_auc"]
                                               - table.loc[leakage.HONEST, "test_roc_auc"])
     assert f"{gap['difference']:+.3f}" in conclusions.leakage_text(gap, 1)
@@ -179,6 +179,8 @@ def test_calibration_text_explains_a_worse_ece_by_the_numbers():
     assert "base rate is not the cause" in not_shifted
     better = table(0.29).assign(ece_scaled=[0.04, 0.03])
     assert "lowered the calibration error of every model" in conclusions.calibration_text(better)
+    same = conclusions.calibration_text(table(0.29).assign(ece_scaled=[0.04, 0.0502]))
+    assert "left b unchanged" in same and "worse" not in same and "the others" in same
 
 
 def test_threshold_text_names_the_rule_the_card_used():
@@ -206,3 +208,6 @@ def test_leakage_text_follows_the_sign_and_the_interval():
     noise = conclusions.leakage_text({**base, "b": 0.81, "difference": 0.01, "ci": [-0.02, 0.04],
                                       "excludes_zero": False}, 1)
     assert "cannot be told from noise" in noise
+    single = conclusions.leakage_text({**base, "b": 0.80, "difference": 0.0, "ci": [0.0, 0.0], "excludes_zero": False,
+                                       "test_patients_seen": 0}, 1)
+    assert "cannot leak this way" in single

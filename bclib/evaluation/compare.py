@@ -195,18 +195,22 @@ class RunComparison:
         return table
 
     # ----- figures -------------------------------------------------------------------------
-    def plot_calibration(self):
+    def plot_calibration(self, columns: int = 3):
         """One reliability diagram per model (test), before and after its validation-fitted temperature."""
-        fig, axes = plt.subplots(2, len(self.models), figsize=(4.6 * len(self.models), 5.5), squeeze=False,
-                                 sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        columns = min(columns, len(self.models))
+        rows = -(-len(self.models) // columns)
+        fig = plt.figure(figsize=(4.6 * columns, 5.5 * rows), layout="constrained")
+        grid = fig.add_gridspec(rows, columns)
         truth = self.truth("test").astype(int)
-        for column, name in enumerate(self.names):
+        for number, name in enumerate(self.names):
+            cell = grid[divmod(number, columns)].subgridspec(2, 1, height_ratios=[3, 1])
+            diagram = fig.add_subplot(cell[0])
+            counts = fig.add_subplot(cell[1], sharex=diagram)
             temperature = calibration.fit_temperature(self.truth("val").astype(int), self.scores(name, "val"))
             scores = self.scores(name, "test")
             evaluation_plots.reliability_diagram(truth, scores, calibration.apply_temperature(scores, temperature),
-                                                 temperature, axes=axes[:, column])
-            axes[0, column].set_title(f"{name}: reliability on test")
-        fig.tight_layout()
+                                                 temperature, axes=(diagram, counts))
+            diagram.set_title(f"{name}: reliability on test")
         return fig
 
     def plot_patients(self, name: str):

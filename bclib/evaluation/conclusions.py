@@ -179,7 +179,7 @@ def threshold_text(rules: pd.DataFrame, card_threshold: float, card_rule: str) -
                  "experiment.finish made this very choice. ")
     else:
         text += f"The model card's threshold {card_threshold:.3f} came from another rule ({card_rule}). "
-    return text + ("No test image played a part; which rule is right is a clinical choice: missing an IDC "
+    return text + ("No test image played a part; which rule is right is a clinical choice: missing a positive "
                    "patch and raising a false alarm do not cost the same.")
 
 
@@ -211,30 +211,39 @@ def calibration_conclusion(table: pd.DataFrame) -> None:
     conclude(calibration_text(table))
 
 
-def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> str:
-    """The sentence of :func:`calibration_conclusion` (``table`` from ``RunComparison.calibration_table``)."""
+def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05, visible: float = 0.0005) -> str:
+    """The sentence of :func:`calibration_conclusion` (``table`` from ``RunComparison.calibration_table``).
+
+    A change of ECE smaller than ``visible`` (it rounds away at three decimals) counts as none.
+    """
     changes = "; ".join(f"{name} {row['ece']:.3f} -> {row['ece_scaled']:.3f} (T = {row['temperature']:.2f})"
                         for name, row in table.iterrows())
-    worse = [str(name) for name, row in table.iterrows() if row["ece_scaled"] > row["ece"]]
+    change = table["ece_scaled"] - table["ece"]
+    worse = [str(name) for name in table.index[change > visible]]
+    unchanged = [str(name) for name in table.index[change.abs() <= visible]]
     text = f"test ECE before -> after temperature scaling fitted on validation: {changes}. "
+    if unchanged:
+        text += f"Scaling left {_names(unchanged)} unchanged to three decimals. "
     if not worse:
-        return text + "Scaling lowered the calibration error of every model; the AUCs are unchanged (same ranking)."
+        if len(unchanged) == len(table):
+            return text + "The AUCs are unchanged too (a temperature keeps the ranking)."
+        return text + (f"Scaling lowered the calibration error of {'the others' if unchanged else 'every model'}; "
+                       "the AUCs are unchanged (a temperature keeps the ranking).")
     text += f"Scaling made {_names(worse)} worse. "
-    shifted = [(name, table.loc[name]) for name in worse
-               if abs(table.loc[name, "mean_probability"] - table.loc[name, "positive_fraction"]) > base_rate_tolerance]
+    shifted = [name for name in worse if abs(table.loc[name, "mean_probability"]
+                                             - table.loc[name, "positive_fraction"]) > base_rate_tolerance]
     if shifted:
-        name, row = shifted[0]
-        text += (f"{name} predicts a mean probability of {row['mean_probability']:.3f} where {row['positive_fraction']:.3f} "
-                 "of the test patches are positive: its base rate is shifted, as class weights shift it (they train "
-                 "a model as if both classes were equally common). A temperature only makes probabilities more or "
-                 "less extreme around 0.5; it cannot move their average, so fitting it can trade one error for "
-                 "another. A shift of the logit (Platt scaling's bias term) or training without class weights "
-                 "fixes a base rate.")
-    else:
-        text += ("Their mean probabilities match the observed positive fraction, so the base rate is not the "
-                 "cause: the temperature fitted on the validation patients does not carry over to the test "
-                 "patients, and with few patients ECE itself is noisy.")
-    return text
+        row = table.loc[shifted[0]]
+        return text + (
+            f"{shifted[0]} predicts a mean probability of {row['mean_probability']:.3f} where {row['positive_fraction']:.3f} "
+            "of the test patches are positive: its base rate is shifted, as class weights shift it (they train a "
+            "model as if both classes were equally common). A temperature only makes probabilities more or less "
+            "extreme around 0.5; it cannot move their average, so fitting it can trade one error for another. A "
+            "shift of the logit (Platt scaling's bias term) or training without class weights fixes a base rate.")
+    return text + (("Its mean probability matches" if len(worse) == 1 else "Their mean probabilities match")
+                   + " the observed positive fraction, so the base rate is not the cause: the temperature fitted on "
+                   "the validation patients does not carry over to the test patients, and with few patients ECE "
+                   "itself is noisy.")
 
 
 def patients_conclusion(table: pd.DataFrame, name: str, off_by: float = 0.25) -> None:
@@ -269,12 +278,12 @@ def gradcam_text(run: Any, per_group: int) -> str:
         scores = run.scores(name, "test")
         groups = run.gradcam_examples(name, per_group)
         shown = ", ".join(f"{group}s {len(positions)}" for group, positions in groups.items())
-        detail = []
+        detail = [f"threshold {run.threshold(name):.3f}"]
         if len(groups["false positive"]):
-            detail.append(f"its most confident false alarm scores {scores[groups['false positive'][0]]:.2f}")
+            detail.append(f"highest-scored false alarm {scores[groups['false positive'][0]]:.2f}")
         if len(groups["false negative"]):
-            detail.append(f"its most clearly missed positive {scores[groups['false negative'][0]]:.2f}")
-        parts.append(f"{name} ({shown}{'; ' + ', '.join(detail) if detail else ''})")
+            detail.append(f"lowest-scored missed positive {scores[groups['false negative'][0]]:.2f}")
+        parts.append(f"{name} ({shown}; {', '.join(detail)})")
     return ("shown per model, with the threshold chosen on validation: " + "; ".join(parts) + ". A mistake made "
             "with a score far from the threshold is one the model is sure of: compare where those heatmaps sit "
             "with the true positives'. Grad-CAM shows where a model looked, not where the disease is.")
@@ -284,7 +293,8 @@ def slides_conclusion(table: pd.DataFrame) -> None:
     """The slide maps' patients by split, loudly when the model learnt from them."""
     learnt = table[table["split"] != "test"] if len(table) else table
     if len(learnt):
-        show_banner(f"{len(learnt)} of the {len(table)} patients shown ({', '.join(learnt['patient'])}) were in the "
+        show_banner(f"{len(learnt)} of the {len(table)} patients shown ({', '.join(learnt['patient'])}) "
+                    f"{'was' if len(learnt) == 1 else 'were'} in the "
                     f"{'/'.join(sorted(set(learnt['split']))).upper()} split: the model learnt from or was tuned on "
                     "them. Their maps are not evidence of how it does on a new patient.", "warning")
     conclude(slides_text(table))
@@ -319,8 +329,12 @@ def leakage_conclusion(difference: dict, epochs: int) -> None:
 
 
 def leakage_text(difference: dict, epochs: int) -> str:
-    """The sentence of :func:`leakage_conclusion` (``difference`` from ``LeakageLesson.difference``)."""
+    """The sentence of :func:`leakage_conclusion` (``difference`` from ``LeakageLesson.difference``, with
+    ``test_patients_seen``: how many test patients the leaky training set holds)."""
     gap, interval = difference["difference"], difference["ci"]
+    if not difference.get("test_patients_seen", 1):
+        return ("no test patient has a second image that could move into training (one image per patient here), so "
+                "this dataset cannot leak this way: both copies trained on the same images.")
     text = (f"after {epochs} epoch(s), the copy trained with other patches of the test patients scores ROC-AUC "
             f"{difference['b']:.3f} on the same {difference['n_images']} test patches where the patient-level copy "
             f"scores {difference['a']:.3f}: a gap of {gap:+.3f}")

@@ -40,9 +40,11 @@ class LeakageLesson:
     seed: int = 0
 
     def difference(self, n_boot: int = 1000) -> dict:
-        """Leaky minus patient-level ROC-AUC with its paired patient-bootstrap interval (positive = leakage flatters)."""
-        return paired_bootstrap_difference(self.truth.astype(int), self.scores[HONEST], self.scores[LEAKY],
-                                           self.patient_ids, metric="roc_auc", n_boot=int(n_boot), seed=self.seed)
+        """Leaky minus patient-level ROC-AUC with its paired patient-bootstrap interval (positive = leakage
+        flatters), and ``test_patients_seen``: how many test patients the leaky training set holds."""
+        result = paired_bootstrap_difference(self.truth.astype(int), self.scores[HONEST], self.scores[LEAKY],
+                                             self.patient_ids, metric="roc_auc", n_boot=int(n_boot), seed=self.seed)
+        return {**result, "test_patients_seen": int(self.table.loc[LEAKY, "test patients seen in training"])}
 
 
 def leaky_positions(train_positions: np.ndarray, test_positions: np.ndarray, patient_ids: np.ndarray,

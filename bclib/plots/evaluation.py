@@ -129,13 +129,15 @@ def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | Non
         ax_count.bar(table["bin_low"] + width * (0.25 + 0.5 * offset), table["count"], width=width / 2, alpha=0.8,
                      label=name)
     ax.set(ylabel="observed positive fraction", title="Reliability", xlim=(0, 1), ylim=(0, 1))
+    ax.tick_params(labelbottom=False)  # the counts below carry the x axis
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax_count.set(xlabel="predicted probability of the positive class", ylabel="images")
     ax_count.set_yscale("log")
     ax_count.set_ylim(bottom=0.8)  # so the axis shows 1, 10, 100... whatever the counts
     ax_count.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     return fig
 
 
