@@ -88,7 +88,7 @@ def split_overview(summary: pd.DataFrame) -> matplotlib.figure.Figure:
 
 
 def _transform_title(settings: dict) -> str:
-    """``RandomZoomCrop`` with ``{"zoom": 0.1, "seed": 1}`` -> ``"ZoomCrop\nzoom 0.1"`` (seeds left out)."""
+    """``RandomZoomCrop`` with ``{"zoom": 0.1, "seed": 1}`` -> ``"ZoomCrop\\nzoom 0.1"`` (seeds left out)."""
     name = str(settings.pop("layer")).removeprefix("Random")
     values = [f"{key} {value}" for key, value in settings.items()
               if key != "seed" and isinstance(value, (int, float, str)) and not isinstance(value, bool)]
