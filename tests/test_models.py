@@ -1,4 +1,4 @@
-"""Models: shapes, probabilities, preprocessing inside, safe save/load, fine-tuning freezes BN."""
+"""Models: shapes, probabilities, preprocessing inside, safe save/load, fine-tuning keeps BatchNorm frozen."""
 from __future__ import annotations
 
 import keras
@@ -7,9 +7,11 @@ import pytest
 
 from bclib.evaluation import modelcard
 from bclib.models import builders as models
+from bclib.models.weights import WeightsChoice
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIZE = 32
+RANDOM = WeightsChoice(requested=None, used="random", path=None)
 
 
 def _predict(model, images):
@@ -33,7 +35,8 @@ def resnet3() -> keras.Model:
 def test_baseline_binary_outputs_probabilities(images):
     model = models.build_model("baseline_cnn", input_size=SIZE)
     assert model.input_shape == (None, SIZE, SIZE, 3)
-    assert model.get_layer("preprocess").scale == pytest.approx(1 / 255)
+    rescaling = model.layers[1]
+    assert isinstance(rescaling, keras.layers.Rescaling) and rescaling.scale == pytest.approx(1 / 255)
     probabilities = model.predict(images, verbose=0)  # uint8 input: preprocessing is inside
     assert probabilities.shape == (len(images), 1)
     assert probabilities.dtype == np.float32
@@ -42,23 +45,32 @@ def test_baseline_binary_outputs_probabilities(images):
     assert models.output_classes(model) == 2
 
 
-def test_default_input_sizes():
+def test_default_input_sizes_and_dropout():
     assert models.DEFAULT_INPUT_SIZE == {"baseline_cnn": 50, "mobilenetv2": 96, "resnet50": 96}
     assert models.build_model("baseline_cnn").input_shape == (None, 50, 50, 3)
+    model = models.build_model("mobilenetv2", input_size=SIZE, weights=None, dropout=0.1)
+    assert model.get_layer("head_dropout").rate == 0.1
 
 
-def test_three_classes_softmax(images, resnet3):
+def test_transfer_model_layers_and_three_classes(images, resnet3):
+    assert [layer.name for layer in resnet3.layers] == ["image", "preprocess", "backbone", "pool", "head_dropout",
+                                                        "head_output"]
     probabilities = _predict(resnet3, images)
     assert probabilities.shape == (len(images), 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert models.output_classes(resnet3) == 3
     assert not models.get_backbone(resnet3).trainable  # phase 1: frozen
+    assert resnet3.trainable_weights == resnet3.get_layer("head_output").trainable_weights
 
 
-def test_caffe_preprocessing_is_bgr_minus_mean():
+def test_caffe_preprocessing_is_keras_resnet50_preprocess_input(images):
     layer = models.CaffePreprocess()
     rgb = np.array([[[[10.0, 20.0, 30.0]]]], dtype="float32")
     np.testing.assert_allclose(np.asarray(layer(rgb))[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], atol=1e-4)
+    batch = images.astype("float32")
+    np.testing.assert_allclose(np.asarray(layer(batch)),
+                               keras.applications.resnet50.preprocess_input(batch.copy()), atol=1e-4)
+    assert models.CaffePreprocess.from_config(layer.get_config()).mean == layer.mean
 
 
 def test_mobilenet_preprocessing_maps_to_minus_one_one():
@@ -67,7 +79,7 @@ def test_mobilenet_preprocessing_maps_to_minus_one_one():
     np.testing.assert_allclose(out[0, 0, 0], [-1, 0, 1], atol=1e-6)
 
 
-def test_unknown_model_and_bad_arguments():
+def test_unknown_model_and_bad_arguments(resnet3):
     with pytest.raises(ValueError, match="unknown model"):
         models.build_model("vgg16")
     with pytest.raises(ValueError, match="num_classes"):
@@ -76,34 +88,43 @@ def test_unknown_model_and_bad_arguments():
         models.build_model("mobilenetv2", input_size=16, weights=None)
     with pytest.raises(ValueError, match="backbone"):
         models.get_backbone(models.build_model("baseline_cnn", input_size=SIZE))
+    with pytest.raises(ValueError, match="n_layers"):
+        models.unfreeze_top(resnet3, -1)
 
 
-def test_unfreeze_top_keeps_batchnorm_frozen(resnet3):
-    backbone = models.get_backbone(resnet3)
-    count = models.unfreeze_top(resnet3, n_layers=30)
-    assert 0 < count <= 30
+def test_unfreeze_top_keeps_batchnorm_frozen():
+    model = models.transfer_model("resnet50", SIZE, 2, RANDOM)
+    backbone = models.get_backbone(model)
+    assert models.unfreeze_top(model, 0) == 0 and not model.get_layer("backbone").trainable_weights
+    count = models.unfreeze_top(model, n_layers=30)
     top = backbone.layers[-30:]
-    assert all(layer.trainable for layer in top if not isinstance(layer, keras.layers.BatchNormalization))
+    with_weights = [layer for layer in top if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    assert count == len(with_weights) > 0
+    assert all(layer.trainable for layer in with_weights)
     assert all(not layer.trainable for layer in backbone.layers[:-30])
     batch_norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert batch_norms and not any(layer.trainable for layer in batch_norms)
-    assert not any(w.trainable for layer in batch_norms for w in layer.weights)
-    everything = models.unfreeze_top(resnet3, fraction=1.0)
-    assert everything > count
+    assert not any(weight.trainable for layer in batch_norms for weight in layer.trainable_weights)
+    assert models.unfreeze_top(model, len(backbone.layers)) > count
     assert not any(layer.trainable for layer in batch_norms)
-    with pytest.raises(ValueError, match="exactly one"):
-        models.unfreeze_top(resnet3)
-    models.freeze_backbone(resnet3)
-    assert not backbone.trainable and not backbone.trainable_weights
 
 
-def test_compile_model_names_auc_and_checks_classes(resnet3):
+def test_compile_model_names_auc_and_accuracy():
     model = models.compile_model(models.build_model("baseline_cnn", input_size=SIZE), learning_rate=1e-3)
     x = np.zeros((4, SIZE, SIZE, 3), "float32")
     logs = model.evaluate(x, np.array([[0], [1], [0], [1]], "float32"), verbose=0, return_dict=True)
     assert "auc" in logs and "accuracy" in logs
-    with pytest.raises(ValueError, match="num_classes"):
-        models.compile_model(resnet3, num_classes=2)
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-3)
+
+
+def test_feature_extractor_and_head_model_share_the_models_layers(images):
+    model = models.transfer_model("resnet50", SIZE, 2, RANDOM, dropout=0.5)
+    extractor, head = models.feature_extractor(model), models.head_model(model)
+    features = _predict(extractor, images)
+    assert features.shape == (len(images), 2048) and features.std() > 0
+    np.testing.assert_allclose(_predict(head, features), _predict(model, images), atol=1e-5)
+    assert head.get_layer("head_output") is model.get_layer("head_output")
+    assert head.get_layer("head_dropout").rate == 0.5
 
 
 @pytest.mark.parametrize(
@@ -114,9 +135,8 @@ def test_save_load_round_trip_in_safe_mode(name, images, tmp_path):
     before = _predict(model, images)
     path = tmp_path / modelcard.MODEL_FILE
     model.save(path)
-    if name == "baseline_cnn":  # plain Keras loading; the others through the card loader (also safe mode)
-        loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
-        np.testing.assert_array_equal(_predict(loaded, images), before)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(_predict(loaded, images), before)
     card = {
         "model_name": name,
         "class_names": ["non-IDC", "IDC"],
@@ -130,22 +150,10 @@ def test_save_load_round_trip_in_safe_mode(name, images, tmp_path):
     assert read_back["weights"]["used"] == "random"
 
 
-def test_backbone_and_head_reproduce_the_model(images):
-    model = models.build_model("resnet50", input_size=SIZE, weights=None, dropout=0.5)
-    extractor, head = models.backbone_and_head(model)
-    features = _predict(extractor, images)
-    assert features.shape == (len(images), 2048)
-    assert features.std() > 0
-    np.testing.assert_allclose(_predict(head, features), _predict(model, images), atol=1e-5)
-    assert head.get_layer("head_dropout").rate == 0.5
-
-
-def test_from_scratch_backbone_is_trainable():
-    model = models.build_model("mobilenetv2", input_size=SIZE, weights=None, from_scratch=True)
-    backbone = models.get_backbone(model)
-    assert backbone.trainable and model.bclib_from_scratch
-    assert any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)
-    assert models.unfreeze_top(model, n_layers=5) > 5  # nothing to unfreeze: everything already trains
+def test_weights_record_says_what_was_used():
+    assert models.weights_record(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))["used"] == "unknown"
+    model = models.transfer_model("mobilenetv2", SIZE, 2, RANDOM)
+    assert models.weights_record(model) == RANDOM.to_card()
 
 
 def test_devices_on_cpu_stay_float32():
@@ -174,7 +182,8 @@ def test_mixed_precision_keeps_float32_outputs():
         info = devices.configure(mixed_precision=True, xla=False)
         assert info.policy == "mixed_float16"
         model = models.build_model("baseline_cnn", input_size=SIZE)
-        assert model.get_layer("block1_sepconv1").compute_dtype == "float16"
+        convolution = next(layer for layer in model.layers if isinstance(layer, keras.layers.SeparableConv2D))
+        assert convolution.compute_dtype == "float16"
         assert model.output.dtype == "float32"
         assert _predict(model, np.zeros((2, SIZE, SIZE, 3), "uint8")).dtype == np.float32
     finally:

@@ -16,7 +16,6 @@ from bclib.models.weights import (
     resolve_weights,
     weights_cache_dir,
     weights_file_name,
-    weights_url,
 )
 
 SIZE = 32
@@ -28,7 +27,6 @@ def test_file_names_follow_keras_applications():
     assert weights_file_name("mobilenetv2", 160, alpha=0.35).endswith("_0.35_160_no_top.h5")
     assert weights_file_name("mobilenetv2", 50).endswith("_1.0_224_no_top.h5")  # other sizes use the 224 file
     assert weights_file_name("resnet50", 50) == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    assert weights_url("resnet50").startswith("https://storage.googleapis.com/")
     with pytest.raises(WeightsError, match="baseline"):
         weights_file_name("baseline_cnn")
 
@@ -49,9 +47,12 @@ def test_no_weights_offline_falls_back_to_random_with_banner(tmp_path, monkeypat
     assert "NO IMAGENET WEIGHTS" in choice.banner and "NOT transfer learning" in choice.banner
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in choice.banner
     assert str(tmp_path / "empty_home" / "models") in choice.banner
-    assert "NO IMAGENET WEIGHTS" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "NO IMAGENET WEIGHTS" in shown
+    assert "Downloading data from" not in shown  # Keras' own download line: the banner says what happened
     card = choice.to_card()
     assert card["used"] == "random" and card["requested"] == "imagenet" and "NOT transfer" in card["note"]
+    assert "====" not in card["note"]
 
 
 def test_allow_random_false_raises(tmp_path, monkeypatch):
@@ -65,9 +66,14 @@ def test_missing_local_file_is_an_error(tmp_path):
         resolve_weights("mobilenetv2", str(tmp_path / "nope.h5"))
 
 
-def test_none_means_random_without_banner():
+def test_none_means_random_without_banner(capsys):
     choice = resolve_weights("resnet50", None)
     assert choice.used == "random" and choice.banner == "" and choice.requested is None
+    assert "randomly initialised" in capsys.readouterr().out  # announced as a note
+    assert choice.to_card() == {"requested": None, "used": "random",
+                                "note": "randomly initialised (trained from scratch)"}
+    resolve_weights("resnet50", None, announce=False)
+    assert capsys.readouterr().out == ""
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +108,10 @@ def test_file_in_keras_cache_is_used(fake_backbone_files, tmp_path, monkeypatch,
     cache.mkdir(parents=True)
     shutil.copyfile(modern if flavour == "modern" else legacy, cache / weights_file_name("mobilenetv2", SIZE))
     model = models.build_model("mobilenetv2", input_size=SIZE, weights="imagenet", allow_random_weights=False)
-    assert model.bclib_weights.used == "imagenet"
+    assert model.bclib_weights.used == "imagenet" and model.bclib_weights.is_pretrained
     assert model.bclib_weights.banner == ""
-    assert models.weights_record(model)["used"] == "imagenet"
+    assert models.weights_record(model) == {"requested": "imagenet", "used": "imagenet",
+                                            "note": "ImageNet weights from the Keras cache"}
     _assert_same_weights(model, expected)
 
 

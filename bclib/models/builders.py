@@ -136,11 +136,11 @@ def transfer_model(name: str, input_size: int, num_classes: int, weights: Weight
 
 
 def build_model(name: str, num_classes: int = 2, input_size: int | None = None, weights: str | None = "imagenet",
-                allow_random_weights: bool = True, seed: int = 0) -> keras.Model:
+                allow_random_weights: bool = True, seed: int = 0, dropout: float = 0.3) -> keras.Model:
     """``"baseline_cnn"``, ``"mobilenetv2"`` or ``"resnet50"``, seeded, in the devices' strategy scope.
 
     ``weights`` matters for the transfer models only (:func:`bclib.models.weights.resolve_weights`);
-    ``model.bclib_weights`` records the weights really used.
+    ``model.bclib_weights`` records the weights really used. ``dropout``: the rate before the output.
     """
     from bclib import devices
 
@@ -149,11 +149,11 @@ def build_model(name: str, num_classes: int = 2, input_size: int | None = None, 
     keras.utils.set_random_seed(seed)
     with devices.strategy().scope():
         if key == "baseline_cnn":
-            model = baseline_cnn(size, num_classes)
+            model = baseline_cnn(size, num_classes, dropout)
             model.bclib_weights = WeightsChoice(requested=None, used="random", path=None)
             return model
         choice = resolve_weights(key, weights, allow_random=allow_random_weights, input_size=size, announce=False)
-        return transfer_model(key, size, num_classes, choice)
+        return transfer_model(key, size, num_classes, choice, dropout)
 
 
 def weights_record(model: keras.Model) -> dict:
@@ -198,11 +198,11 @@ def unfreeze_top(model: keras.Model, n_layers: int) -> int:
         raise ValueError(f"n_layers must be >= 0, got {n_layers}")
     network = get_backbone(model)
     network.trainable = True
-    for layer in network.layers[: len(network.layers) - n_layers]:
-        layer.trainable = False
-    for layer in network.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+    first_top = len(network.layers) - n_layers
+    # Every layer is set, not only those that change: `trainable = True` on a model that is already
+    # trainable does not reach its layers (TensorFlow skips assigning an attribute the value it has).
+    for number, layer in enumerate(network.layers):
+        layer.trainable = number >= first_top and not isinstance(layer, layers.BatchNormalization)
     return sum(1 for layer in network.layers if layer.trainable and layer.weights)
 
 

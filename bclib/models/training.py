@@ -89,14 +89,16 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             self._calibrate()
 
 
-def standard_callbacks(train_dataset: tf.data.Dataset, out_dir: str | Path | None, patience: int,
-                       monitor: str = "val_auc") -> list[keras.callbacks.Callback]:
-    """Notebook 02's callbacks: precise BatchNorm, early stopping that restores the best epoch, a CSV log."""
-    callbacks = [
-        PreciseBatchNorm(train_dataset),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, restore_best_weights=True,
-                                      verbose=1),
-    ]
+def standard_callbacks(train_dataset: tf.data.Dataset | None, out_dir: str | Path | None, patience: int,
+                       monitor: str = "val_auc", verbose: int = 1) -> list[keras.callbacks.Callback]:
+    """Notebook 02's callbacks: precise BatchNorm, early stopping that restores the best epoch, a CSV log.
+
+    ``train_dataset=None`` leaves precise BatchNorm out: fine-tuning keeps every BatchNorm layer
+    frozen, so there is nothing to re-estimate.
+    """
+    callbacks: list[keras.callbacks.Callback] = [] if train_dataset is None else [PreciseBatchNorm(train_dataset)]
+    callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience,
+                                                   restore_best_weights=True, verbose=verbose))
     if out_dir is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(Path(out_dir) / HISTORY_FILE)))
     return callbacks

@@ -8,6 +8,8 @@ The choice is returned as a :class:`WeightsChoice` that the model and its card r
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -112,19 +114,24 @@ def _banner(backbone: str, file_name: str, reason: str) -> str:
 
 
 def _download(backbone: str, file_name: str, timeout: float) -> Path:
-    """One Keras download into the cache, with a short socket timeout; raises on failure."""
+    """One Keras download into the cache, with a short socket timeout; raises on failure.
+
+    Keras' own "Downloading data from" line and progress bar are kept out of the notebook: the
+    banner or note that follows says what happened.
+    """
     import keras
 
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
-        path = keras.utils.get_file(
-            file_name,
-            BASE_URLS[backbone] + file_name,
-            cache_subdir="models",
-            cache_dir=str(keras_home()),
-            file_hash=RESNET50_NOTOP_MD5 if backbone == "resnet50" else None,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            path = keras.utils.get_file(
+                file_name,
+                BASE_URLS[backbone] + file_name,
+                cache_subdir="models",
+                cache_dir=str(keras_home()),
+                file_hash=RESNET50_NOTOP_MD5 if backbone == "resnet50" else None,
+            )
     finally:
         socket.setdefaulttimeout(previous)
     return Path(path)
