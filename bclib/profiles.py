@@ -22,6 +22,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "speedup_images": 128,
         "gradcam_examples": 2,
         "fine_tune_layers": 10,
+        "fine_tune_blocks": 1,  # notebook 06: ResNet50 residual blocks unfrozen
         "leakage_epochs": 1,
         "exercise_max_images": 480,
         "exercise_epochs": 2,
@@ -41,6 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "speedup_images": 512,
         "gradcam_examples": 4,
         "fine_tune_layers": 20,
+        "fine_tune_blocks": 1,
         "fine_tune_max_images": 3000,
         "leakage_epochs": 3,
         "exercise_max_images": 3000,
@@ -61,6 +63,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "speedup_images": 4096,
         "gradcam_examples": 6,
         "fine_tune_layers": 40,
+        "fine_tune_blocks": 3,
         "fine_tune_max_images": None,
         "leakage_epochs": 10,
         "exercise_max_images": None,
@@ -133,6 +136,6 @@ def resolve(profile: str, dataset: str, explicit: dict[str, Any]) -> dict[str, A
 def notebook_values(profile: str, dataset: str, notebook: str) -> dict[str, Any]:
     """The parameter values ``bclib run`` passes to ``notebook`` for this profile and dataset."""
     values = resolve(profile, dataset, {})
-    if notebook in TRANSFER_NOTEBOOKS:
+    if notebook.removesuffix("_solutions") in TRANSFER_NOTEBOOKS:  # their worked solutions too
         values["image_size"] = values["transfer_image_size"]
     return values
