@@ -93,3 +93,58 @@ def test_notebook_04_augmentation_cell_is_the_library_stack():
     namespace = {"keras": keras, **vars(augment), **parameters}
     exec(cell, namespace)
     assert augment.describe_layers(defaults) == augment.describe_layers(namespace["augmentation"])
+
+
+def _run_cell(source: str, namespace: dict) -> dict:
+    """Execute a notebook cell's source in ``namespace``, its printed output discarded."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(source, "notebook-cell", "exec"), namespace)
+    return namespace
+
+
+def test_notebook_05_model_cell_is_the_library_transfer_model():
+    import types
+
+    import tensorflow as tf
+
+    from bclib.models.weights import WeightsChoice, load_weights_file
+
+    source = cell_defining("05_mobilenetv2_transfer.ipynb", "keras.applications.MobileNetV2(")
+    random_weights = WeightsChoice(requested=None, used="random", path=None)
+    for size, classes in ((32, 2), (48, 3)):
+        session = types.SimpleNamespace(strategy=tf.distribute.get_strategy(), num_classes=classes)
+        namespace = _run_cell(source, {"keras": keras, "layers": keras.layers, "load_weights_file": load_weights_file,
+                                       "session": session, "image_size": size, "dropout": 0.3,
+                                       "weights_choice": random_weights})
+        notebook_model = namespace["model"]
+        library_model = builders.transfer_model("mobilenetv2", size, classes, random_weights, dropout=0.3)
+        assert [layer.name for layer in notebook_model.layers] == [layer.name for layer in library_model.layers]
+        outer = [[entry for entry in layer_signature(built) if entry[0] != "Functional"]
+                 for built in (notebook_model, library_model)]  # the nested backbone's config names its input
+        assert outer[0] == outer[1]
+        backbones = [built.get_layer("backbone") for built in (notebook_model, library_model)]
+        assert layer_signature(backbones[0]) == layer_signature(backbones[1])
+        assert notebook_model.count_params() == library_model.count_params()
+        assert not notebook_model.get_layer("backbone").trainable and not library_model.get_layer("backbone").trainable
+
+
+def test_notebook_05_unfreeze_cell_is_the_library_unfreeze_top():
+    """Same layers trainable for any ``fine_tune_layers``, also when the cell is rerun with another value."""
+    from bclib.models.weights import WeightsChoice
+
+    source = cell_defining("05_mobilenetv2_transfer.ipynb", "backbone.trainable = True")
+    random_weights = WeightsChoice(requested=None, used="random", path=None)
+    notebook_model = builders.transfer_model("mobilenetv2", 32, 2, random_weights)
+    library_model = builders.transfer_model("mobilenetv2", 32, 2, random_weights)
+    namespace = {"model": notebook_model, "backbone": notebook_model.get_layer("backbone"), "layers": keras.layers}
+    for fine_tune_layers in (30, 10, 0, 60):
+        _run_cell(source, {**namespace, "fine_tune_layers": fine_tune_layers})
+        count = builders.unfreeze_top(library_model, fine_tune_layers)
+        flags = [layer.trainable for layer in notebook_model.get_layer("backbone").layers]
+        assert flags == [layer.trainable for layer in library_model.get_layer("backbone").layers]
+        assert sum(flag and bool(layer.weights) for flag, layer in
+                   zip(flags, notebook_model.get_layer("backbone").layers)) == count
+        assert len(notebook_model.trainable_weights) == len(library_model.trainable_weights)
