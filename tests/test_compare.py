@@ -61,6 +61,7 @@ def test_test_table_calibration_and_patients(run):
     calibrated = run.calibration_table()
     assert (calibrated["temperature"] > 0).all() and calibrated["ece"].between(0, 1).all()
     assert np.allclose(calibrated["positive_fraction"], run.truth("test").mean())
+    assert not calibrated["class weights"].any()  # the fixture trains without class weights
     patients = run.patient_table(run.names[0])
     assert patients["n"].sum() == len(run.truth("test"))
     assert len(run.worst_patients(run.names[0], k=2)) == 2
@@ -170,17 +171,22 @@ def test_ranking_text_calls_a_difference_real_only_when_its_interval_excludes_ze
 def test_calibration_text_explains_a_worse_ece_by_the_numbers():
     def table(mean_probability):
         return pd.DataFrame({"temperature": [1.4, 0.8], "ece": [0.10, 0.05], "ece_scaled": [0.04, 0.08],
-                             "mean_probability": [0.30, mean_probability], "positive_fraction": [0.28, 0.28]},
+                             "mean_probability": [0.30, mean_probability], "positive_fraction": [0.28, 0.28],
+                             "class weights": [False, True]},
                             index=pd.Index(["a", "b"], name="model"))
 
     shifted = conclusions.calibration_text(table(0.45))
-    assert "Scaling made b worse" in shifted and "0.450 where 0.280" in shifted and "class weights" in shifted
+    assert "lowered the calibration error of a" in shifted and "It made b worse" in shifted
+    assert "(b 0.450) sit away from the 0.280" in shifted and "can make ECE worse" in shifted
+    assert "b trained with class weights" in shifted
     not_shifted = conclusions.calibration_text(table(0.29))
-    assert "base rate is not the cause" in not_shifted
+    assert "base rate is not the cause" in not_shifted and "shifted base rate" not in not_shifted
     better = table(0.29).assign(ece_scaled=[0.04, 0.03])
     assert "lowered the calibration error of every model" in conclusions.calibration_text(better)
     same = conclusions.calibration_text(table(0.29).assign(ece_scaled=[0.04, 0.0502]))
-    assert "left b unchanged" in same and "worse" not in same and "the others" in same
+    assert "left b unchanged" in same and "worse" not in same
+    still_shifted = conclusions.calibration_text(table(0.45).assign(ece_scaled=[0.04, 0.03]))
+    assert "part of the error stays after scaling" in still_shifted
 
 
 def test_threshold_text_names_the_rule_the_card_used():

@@ -142,7 +142,7 @@ class RunComparison:
 
     def calibration_table(self) -> pd.DataFrame:
         """Test ECE and Brier score before and after temperature scaling fitted on validation, with the
-        mean predicted probability beside the observed positive fraction."""
+        mean predicted probability beside the observed positive fraction, and whether class weights trained it."""
         val_truth, test_truth = self.truth("val"), self.truth("test")
         rows = []
         for name in self.names:
@@ -152,7 +152,8 @@ class RunComparison:
             rows.append({"model": name, "temperature": summary["temperature"], "ece": summary["ece"],
                          "ece_scaled": summary["ece_scaled"], "brier": summary["brier"],
                          "brier_scaled": summary["brier_scaled"], "mean_probability": float(scores.mean()),
-                         "positive_fraction": float(test_truth.mean())})
+                         "positive_fraction": float(test_truth.mean()),
+                         "class weights": bool(self.entry(name).card["params"].get("class_weight"))})
         return pd.DataFrame(rows).set_index("model")
 
     def patient_table(self, name: str) -> pd.DataFrame:

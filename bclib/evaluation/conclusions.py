@@ -214,36 +214,42 @@ def calibration_conclusion(table: pd.DataFrame) -> None:
 def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05, visible: float = 0.0005) -> str:
     """The sentence of :func:`calibration_conclusion` (``table`` from ``RunComparison.calibration_table``).
 
-    A change of ECE smaller than ``visible`` (it rounds away at three decimals) counts as none.
+    A change of ECE smaller than ``visible`` (it rounds away at three decimals) counts as none; a mean
+    probability further than ``base_rate_tolerance`` from the positive fraction is a shifted base rate.
     """
     changes = "; ".join(f"{name} {row['ece']:.3f} -> {row['ece_scaled']:.3f} (T = {row['temperature']:.2f})"
                         for name, row in table.iterrows())
     change = table["ece_scaled"] - table["ece"]
     worse = [str(name) for name in table.index[change > visible]]
     unchanged = [str(name) for name in table.index[change.abs() <= visible]]
+    lowered = [str(name) for name in table.index[change < -visible]]
     text = f"test ECE before -> after temperature scaling fitted on validation: {changes}. "
+    if lowered:
+        text += f"Scaling lowered the calibration error of {'every model' if len(lowered) == len(table) else _names(lowered)}. "
     if unchanged:
-        text += f"Scaling left {_names(unchanged)} unchanged to three decimals. "
-    if not worse:
-        if len(unchanged) == len(table):
-            return text + "The AUCs are unchanged too (a temperature keeps the ranking)."
-        return text + (f"Scaling lowered the calibration error of {'the others' if unchanged else 'every model'}; "
-                       "the AUCs are unchanged (a temperature keeps the ranking).")
-    text += f"Scaling made {_names(worse)} worse. "
-    shifted = [name for name in worse if abs(table.loc[name, "mean_probability"]
-                                             - table.loc[name, "positive_fraction"]) > base_rate_tolerance]
+        text += f"It left {_names(unchanged)} unchanged to three decimals. "
+    if worse:
+        text += f"It made {_names(worse)} worse. "
+    gap = (table["mean_probability"] - table["positive_fraction"]).abs()
+    shifted = [str(name) for name in table.index[gap > base_rate_tolerance]]
     if shifted:
-        row = table.loc[shifted[0]]
-        return text + (
-            f"{shifted[0]} predicts a mean probability of {row['mean_probability']:.3f} where {row['positive_fraction']:.3f} "
-            "of the test patches are positive: its base rate is shifted, as class weights shift it (they train a "
-            "model as if both classes were equally common). A temperature only makes probabilities more or less "
-            "extreme around 0.5; it cannot move their average, so fitting it can trade one error for another. A "
-            "shift of the logit (Platt scaling's bias term) or training without class weights fixes a base rate.")
-    return text + (("Its mean probability matches" if len(worse) == 1 else "Their mean probabilities match")
-                   + " the observed positive fraction, so the base rate is not the cause: the temperature fitted on "
-                   "the validation patients does not carry over to the test patients, and with few patients ECE "
-                   "itself is noisy.")
+        weighted = [name for name in shifted if table.loc[name, "class weights"]]
+        means = ", ".join(f"{name} {table.loc[name, 'mean_probability']:.3f}" for name in shifted)
+        text += (f"Mean predicted probabilities ({means}) sit away from the {table['positive_fraction'].iloc[0]:.3f} "
+                 "of test patches that are positive: a shifted base rate"
+                 + (f"; {_names(weighted)} trained with class weights, which teach a model that both classes are "
+                    "equally common" if weighted else "")
+                 + ". A temperature only makes probabilities more or less extreme around 0.5 and cannot move their "
+                 "average" + (", which is how fitting it can make ECE worse" if set(worse) & set(shifted) else
+                              ", so part of the error stays after scaling")
+                 + "; a shift of the logit (Platt scaling's intercept) or training without class weights fixes a "
+                 "base rate. ")
+    elif worse:
+        text += (("Its mean probability matches" if len(worse) == 1 else "Their mean probabilities match")
+                 + " the observed positive fraction, so the base rate is not the cause: the temperature fitted on the "
+                 "validation patients does not carry over to the test patients, and with few patients ECE itself is "
+                 "noisy. ")
+    return text + "The AUCs are unchanged: a temperature keeps the ranking."
 
 
 def patients_conclusion(table: pd.DataFrame, name: str, off_by: float = 0.25) -> None:
@@ -293,10 +299,12 @@ def slides_conclusion(table: pd.DataFrame) -> None:
     """The slide maps' patients by split, loudly when the model learnt from them."""
     learnt = table[table["split"] != "test"] if len(table) else table
     if len(learnt):
+        one = len(learnt) == 1
         show_banner(f"{len(learnt)} of the {len(table)} patients shown ({', '.join(learnt['patient'])}) "
-                    f"{'was' if len(learnt) == 1 else 'were'} in the "
-                    f"{'/'.join(sorted(set(learnt['split']))).upper()} split: the model learnt from or was tuned on "
-                    "them. Their maps are not evidence of how it does on a new patient.", "warning")
+                    f"{'was' if one else 'were'} in the {'/'.join(sorted(set(learnt['split']))).upper()} split: the "
+                    f"model learnt from or was tuned on {'this patient' if one else 'them'}. "
+                    f"{'This map is' if one else 'Their maps are'} no evidence of how it does on a new patient.",
+                    "warning")
     conclude(slides_text(table))
 
 
@@ -346,9 +354,8 @@ def leakage_text(difference: dict, epochs: int) -> str:
                        "by about this much, by rewarding it for recognising patients rather than the disease. "
                        "It is a lesson, never a result.")
     if difference["excludes_zero"]:
-        return text + ("The leaky copy scored lower, beyond noise: the patches it gave up mattered more than the "
-                       "patients it saw; with so little training it has not yet memorised patients. It is a lesson, "
-                       "never a result.")
+        return text + ("The leaky copy scored lower, beyond noise: at this length of training the patches it gave "
+                       "up were worth more than seeing the test patients. It is a lesson, never a result.")
     return text + ("The interval includes zero: with this little training the leak cannot be told from noise here. "
                    "A model that trains longer memorises more of each patient (try exercise 2); an image-level "
                    "split's optimism is hidden, not absent.")
@@ -372,7 +379,8 @@ def ranking_text(ranking: pd.DataFrame) -> str:
     real = others[others["interval excludes 0"] == True]["model"].tolist()  # noqa: E712 (None for the leader)
     tied = [name for name in others["model"] if name not in real]
     if tied:
-        text += (f". The paired intervals of {_names(tied)} against it include zero: this run cannot rank "
+        text += (f". The paired interval{'' if len(tied) == 1 else 's'} of {_names(tied)} against it "
+                 f"include{'s' if len(tied) == 1 else ''} zero: this run cannot rank "
                  f"{'it' if len(tied) == 1 else 'them'} apart from {leader}")
     if real:
         text += f". {_names(real)} {'is' if len(real) == 1 else 'are'} really below it (the interval excludes zero)"
