@@ -10,26 +10,22 @@ import numpy as np
 import pytest
 
 from bclib import paths
-from bclib.run.bench import (
-    SECTIONS,
-    BenchError,
-    BenchReport,
-    BenchRow,
-    PeakMemory,
-    parse_sections,
-    ratio_row,
-    resident_memory,
-    write_report,
-)
+from bclib.run.bench import SECTIONS, parse_sections
+from bclib.run.bench_tools import (BenchError, BenchReport, BenchRow, PeakMemory, ratio_row, resident_memory,
+                                   write_report)
 
-#: The throughput figure(s) each section must report as positive numbers.
-THROUGHPUT_KEYS = {
-    "pack": ("decode_img_per_s", "cached_img_per_s"),
+#: Each section's side-by-side pair (numerator, denominator) of its ratio row, measured in the same run.
+RATIO_KEYS = {
+    "pack": ("cached_img_per_s", "decode_img_per_s"),
     "pipeline": ("pipeline_img_per_s", "in_ram_img_per_s"),
     "features": ("head_epochs_per_s", "frozen_epochs_per_s"),
     "inference": ("predict_img_per_s", "raw_predict_img_per_s"),
-    "memory": ("peak_rss_mb", "packed_mb"),
+    "memory": ("anon_growth_mb", "packed_mb"),
 }
+#: Figures that must be positive wherever a row reports them (memory growth may be zero or negative).
+POSITIVE_KEYS = {"decode_img_per_s", "cached_img_per_s", "pipeline_img_per_s", "in_ram_img_per_s",
+                 "head_epochs_per_s", "frozen_epochs_per_s", "predict_img_per_s", "raw_predict_img_per_s",
+                 "median_ms", "p90_ms", "peak_rss_mb", "packed_mb", "images"}
 
 
 def test_parse_sections_keeps_table_order_and_rejects_typos():
@@ -69,7 +65,7 @@ def _report() -> BenchReport:
     rows = [
         ratio_row("pack", "pack ratio", {"decode_img_per_s": 100.0, "cached_img_per_s": 5000.0},
                   "cached_img_per_s", "decode_img_per_s", 10.0, ">= 10x"),
-        BenchRow("features", "features", {}, note="not available yet", status="skipped"),
+        BenchRow("features", "features", {}, note="ValueError: broken", status="error"),
     ]
     return BenchReport(rows=rows, environment={"cpu": "test"}, settings={}, data={}, sections=["pack", "features"])
 
@@ -77,7 +73,7 @@ def _report() -> BenchReport:
 def test_table_and_report_file(tmp_path):
     report = _report()
     table = report.table()
-    assert "PASS" in table and "skipped" in table and "50.00" in table
+    assert "PASS" in table and "error" in table and "50.00" in table and "ValueError: broken" in table
     first = write_report(report, tmp_path)
     second = write_report(report, tmp_path)
     assert first != second and first.exists() and second.exists()  # never overwritten
@@ -97,7 +93,8 @@ def test_cli_rejects_bad_options(capsys):
 
 @pytest.mark.slow
 def test_bench_tiny_writes_every_section(capsys):
-    """The CI run: ``bclib bench --tiny`` on synthetic data; every section measured, figures positive."""
+    """The CI run: ``bclib bench --tiny`` on synthetic data; every section measured, every figure finite,
+    each ratio the quotient of its own row's pair (so both sides come from the same run)."""
     from bclib.run.cli import main
 
     assert main(["bench", "--tiny"]) == 0
@@ -108,21 +105,26 @@ def test_bench_tiny_writes_every_section(capsys):
     data = json.loads(reports[-1].read_text())
     assert data["data"]["synthetic"] is True
     assert data["environment"]["versions"]["tensorflow"]
-    assert set(data["sections"]) == set(SECTIONS)
-    for section, keys in THROUGHPUT_KEYS.items():
+    assert set(data["sections"]) == set(SECTIONS) == set(data["section_seconds"])
+    for section, (numerator, denominator) in RATIO_KEYS.items():
         rows = data["sections"][section]
         assert rows, f"section {section} has no rows"
         for row in rows:
-            assert row["status"] == "ok", f"{section}: {row['note']}"
-            assert row["target"], f"{section} row without a target"
-        for row in rows:
-            if not all(key in row["measured"] for key in keys):
-                continue  # e.g. the latency rows of the inference section
-            for key in keys:
-                value = row["measured"][key]
-                assert value is not None and np.isfinite(value) and value > 0, f"{row['what']}: {key} = {value}"
+            assert row["status"] == "ok" and row["target"], f"{section}: {row['note']}"
+            assert row["ratio"] is not None and np.isfinite(row["ratio"]), f"{row['what']}: ratio {row['ratio']}"
+            for key, value in row["measured"].items():
+                assert value is None or np.isfinite(value), f"{row['what']}: {key} = {value}"
+                if key in POSITIVE_KEYS:
+                    assert value > 0, f"{row['what']}: {key} = {value}"
+        paired = [row for row in rows if numerator in row["measured"] and denominator in row["measured"]]
+        assert paired, f"{section}: no row measures {numerator} and {denominator} side by side"
+        for row in paired:
+            measured = row["measured"]
+            assert row["ratio"] == pytest.approx(measured[numerator] / measured[denominator])
+    pipeline = data["sections"]["pipeline"]
+    assert [row["what"].split(": ")[1].split()[0] for row in pipeline] == ["baseline_cnn", "mobilenetv2"]
     latency = [row for row in data["sections"]["inference"] if "latency" in row["what"]]
-    assert len(latency) == 2 and all(row["measured"]["median_ms"] > 0 for row in latency)
+    assert len(latency) == 2 and all(row["measured"]["median_ms"] <= row["measured"]["p90_ms"] for row in latency)
     aucs = data["sections"]["features"][0]["measured"]
     assert all(0.0 <= aucs[key] <= 1.0 for key in ("head_val_auc", "frozen_val_auc"))
 

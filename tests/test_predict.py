@@ -18,7 +18,7 @@ from bclib.app.predict import (
     predict_paths,
     prepare_image,
 )
-from bclib.run.bench import folder_throughput, measure_latency
+from bclib.run.bench_tools import folder_throughput, measure_latency
 
 INPUT_SIZE = 32
 
@@ -250,16 +250,35 @@ def test_unsafe_lambda_model_is_refused(tmp_path, odd_files, capsys):
 def test_latency_and_throughput_helpers(model_path, odd_files):
     predictor = Predictor.load(model_path)
     latency = measure_latency(predictor.model, np.zeros((50, 50, 3), np.uint8), n=5)
-    assert 0 < latency["median_ms"] <= latency["p90_ms"] < 10_000
-    throughput = folder_throughput(model_path, odd_files["rgb"].parent, batch_size=8)
+    assert 0 < latency["median_ms"] <= latency["p90_ms"] < 10_000 and latency["n"] == 5
+    folder = odd_files["rgb"].parent
+    throughput = folder_throughput(model_path, folder, batch_size=8)
     assert throughput["images_per_second"] > 0 and throughput["raw_images_per_second"] > 0
     assert throughput["ratio"] == pytest.approx(throughput["images_per_second"] / throughput["raw_images_per_second"])
+    assert throughput["n_images"] == len(collect_image_paths([folder])[0])  # unreadable files counted, not timed
+    with pytest.raises(ValueError, match="at least 1"):
+        measure_latency(predictor.model, np.zeros((50, 50, 3), np.uint8), n=0)
 
 
-def test_latency_with_gradcam(model_path):
+def test_latency_with_gradcam_times_no_compilation(model_path, monkeypatch):
+    """Grad-CAM runs its first EAGER_CALLS calls eagerly and compiles on the next: all in the warm-up."""
+    from bclib.evaluation import explain
+
     predictor = Predictor.load(model_path)
+    compiled_before_call = []
+    original = explain.grad_cam
+
+    def recording_grad_cam(model, images, *args, **kwargs):
+        forward = explain._FORWARD_CACHE.get(model, {}).get(None)
+        compiled_before_call.append(forward is not None and forward._compiled is not None)
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(explain, "grad_cam", recording_grad_cam)
     latency = measure_latency(predictor, np.zeros((50, 50, 3), np.uint8), n=3, with_gradcam=True)
-    assert latency["median_ms"] > 0
+    assert latency["median_ms"] > 0 and latency["warmup_calls"] == explain.EAGER_CALLS + 1
+    assert len(compiled_before_call) == latency["warmup_calls"] + 3
+    assert not any(compiled_before_call[:latency["warmup_calls"]])  # it compiled during the warm-up...
+    assert all(compiled_before_call[latency["warmup_calls"]:])  # ...so every timed call ran compiled
 
 
 @pytest.mark.realdata

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
-from bclib.run.bench import SECTIONS, default_settings, environment_line, parse_sections, run_bench, write_report
+from bclib.run.bench import SECTIONS, default_settings, parse_sections, run_bench
+from bclib.run.bench_tools import environment_line, write_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,11 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     parse_sections(args.only)  # fail fast on a typo, before TensorFlow loads
-    if args.tiny and args.data:
-        raise ValueError("--tiny uses generated data; drop --data (or drop --tiny to bench your data)")
+    if args.tiny and (args.data or args.max_images):
+        raise ValueError("--tiny uses generated data; drop --data and --max-images (or drop --tiny to bench your data)")
     settings = None if args.tiny else default_settings(max_images=args.max_images)
-    if args.tiny and args.max_images:
-        raise ValueError("--max-images does not apply to --tiny")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices: nothing a user can act on
     log = (lambda message: None) if args.json else (lambda message: print(message, flush=True))
     report = run_bench(data=args.data, dataset=args.dataset, tiny=args.tiny, only=args.only,
                        settings=settings, log=log)
