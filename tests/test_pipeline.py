@@ -151,3 +151,15 @@ def test_any_callable_augmenter_gets_float_training_batches_only(memmap_images):
     x_eval, _ = _collect(make_dataset(images, labels % 2, batch_size=8, training=False, augmenter=augmenter))
     np.testing.assert_array_equal(x_eval[:, 0, 0, 0], np.arange(30))
     assert len(seen) == calls  # never called outside training
+
+
+def test_with_a_gpu_the_augmenter_still_touches_training_batches_only(memmap_images, monkeypatch):
+    import tensorflow as tf
+
+    images, labels = memmap_images
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"] if kind == "GPU" else [])
+    x, _ = _collect(make_dataset(images, labels % 2, batch_size=8, training=True,
+                                 augmenter=lambda batch, training: batch * 0.0 + 7.0))
+    np.testing.assert_array_equal(x, 7.0)
+    x_eval, _ = _collect(make_dataset(images, labels % 2, batch_size=8, augmenter=lambda batch, training: batch * 0.0))
+    np.testing.assert_array_equal(x_eval[:, 0, 0, 0], np.arange(30))

@@ -8,9 +8,11 @@ resize (bilinear) and prefetch. (Casting in numpy keeps uint8 out of the TensorF
 its optimiser would move flips and transposes before the cast onto a slow uint8 path.)
 
 The augmenter (any callable, e.g. a ``keras.Sequential`` of :mod:`bclib.data.augment` layers) is
-applied to each float training batch as ``augmenter(batch, training=True)``, before the resize. It
-runs on one batch at a time, in order: random layers draw from a seeded state, and calls in
-parallel would take those draws in a different order on every run.
+applied to each float training batch as ``augmenter(batch, training=True)``, before the resize.
+Random layers draw from a seeded state, and batches augmented in parallel take those draws in a
+different order on every run. So on a CPU the augmenter runs on one batch at a time, in order, and
+a seeded run repeats exactly; with a GPU (whose training is not bit-reproducible anyway) it runs in
+parallel, to keep up with the GPU.
 
 Labels: two classes give float32 ``(batch, 1)`` (for the sigmoid output and binary
 cross-entropy); more classes give one-hot float32 ``(batch, num_classes)`` (categorical
@@ -69,8 +71,8 @@ def make_dataset(
     """Batches ``(images float32 0..255, labels)`` of the rows ``positions`` (default: all).
 
     ``training``: reshuffle every epoch (deterministic for ``seed``), keep the last partial
-    batch, and apply ``augmenter(batch, training=True)`` if given (one batch at a time, so a
-    seeded augmenter gives the same batches on every run). Otherwise the order equals
+    batch, and apply ``augmenter(batch, training=True)`` if given (on a CPU one batch at a time,
+    so a seeded augmenter gives the same batches on every run). Otherwise the order equals
     ``positions`` and no augmentation is applied. ``image_size``: resize square (bilinear,
     antialiased when shrinking). ``cache_in_memory``: copy the selected rows into RAM first
     (fast for small sets; the default streams from the memory map).
@@ -116,7 +118,7 @@ def make_dataset(
             batch_images = tf.image.resize(batch_images, (size, size), method="bilinear", antialias=antialias)
         return batch_images, batch_labels
 
-    if augment is None:
+    if augment is None or tf.config.list_physical_devices("GPU"):
         dataset = dataset.map(to_model_input, num_parallel_calls=AUTOTUNE, deterministic=True)
     else:  # in order, so the augmenter's seeded draws repeat from run to run
         dataset = dataset.map(to_model_input)
