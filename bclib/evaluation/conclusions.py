@@ -35,16 +35,19 @@ def _interval(low: float, high: float) -> str:
     return f"95 % CI {low:.3f} to {high:.3f}"
 
 
-def training_conclusion(history: Any, epochs: int, monitor: str = "val_auc") -> None:
-    """How training went: the best epoch, whether it stopped early, whether the curve still rose."""
-    conclude(training_text(history, epochs, monitor))
+def training_conclusion(history: Any, epochs: int, monitor: str = "val_auc", parameter: str = "epochs") -> None:
+    """How training went: the best epoch, whether it stopped early, whether the curve still rose.
+
+    ``parameter`` names the notebook parameter that sets the number of epochs.
+    """
+    conclude(training_text(history, epochs, monitor, parameter))
 
 
-def training_text(history: Any, epochs: int, monitor: str = "val_auc") -> str:
+def training_text(history: Any, epochs: int, monitor: str = "val_auc", parameter: str = "epochs") -> str:
     """The sentence of :func:`training_conclusion`."""
     logs = pd.DataFrame(getattr(history, "history", history))
     if monitor not in logs or logs[monitor].isna().all():
-        return (f"no {monitor} was logged, so the best epoch cannot be named.")
+        return f"no {monitor} was logged, so the best epoch cannot be named."
     values = logs[monitor].to_numpy(dtype=float)
     best = int(np.nanargmax(values))
     ran = len(values)
@@ -54,10 +57,10 @@ def training_text(history: Any, epochs: int, monitor: str = "val_auc") -> str:
                  f"{ran - best - 1} epochs, and the weights of epoch {best + 1} were restored.")
     elif best == ran - 1:
         text += ("; the last epoch was the best, so the curve may still be rising: more epochs could help "
-                 "(try a larger `epochs`).")
+                 f"(try a larger `{parameter}`).")
     else:
         text += f"; the weights of epoch {best + 1} were restored."
-    return (text)
+    return text
 
 
 def first_model_conclusion(card: dict) -> None:
@@ -70,7 +73,7 @@ def first_model_text(card: dict) -> str:
     values = card["metrics"]["val"]
     auc, interval = values.get("roc_auc"), (values.get("ci") or {}).get("roc_auc")
     if auc is None:
-        return ("the validation split holds one class only, so no AUC can be computed.")
+        return "the validation split holds one class only, so no AUC can be computed."
     parts = [f"validation ROC-AUC is {auc:.3f}"]
     if interval:
         verdict = "above chance (0.5)" if interval[0] > 0.5 else "not distinguishable from chance (0.5)"
@@ -88,7 +91,7 @@ def first_model_text(card: dict) -> str:
             f"majority class; accuracy rewards the majority, which is why this series ranks models by AUC and "
             f"balanced accuracy ({values.get('balanced_accuracy'):.3f} here, 0.5 for the majority answer)"
         )
-    return ("; ".join(parts) + ".")
+    return "; ".join(parts) + "."
 
 
 def load_predictions(notebook_dir: str | Path, split: str = "val") -> dict[str, np.ndarray]:
@@ -124,7 +127,7 @@ def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
         return (f"{previous_notebook} was scored on other {split} images (another split or dataset), so the "
                         "two models cannot be compared here.")
     if np.ndim(after["probabilities"]) != 1:
-        return ("paired comparisons are computed for two-class datasets only.")
+        return "paired comparisons are computed for two-class datasets only."
     previous_card = read_card(previous_dir / MODEL_FILE)
     positive = int(session.positive_label)
     sentences = []
@@ -171,14 +174,13 @@ def threshold_text(rules: pd.DataFrame, card_threshold: float, card_rule: str) -
     (first, target), (second, youden) = list(rules.iterrows())[:2]
     text = (f"on validation, the rule '{first}' puts the threshold at {target['threshold']:.3f} (sensitivity "
             f"{target['sensitivity']:.3f}, specificity {target['specificity']:.3f}); '{second}' puts it at "
-            f"{youden['threshold']:.3f}, which changes sensitivity by {youden['sensitivity'] - target['sensitivity']:+.3f} "
-            f"and specificity by {youden['specificity'] - target['specificity']:+.3f}. ")
+            f"{youden['threshold']:.3f}, which changes sensitivity by "
+            f"{youden['sensitivity'] - target['sensitivity']:+.3f} and specificity by "
+            f"{youden['specificity'] - target['specificity']:+.3f}. ")
     same = [str(name) for name, row in rules.iterrows() if np.isclose(row["threshold"], card_threshold)]
-    if same:
-        text += (f"The model card's threshold {card_threshold:.3f} ({card_rule}) is the '{same[0]}' one: "
-                 "experiment.finish made this very choice. ")
-    else:
-        text += f"The model card's threshold {card_threshold:.3f} came from another rule ({card_rule}). "
+    text += (f"The model card's threshold {card_threshold:.3f} ({card_rule}) is the '{same[0]}' one: experiment.finish "
+             "made this very choice. " if same else
+             f"The model card's threshold {card_threshold:.3f} came from another rule ({card_rule}). ")
     return text + ("No test image played a part; which rule is right is a clinical choice: missing a positive "
                    "patch and raising a false alarm do not cost the same.")
 
@@ -193,8 +195,7 @@ def test_table_text(table: pd.DataFrame) -> str:
     chance = [str(name) for name, above in table["above chance"].items() if not above]
     verdict = ("every model's ROC-AUC interval lies above 0.5" if not chance else
                f"{_names(chance)}: the ROC-AUC interval includes 0.5, so not distinguishable from chance")
-    auc = table["roc_auc"].astype(float)
-    sensitivity = table["sensitivity"].astype(float)
+    auc, sensitivity = table["roc_auc"].astype(float), table["sensitivity"].astype(float)
     rules = sorted(set(map(str, table["threshold rule"])))
     if len(table) == 1:
         return (f"on the test patients {verdict}: test ROC-AUC {auc.iloc[0]:.3f}, and test sensitivity "
@@ -225,7 +226,8 @@ def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05, vis
     lowered = [str(name) for name in table.index[change < -visible]]
     text = f"test ECE before -> after temperature scaling fitted on validation: {changes}. "
     if lowered:
-        text += f"Scaling lowered the calibration error of {'every model' if len(lowered) == len(table) else _names(lowered)}. "
+        text += ("Scaling lowered the calibration error of "
+                 f"{'every model' if len(lowered) == len(table) else _names(lowered)}. ")
     if unchanged:
         text += f"It left {_names(unchanged)} unchanged to three decimals. "
     if worse:
@@ -244,11 +246,11 @@ def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05, vis
                               ", so part of the error stays after scaling")
                  + "; a shift of the logit (Platt scaling's intercept) or training without class weights fixes a "
                  "base rate. ")
-    elif worse:
-        text += (("Its mean probability matches" if len(worse) == 1 else "Their mean probabilities match")
-                 + " the observed positive fraction, so the base rate is not the cause: the temperature fitted on the "
-                 "validation patients does not carry over to the test patients, and with few patients ECE itself is "
-                 "noisy. ")
+    unexplained = [name for name in worse if name not in shifted]
+    if unexplained:
+        text += (f"For {_names(unexplained)}, whose mean probability is close to the positive share, the base rate "
+                 "is not the cause: the temperature fitted on the validation patients does not carry over to the test "
+                 "patients, and over few patients ECE itself is noisy. ")
     return text + "The AUCs are unchanged: a temperature keeps the ranking."
 
 
