@@ -104,7 +104,7 @@ def load_predictions(notebook_dir: str | Path, split: str = "val") -> dict[str, 
 
 
 def compare_conclusion(session: Any, card: dict, previous_notebook: str, change: str,
-                       metrics: tuple[str, ...] = ("roc_auc",), split: str = "val", n_boot: int = 1000) -> None:
+                       metrics: tuple[str, ...] = ("roc_auc",), split: str = "val", n_boot: int | None = None) -> None:
     """What ``change`` did, model of ``previous_notebook`` -> this card's model, on the same ``split`` images.
 
     Each metric gets the difference and its paired patient-bootstrap interval; a threshold metric is
@@ -114,8 +114,8 @@ def compare_conclusion(session: Any, card: dict, previous_notebook: str, change:
 
 
 def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
-                 metrics: tuple[str, ...] = ("roc_auc",), split: str = "val", n_boot: int = 1000) -> str:
-    """The sentence of :func:`compare_conclusion`."""
+                 metrics: tuple[str, ...] = ("roc_auc",), split: str = "val", n_boot: int | None = None) -> str:
+    """The sentence of :func:`compare_conclusion` (``n_boot``: the profile's resamples unless given)."""
     previous_dir = session.run_dir / previous_notebook
     try:
         before = load_predictions(previous_dir, split)
@@ -135,7 +135,7 @@ def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
         result = paired_bootstrap_difference(
             after["labels"], positive_probability(before["probabilities"], positive),
             positive_probability(after["probabilities"], positive), after["patients"], metric=metric,
-            n_boot=n_boot, seed=session.seed, positive_label=positive,
+            n_boot=n_boot or int(session.settings["n_boot"]), seed=session.seed, positive_label=positive,
             threshold_a=previous_card["threshold"]["value"], threshold_b=card["threshold"]["value"],
         )
         sentences.append(_difference_sentence(result))
@@ -347,20 +347,18 @@ def leakage_text(difference: dict, epochs: int) -> str:
                 "this dataset cannot leak this way: both copies trained on the same images.")
     text = (f"after {epochs} epoch(s), the copy trained with other patches of the test patients scores ROC-AUC "
             f"{difference['b']:.3f} on the same {difference['n_images']} test patches where the patient-level copy "
-            f"scores {difference['a']:.3f}: a gap of {gap:+.3f}")
+            f"scores {difference['a']:.3f}: a gap of {gap:+.3f} ")
     if interval is None:
-        return text + " (no interval: too few patients). It is a lesson, never a result."
-    text += f" ({_interval(*interval)} over {difference['n_patients']} patients). "
-    if difference["excludes_zero"] and gap > 0:
-        return text + ("Seeing the test patients flattered the model: an image-level split would overstate its AUC "
-                       "by about this much, by rewarding it for recognising patients rather than the disease. "
-                       "It is a lesson, never a result.")
-    if difference["excludes_zero"]:
-        return text + ("The leaky copy scored lower, beyond noise: at this length of training the patches it gave "
-                       "up were worth more than seeing the test patients. It is a lesson, never a result.")
-    return text + ("The interval includes zero: with this little training the leak cannot be told from noise here. "
-                   "A model that trains longer memorises more of each patient (try exercise 2); an image-level "
-                   "split's optimism is hidden, not absent.")
+        return text + "(no interval: too few patients). It is a lesson, never a result."
+    text += f"({_interval(*interval)} over {difference['n_patients']} patients). "
+    if not difference["excludes_zero"]:
+        return text + ("The interval includes zero: with this little training the leak cannot be told from noise "
+                       "here. A model that trains longer memorises more of each patient (try exercise 2); an "
+                       "image-level split's optimism is hidden, not absent.")
+    return text + ("Seeing the test patients flattered the model: an image-level split would overstate its AUC by "
+                   "about this much, by rewarding it for recognising patients rather than the disease. " if gap > 0 else
+                   "The leaky copy scored lower, beyond noise: at this length of training the patches it gave up were "
+                   "worth more than seeing the test patients. ") + "It is a lesson, never a result."
 
 
 def ranking_conclusion(ranking: pd.DataFrame) -> None:
