@@ -180,7 +180,8 @@ def test_calibration_text_explains_a_worse_ece_by_the_numbers():
     assert "(b 0.450) sit away from the 0.280" in shifted and "can make ECE worse" in shifted
     assert "b trained with class weights" in shifted
     not_shifted = conclusions.calibration_text(table(0.29))
-    assert "base rate is not the cause" in not_shifted and "shifted base rate" not in not_shifted
+    assert "For b, whose mean probability is close" in not_shifted and "shifted base rate" not in not_shifted
+    assert "For b" not in shifted
     better = table(0.29).assign(ece_scaled=[0.04, 0.03])
     assert "lowered the calibration error of every model" in conclusions.calibration_text(better)
     same = conclusions.calibration_text(table(0.29).assign(ece_scaled=[0.04, 0.0502]))
@@ -214,6 +215,9 @@ def test_leakage_text_follows_the_sign_and_the_interval():
     noise = conclusions.leakage_text({**base, "b": 0.81, "difference": 0.01, "ci": [-0.02, 0.04],
                                       "excludes_zero": False}, 1)
     assert "cannot be told from noise" in noise
+    lower = conclusions.leakage_text({**base, "b": 0.70, "difference": -0.10, "ci": [-0.15, -0.05],
+                                      "excludes_zero": True}, 1)
+    assert "scored lower, beyond noise" in lower and "flattered" not in lower
     single = conclusions.leakage_text({**base, "b": 0.80, "difference": 0.0, "ci": [0.0, 0.0], "excludes_zero": False,
                                        "test_patients_seen": 0}, 1)
     assert "cannot leak this way" in single

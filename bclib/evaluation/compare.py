@@ -176,9 +176,9 @@ class RunComparison:
         leader = order[0]
         rows = []
         for rank, name in enumerate(order, start=1):
-            row = {"rank": rank, "model": name, f"test {metric}": test_values[name],
-                   f"validation {metric}": metrics.binary_metrics(self.truth("val").astype(int),
-                                                                  self.scores(name, "val"), self.threshold(name))[metric],
+            validation = metrics.binary_metrics(self.truth("val").astype(int), self.scores(name, "val"),
+                                                self.threshold(name))[metric]
+            row = {"rank": rank, "model": name, f"test {metric}": test_values[name], f"validation {metric}": validation,
                    f"difference to {leader}": None, "95% CI of the difference": "", "interval excludes 0": None}
             if name != leader:
                 difference = paired_bootstrap_difference(
@@ -335,8 +335,8 @@ def _entry(session: Any, card_path: Path, positive_label: int) -> ModelEntry | N
         entry.threshold = float(card["threshold"]["value"])
     else:  # the card's decision is the arg-max class: choose a one-vs-rest threshold on validation
         validation = predictions["val"]
-        entry.threshold, info = metrics.choose_threshold(
-            (validation.labels == positive_label).astype(int), positive_scores(validation.probabilities, positive_label))
+        entry.threshold, info = metrics.choose_threshold((validation.labels == positive_label).astype(int),
+                                                         positive_scores(validation.probabilities, positive_label))
         card["threshold"] = {**card["threshold"], "method": info["method"]}
     return entry
 
