@@ -107,21 +107,17 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).map(gather_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
-    augment = augmenter if training else None
+    if training and augmenter is not None:
+        # On a CPU in order, so the augmenter's seeded draws repeat from run to run; a GPU needs the parallel feed.
+        parallel = {"num_parallel_calls": AUTOTUNE, "deterministic": True} if tf.config.list_physical_devices("GPU") else {}
+        dataset = dataset.map(lambda images, labels: (augmenter(images, training=True), labels), **parallel)
     size = None if image_size is None or (int(image_size) == height == width) else int(image_size)
-    antialias = size is not None and size < max(height, width)
-
-    def to_model_input(batch_images, batch_labels):
-        if augment is not None:
-            batch_images = augment(batch_images, training=True)
-        if size is not None:
-            batch_images = tf.image.resize(batch_images, (size, size), method="bilinear", antialias=antialias)
-        return batch_images, batch_labels
-
-    if augment is None or tf.config.list_physical_devices("GPU"):
-        dataset = dataset.map(to_model_input, num_parallel_calls=AUTOTUNE, deterministic=True)
-    else:  # in order, so the augmenter's seeded draws repeat from run to run
-        dataset = dataset.map(to_model_input)
+    if size is not None:
+        antialias = size < max(height, width)
+        dataset = dataset.map(
+            lambda images, labels: (tf.image.resize(images, (size, size), method="bilinear", antialias=antialias), labels),
+            num_parallel_calls=AUTOTUNE, deterministic=True,
+        )
     return dataset.prefetch(AUTOTUNE)
 
 
