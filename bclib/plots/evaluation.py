@@ -1,11 +1,11 @@
-"""Figures of an evaluation: ROC/PR curves, confusion matrix, reliability, patients, Grad-CAM, slides.
+"""Figures of an evaluation: confusion matrix, reliability, patients, Grad-CAM, slides.
 
 Every function returns a matplotlib Figure. Figures that show predictions carry the
 education-and-research disclaimer.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -17,51 +17,6 @@ from bclib import DISCLAIMER
 
 def _disclaim(fig: matplotlib.figure.Figure) -> None:
     fig.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=7, color="0.4")
-
-
-def _positive_truth(y_true, positive_label: int) -> np.ndarray:
-    return (np.asarray(y_true).astype(int) == int(positive_label)).astype(int)
-
-
-def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], positive_label: int = 1,
-                  positive_name: str | None = None) -> matplotlib.figure.Figure:
-    """ROC (left) and precision-recall (right) curves of several models, overlaid.
-
-    ``curves`` maps a model name to ``(y_true, prob_positive)``; the legend gives each AUC.
-    The PR panel's dashed line is the positive prevalence (a random model's precision).
-    """
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    from bclib.evaluation.metrics import pr_auc, roc_auc
-
-    if not curves:
-        raise ValueError("no curves to plot")
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4.3))
-    prevalence = None
-    for name, (y_true, prob) in curves.items():
-        truth = _positive_truth(y_true, positive_label)
-        prob = np.asarray(prob, dtype=float)
-        if truth.min() == truth.max():
-            raise ValueError(f"{name}: ROC and PR curves need both classes in y_true")
-        fpr, tpr, _ = roc_curve(truth, prob)
-        precision, recall, _ = precision_recall_curve(truth, prob)
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(truth, prob):.3f})")
-        ax_pr.step(recall, precision, where="post", label=f"{name} (AP {pr_auc(truth, prob):.3f})")
-        prevalence = truth.mean()
-    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-    ax_roc.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-               title="ROC", xlim=(0, 1), ylim=(0, 1.01))
-    if prevalence is not None:
-        ax_pr.axhline(prevalence, color="k", ls="--", lw=0.8, label=f"chance (prevalence {prevalence:.2f})")
-    label = positive_name or f"label {positive_label}"
-    ax_pr.set(xlabel=f"recall (sensitivity, positive = {label})", ylabel="precision", title="Precision-recall",
-              xlim=(0, 1), ylim=(0, 1.01))
-    for ax in (ax_roc, ax_pr):
-        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
-        ax.grid(alpha=0.3)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    _disclaim(fig)
-    return fig
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], positive_label: int | None = 1,

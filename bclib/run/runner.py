@@ -260,7 +260,7 @@ def run_series(
     parameters: dict | None = None,
     resume: str | None = None,
     notebooks_dir: str | Path | None = None,
-    solutions: bool = True,
+    solutions: bool | None = None,
     kernel_name: str = "python3",
     progress: bool = True,
     log: Callable[[str], Any] = print,
@@ -268,7 +268,8 @@ def run_series(
     """Execute the notebook series into ``reports/<run_id>/`` and write its summary.
 
     ``notebooks`` selects by prefix (``["02", "05"]``); with ``solutions`` the worked solutions of
-    the selected notebooks run after them, into ``<run>/solutions/``. ``parameters`` are extra ``-p``
+    the selected notebooks run after them, into ``<run>/solutions/`` (default: for IDC, the
+    dataset the exercises are written for). ``parameters`` are extra ``-p``
     overrides, passed only to the notebooks whose ``parameters`` cell declares them.
     ``resume=<run_id>`` reopens that run with its original profile, dataset, data and
     parameters (``parameters`` given here are merged on top) and skips the notebooks it
@@ -345,7 +346,7 @@ def run_series(
     if synthetic:
         log(f"*** {SYNTHETIC_BANNER} ***")
 
-    if solutions:
+    if dataset == DEFAULT_DATASET if solutions is None else solutions:
         selected = selected + matching_solutions(notebooks_dir, selected)
     declared = {run_name(path): declared_parameters(path) for path in selected}
     for path in selected:

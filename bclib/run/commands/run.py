@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="notebook parameter override (repeatable), e.g. -p epochs=2 -p augment=true")
     parser.add_argument("--resume", metavar="ID", help="continue run ID, skipping its completed notebooks")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: %(default)s)")
-    parser.add_argument("--no-solutions", action="store_true",
-                        help="skip the worked solutions (notebooks/solutions/) that run after the series")
+    parser.add_argument("--solutions", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the worked solutions (notebooks/solutions/) after the series "
+                             "(default: for idc, the dataset the exercises are written for)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run_command)
 
@@ -62,7 +63,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         result = run_series(profile=args.profile, dataset=args.dataset, data=args.data, run_id=args.run_id,
                             notebooks=args.notebooks, parameters=dict(args.parameters), resume=args.resume,
-                            solutions=not args.no_solutions, kernel_name=args.kernel, progress=not args.no_progress)
+                            solutions=args.solutions, kernel_name=args.kernel, progress=not args.no_progress)
     except RunFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
         return 1
