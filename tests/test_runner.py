@@ -11,7 +11,7 @@ import pytest
 
 from bclib import paths
 from bclib.run import reports
-from bclib.run import runner
+from bclib.run import quality, runner
 from bclib.run.cli import main as cli_main
 from bclib.run.commands.run import parse_parameter
 
@@ -144,8 +144,8 @@ def test_failure_keeps_completed_notebooks_and_resume_runs_the_rest(project, mon
     assert [manifest["notebooks"][n]["status"] for n in ("01_train", "02_second", "03_maybe_fail")] == [
         "completed", "completed", "failed"]
     assert "boom" in manifest["notebooks"]["03_maybe_fail"]["error"]
-    assert not runner.notebook_completed(folder / "03_maybe_fail.ipynb")
-    assert runner.notebook_completed(folder / "01_train.ipynb")
+    assert not quality.notebook_completed(folder / "03_maybe_fail.ipynb")
+    assert quality.notebook_completed(folder / "01_train.ipynb")
 
     monkeypatch.setenv(FAIL_SWITCH, "0")
     first_html = (folder / "01_train.html").stat().st_mtime_ns
@@ -156,7 +156,7 @@ def test_failure_keeps_completed_notebooks_and_resume_runs_the_rest(project, mon
     assert manifest["status"] == "completed" and len(manifest["resumed"]) == 1 and manifest["synthetic"] is True
     assert "SYNTHETIC DEMO DATA" in (folder / "summary.md").read_text(encoding="utf-8")
     assert all(state["status"] == "completed" for state in manifest["notebooks"].values())
-    assert runner.notebook_completed(folder / "03_maybe_fail.ipynb")
+    assert quality.notebook_completed(folder / "03_maybe_fail.ipynb")
 
 
 def test_cli_failure_exits_non_zero_naming_notebook_and_error(project, monkeypatch, capsys):
@@ -187,7 +187,7 @@ def test_export_html_survives_empty_widget_metadata(tmp_path):
         "text/plain": "progress"})]
     notebook.metadata["widgets"] = {}  # what nbclient leaves after tqdm/ipywidgets progress bars
     nbformat.write(notebook, tmp_path / "01_w.ipynb")
-    html = runner.export_html(tmp_path / "01_w.ipynb")
+    html = quality.export_html(tmp_path / "01_w.ipynb")
     assert html == tmp_path / "01_w.html" and "<html" in html.read_text(encoding="utf-8")
 
 

@@ -1,5 +1,5 @@
-"""What an executed notebook must not show a student: start-up noise, stray reprs, long decimals, results
-without a conclusion.
+"""Executed notebooks: finished or not, their HTML export, and what they must not show a student
+(start-up noise, stray reprs, long decimals, results without a conclusion).
 
 ``bclib run`` checks each notebook it executes and prints what it finds; the tests fail on it.
 A code cell tagged ``result`` must be followed by a code cell whose output holds a ``Conclusion:``
@@ -18,6 +18,7 @@ STARTUP_NOISE = re.compile(r"absl::InitializeLog|cudart_stub|cuda_platform|cuIni
 TABLE_CELL = re.compile(r"<td[^>]*>\s*(-?\d+\.\d+)\s*</td>")
 MAX_DECIMALS = 3
 CONCLUSION = "Conclusion:"
+WIDGET_STATE_KEY = "application/vnd.jupyter.widget-state+json"
 
 
 def _texts(output: dict) -> list[str]:
@@ -57,3 +58,34 @@ def check_notebook(path: str | Path, needs_exercises: bool = True) -> list[str]:
     if needs_exercises and "## Exercises" not in markdown:
         problems.append(f"{name}: no '## Exercises' section")
     return sorted(set(problems), key=problems.index)
+
+
+def notebook_completed(path: Path) -> bool:
+    """True when ``path`` is an executed notebook that papermill finished without an error."""
+    if not path.is_file():
+        return False
+    try:
+        notebook = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - a truncated or corrupt file is simply not complete
+        return False
+    meta = notebook.metadata.get("papermill", {})
+    if meta.get("exception"):
+        return False
+    return all(cell.metadata.get("papermill", {}).get("status", "completed") == "completed"
+               for cell in notebook.cells if cell.cell_type == "code")
+
+
+def export_html(notebook_path: Path) -> Path:
+    """Write ``<name>.html`` beside an executed notebook (nbconvert's HTML exporter)."""
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    widgets = notebook.metadata.get("widgets")
+    if widgets is not None and WIDGET_STATE_KEY not in widgets:
+        # nbclient leaves ``"widgets": {}`` after widget progress bars; nbconvert's template
+        # then fails with a KeyError. Without saved state there is nothing to render anyway.
+        del notebook.metadata["widgets"]
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    html_path = notebook_path.with_suffix(".html")
+    html_path.write_text(body, encoding="utf-8")
+    return html_path

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 from bclib import DISCLAIMER, paths, profiles
 from bclib.display import SYNTHETIC_BANNER
 from bclib.run import reports
-from bclib.run.quality import check_notebook
+from bclib.run.quality import check_notebook, export_html, notebook_completed
 from bclib.evaluation.modelcard import write_json
 from bclib.session import BATCH_ENVIRONMENT, library_versions, resolve_dataset_location
 
@@ -29,7 +29,6 @@ DEFAULT_DATASET = "idc"
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 #: Stop counting files for the manifest's data hash beyond this many (the scan must stay cheap).
 MAX_FILES_TO_HASH = 60_000
-WIDGET_STATE_KEY = "application/vnd.jupyter.widget-state+json"
 #: Parameters every run injects (when a notebook declares them).
 RUN_PARAMETERS = ("run_id", "profile", "dataset", "data_dir")
 
@@ -123,40 +122,6 @@ def declared_parameters(notebook: str | Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook)).keys())
 
 
-def notebook_completed(path: Path) -> bool:
-    """True when ``path`` is an executed notebook that papermill finished without an error."""
-    import nbformat
-
-    if not path.is_file():
-        return False
-    try:
-        notebook = nbformat.read(path, as_version=4)
-    except Exception:  # noqa: BLE001 - a truncated or corrupt file is simply not complete
-        return False
-    meta = notebook.metadata.get("papermill", {})
-    if meta.get("exception"):
-        return False
-    return all(cell.metadata.get("papermill", {}).get("status", "completed") == "completed"
-               for cell in notebook.cells if cell.cell_type == "code")
-
-
-def export_html(notebook_path: Path) -> Path:
-    """Write ``<name>.html`` beside an executed notebook (nbconvert's HTML exporter)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    notebook = nbformat.read(notebook_path, as_version=4)
-    widgets = notebook.metadata.get("widgets")
-    if widgets is not None and WIDGET_STATE_KEY not in widgets:
-        # nbclient leaves ``"widgets": {}`` after widget progress bars; nbconvert's template
-        # then fails with a KeyError. Without saved state there is nothing to render anyway.
-        del notebook.metadata["widgets"]
-    body, _ = HTMLExporter().from_notebook_node(notebook)
-    html_path = notebook_path.with_suffix(".html")
-    html_path.write_text(body, encoding="utf-8")
-    return html_path
-
-
 # --------------------------------------------------------------------------- data
 
 def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
@@ -210,15 +175,6 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit or None, "dirty": bool(status.strip())}
-
-
-def read_manifest(run_dir: Path) -> dict:
-    import json
-
-    path = run_dir / reports.MANIFEST_FILE
-    if not path.is_file():
-        raise ValueError(f"{run_dir} has no {reports.MANIFEST_FILE}: it is not a run folder to resume")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> Path:
@@ -290,7 +246,9 @@ def run_series(
         directory = reports.run_dir(resume)
         if not directory.is_dir():
             raise FileNotFoundError(f"cannot resume: run folder {str(directory)!r} does not exist")
-        manifest = read_manifest(directory)
+        manifest = reports.read_manifest(directory)
+        if not manifest:
+            raise ValueError(f"{directory} has no readable {reports.MANIFEST_FILE}: it is not a run folder to resume")
         run_id = resume
         for name, value, default in (("profile", profile, DEFAULT_PROFILE), ("dataset", dataset, DEFAULT_DATASET)):
             if value not in (manifest.get(name), default):
@@ -320,28 +278,13 @@ def run_series(
         run_id = run_id or reports.new_run_id()
         directory = reports.create_run_dir(run_id)
         manifest = {
-            "run_id": run_id,
-            "disclaimer": DISCLAIMER,
-            "status": "running",
-            "started": _now(),
-            "finished": None,
-            "command": " ".join(sys.argv),
-            "profile": profile,
-            "dataset": dataset,
-            "data_dir": str(data_location),
-            "synthetic": synthetic,
-            "data": data_fingerprint(dataset, data_location),
-            "parameters": parameters,
-            "kernel_name": kernel_name,
-            "notebooks_dir": str(notebooks_dir.resolve()),
-            "selection": [path.stem for path in selected],
-            "versions": library_versions(),
-            "git": git_state(),
-            "platform": platform.platform(),
-            "notebooks": {},
+            "run_id": run_id, "disclaimer": DISCLAIMER, "status": "running", "started": _now(), "finished": None,
+            "command": " ".join(sys.argv), "profile": profile, "dataset": dataset, "data_dir": str(data_location),
+            "synthetic": synthetic, "data_note": SYNTHETIC_BANNER if synthetic else None,
+            "data": data_fingerprint(dataset, data_location), "parameters": parameters, "kernel_name": kernel_name,
+            "notebooks_dir": str(notebooks_dir.resolve()), "selection": [path.stem for path in selected],
+            "versions": library_versions(), "git": git_state(), "platform": platform.platform(), "notebooks": {},
         }
-        if synthetic:
-            manifest["data_note"] = SYNTHETIC_BANNER
         log(f"run {run_id}: {directory}")
     if synthetic:
         log(f"*** {SYNTHETIC_BANNER} ***")
@@ -407,7 +350,10 @@ def run_series(
             state.update(status="failed", error=f"{ename}: {evalue}", cell_index=cell_index)
             manifest.update(status="failed", finished=_now())
             write_manifest(directory, manifest)
-            _safe_summary(directory, manifest, log)
+            try:  # the summary of a failed run, without hiding the notebook's error
+                reports.write_summary(directory, manifest)
+            except Exception as summary_error:  # noqa: BLE001
+                log(f"could not write the summary: {type(summary_error).__name__}: {summary_error}")
             raise RunFailed(name, ename, evalue, directory, output if output.is_file() else None,
                             html, cell_index) from error
         state["status"] = "completed"
@@ -427,18 +373,3 @@ def run_series(
         log(f"*** {SYNTHETIC_BANNER} ***")
     log(f"run {run_id} completed: {result.summary_markdown}")
     return result
-
-
-def _safe_summary(directory: Path, manifest: dict, log: Callable[[str], Any]) -> None:
-    """Write the summary of a failed run without hiding the notebook's error."""
-    try:
-        reports.write_summary(directory, manifest)
-    except Exception as error:  # noqa: BLE001
-        log(f"could not write the summary: {type(error).__name__}: {error}")
-
-
-__all__ = [
-    "RunFailed", "RunResult", "run_series", "discover_notebooks",
-    "select_notebooks", "declared_parameters", "notebook_completed", "export_html", "resolve_data",
-    "data_fingerprint", "git_state",
-]
