@@ -198,12 +198,25 @@ class Session:
 
     # ----- outputs ------------------------------------------------------------------------
     def save_fig(self, fig: Any, name: str) -> None:
-        """Save ``fig`` as ``<name>.png`` in this notebook's run folder (the run summary links it)."""
+        """Save ``fig`` as ``<name>.png`` in this notebook's run folder (the run summary links it), then show it.
+
+        The figure is shown here, not at the end of the cell, so a conclusion printed after it comes below it.
+        """
+        import matplotlib.pyplot as plt
+
         from bclib.run.reports import save_fig
 
         path = save_fig(fig, name, self.out_dir)
         if path.name not in self.figures:
             self.figures.append(path.name)
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            get_ipython = None
+        if get_ipython is not None and get_ipython() is not None:
+            display(fig)
+        plt.close(fig)
 
     def card_base(self, model_name: str) -> dict[str, Any]:
         """The model-card fields every trained model of this session shares."""

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bclib.evaluation import compare, conclusions, experiment, leakage
+from bclib.evaluation import compare, conclusions, experiment, findings, leakage
 from bclib.models import builders, training
 from bclib.plots import evaluation as evaluation_plots
 from bclib.session import start
@@ -78,7 +78,7 @@ def test_ranking_compares_each_model_with_the_test_leader(run):
     low, high = json.loads(second["95% CI of the difference"])
     assert low <= high and second["interval excludes 0"] == (low > 0 or high < 0)
     assert ranking.attrs["chosen_on_validation"] == run.best_model()
-    assert "ranks first" in conclusions.ranking_text(ranking)
+    assert "ranks first" in findings.ranking_text(ranking)
 
 
 def test_figures_and_evaluation_file(run):
@@ -130,7 +130,7 @@ def test_leakage_lesson_scores_both_models_on_the_same_test_patches(run):
     assert gap["n_images"] == table["test images"].iloc[0] and gap["test_patients_seen"] > 0
     assert gap["difference"] == pytest.approx(table.loc[leakage.LEAKY, "test_roc_auc"]
                                               - table.loc[leakage.HONEST, "test_roc_auc"])
-    assert f"{gap['difference']:+.3f}" in conclusions.leakage_text(gap, 1)
+    assert f"{gap['difference']:+.3f}" in findings.leakage_text(gap, 1)
 
 
 # --------------------------------------------------------------------------- figures
@@ -159,12 +159,12 @@ def _ranking(differences, intervals, test, validation) -> pd.DataFrame:
 
 
 def test_ranking_text_calls_a_difference_real_only_when_its_interval_excludes_zero():
-    tied = conclusions.ranking_text(_ranking([None, -0.01, -0.02], [None, [-0.05, 0.03], [-0.06, 0.01]],
+    tied = findings.ranking_text(_ranking([None, -0.01, -0.02], [None, [-0.05, 0.03], [-0.06, 0.01]],
                                              [0.90, 0.89, 0.88], [0.85, 0.91, 0.80]))
     assert "this run cannot rank them apart from model_0" in tied and "really below" not in tied
     assert "chosen on validation, model_1, ranks 2" in tied
     assert "exceeds validation ROC-AUC for model_0 and model_2" in tied and "4 in validation, 5 in" in tied
-    real = conclusions.ranking_text(_ranking([None, -0.10], [None, [-0.15, -0.05]], [0.90, 0.80], [0.95, 0.85]))
+    real = findings.ranking_text(_ranking([None, -0.10], [None, [-0.15, -0.05]], [0.90, 0.80], [0.95, 0.85]))
     assert "model_1 is really below it" in real and "cannot rank" not in real and "exceeds" not in real
 
 
@@ -175,49 +175,49 @@ def test_calibration_text_explains_a_worse_ece_by_the_numbers():
                              "class weights": [False, True]},
                             index=pd.Index(["a", "b"], name="model"))
 
-    shifted = conclusions.calibration_text(table(0.45))
+    shifted = findings.calibration_text(table(0.45))
     assert "lowered the calibration error of a" in shifted and "It made b worse" in shifted
     assert "(b 0.450) sit away from the 0.280" in shifted and "can make ECE worse" in shifted
     assert "b trained with class weights" in shifted
-    not_shifted = conclusions.calibration_text(table(0.29))
+    not_shifted = findings.calibration_text(table(0.29))
     assert "For b, whose mean probability is close" in not_shifted and "shifted base rate" not in not_shifted
     assert "For b" not in shifted
     better = table(0.29).assign(ece_scaled=[0.04, 0.03])
-    assert "lowered the calibration error of every model" in conclusions.calibration_text(better)
-    same = conclusions.calibration_text(table(0.29).assign(ece_scaled=[0.04, 0.0502]))
+    assert "lowered the calibration error of every model" in findings.calibration_text(better)
+    same = findings.calibration_text(table(0.29).assign(ece_scaled=[0.04, 0.0502]))
     assert "left b unchanged" in same and "worse" not in same
-    still_shifted = conclusions.calibration_text(table(0.45).assign(ece_scaled=[0.04, 0.03]))
+    still_shifted = findings.calibration_text(table(0.45).assign(ece_scaled=[0.04, 0.03]))
     assert "part of the error stays after scaling" in still_shifted
 
 
 def test_threshold_text_names_the_rule_the_card_used():
     rules = pd.DataFrame({"threshold": [0.30, 0.55], "sensitivity": [0.91, 0.80], "specificity": [0.70, 0.85]},
                          index=["sensitivity >= 0.90", "Youden's J"])
-    text = conclusions.threshold_text(rules, 0.30, "sensitivity@0.90")
+    text = findings.threshold_text(rules, 0.30, "sensitivity@0.90")
     assert "sensitivity by -0.110 and specificity by +0.150" in text and "is the 'sensitivity >= 0.90' one" in text
-    assert "came from another rule (f1)" in conclusions.threshold_text(rules, 0.42, "f1")
+    assert "came from another rule (f1)" in findings.threshold_text(rules, 0.42, "f1")
 
 
 def test_slides_text_says_which_patients_the_model_learnt_from():
     table = pd.DataFrame({"patient": ["10253", "9001"], "split": ["train", "test"], "patches": [549, 40],
                           "roc_auc": [0.97, np.nan]})
-    text = conclusions.slides_text(table)
+    text = findings.slides_text(table)
     assert "seen in training or validation: 10253 (549 patches, within-slide AUC 0.970)" in text
     assert "held-out test patient(s): 9001 (40 patches, within-slide AUC n/a)" in text
-    assert "no test patient is shown" in conclusions.slides_text(table.iloc[:1])
+    assert "no test patient is shown" in findings.slides_text(table.iloc[:1])
 
 
 def test_leakage_text_follows_the_sign_and_the_interval():
     base = {"a": 0.80, "n_images": 100, "n_patients": 10}
-    flattered = conclusions.leakage_text({**base, "b": 0.90, "difference": 0.10, "ci": [0.05, 0.15],
+    flattered = findings.leakage_text({**base, "b": 0.90, "difference": 0.10, "ci": [0.05, 0.15],
                                           "excludes_zero": True}, 3)
     assert "+0.100" in flattered and "flattered" in flattered
-    noise = conclusions.leakage_text({**base, "b": 0.81, "difference": 0.01, "ci": [-0.02, 0.04],
+    noise = findings.leakage_text({**base, "b": 0.81, "difference": 0.01, "ci": [-0.02, 0.04],
                                       "excludes_zero": False}, 1)
     assert "cannot be told from noise" in noise
-    lower = conclusions.leakage_text({**base, "b": 0.70, "difference": -0.10, "ci": [-0.15, -0.05],
+    lower = findings.leakage_text({**base, "b": 0.70, "difference": -0.10, "ci": [-0.15, -0.05],
                                       "excludes_zero": True}, 1)
     assert "scored lower, beyond noise" in lower and "flattered" not in lower
-    single = conclusions.leakage_text({**base, "b": 0.80, "difference": 0.0, "ci": [0.0, 0.0], "excludes_zero": False,
+    single = findings.leakage_text({**base, "b": 0.80, "difference": 0.0, "ci": [0.0, 0.0], "excludes_zero": False,
                                        "test_patients_seen": 0}, 1)
     assert "cannot leak this way" in single

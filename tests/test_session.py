@@ -140,11 +140,14 @@ def test_finish_writes_model_card_metrics_and_threshold_from_validation(smoke_se
 
 
 def test_training_conclusion_follows_the_history():
-    stopped = {"val_auc": [0.6, 0.8, 0.7, 0.75]}
+    stopped = {"val_auc": [0.6, 0.8, 0.7, 0.75], "auc": [0.6, 0.85, 0.9, 0.92],
+               "loss": [0.6, 0.5, 0.4, 0.3], "val_loss": [0.5, 0.45, 0.5, 0.55]}
     text = conclusions.training_text(stopped, epochs=8)
-    assert "0.800, at epoch 2 of 4" in text and "stopped early" in text and "epoch 2 were restored" in text
-    rising = conclusions.training_text({"val_auc": [0.6, 0.7, 0.8]}, epochs=3)
-    assert "may still be rising" in rising
+    assert "validation AUC was 0.800, at epoch 2 of 4" in text and "stopped early" in text
+    assert "epoch 2 were restored" in text and "training AUC was 0.850 (+0.050" in text and "overfitting" in text
+    rising = conclusions.training_text({"val_auc": [0.6, 0.7, 0.8], "auc": [0.6, 0.7, 0.81]}, epochs=3,
+                                       parameter="fine_tune_epochs")
+    assert "more epochs could help (try a larger `fine_tune_epochs`)" in rising and "overfitting" not in rising
     assert "cannot be named" in conclusions.training_text({"loss": [1.0]}, epochs=1)
 
 
