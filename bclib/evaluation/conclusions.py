@@ -132,11 +132,11 @@ def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
         before = load_predictions(previous_dir, split)
     except FileNotFoundError:
         return (f"{previous_notebook} has not run in run {session.run_id!r}, so there is nothing to compare "
-                        f"{change} with; run it first with the same run_id.")
+                f"{change} with; run it first with the same run_id.")
     after = load_predictions(session.out_dir, split)
     if len(before["labels"]) != len(after["labels"]) or not np.array_equal(before["labels"], after["labels"]):
         return (f"{previous_notebook} was scored on other {split} images (another split or dataset), so the "
-                        "two models cannot be compared here.")
+                "two models cannot be compared here.")
     if np.ndim(after["probabilities"]) != 1:
         return "paired comparisons are computed for two-class datasets only."
     previous_card = read_card(previous_dir / MODEL_FILE)
@@ -150,23 +150,26 @@ def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
             threshold_a=previous_card["threshold"]["value"], threshold_b=card["threshold"]["value"],
         )
         sentences.append(_difference_sentence(result))
-    verdicts = [s for s in sentences if "excludes zero" in s]
-    summary = (f"{change} changed {len(verdicts)} of {len(sentences)} metric(s) beyond their interval"
-               if verdicts else f"{change} made no difference this run can tell from noise")
+    real = sum("excludes zero" in sentence for sentence in sentences)
+    if not real:
+        summary = f"{change} made no difference this run can tell from noise"
+    elif len(sentences) == 1:
+        summary = f"{change} changed the metric beyond noise"
+    else:
+        summary = f"{change} changed {real} of the {len(sentences)} metrics compared beyond noise"
     where = f"on the same {split} patients ({split} numbers: the threshold and the epochs were chosen on them)"
-    return (f"{summary}, {where}. " + " ".join(sentences))
+    return f"{summary}, {where}. " + " ".join(sentences)
 
 
 def _difference_sentence(result: dict) -> str:
     label = METRIC_LABELS.get(result["metric"], result["metric"])
     if result["difference"] is None:
         return f"{label} is undefined on these images for at least one model."
-    text = f"{label} {result['a']:.3f} -> {result['b']:.3f} ({result['difference']:+.3f}"
+    before, after = round(result["a"], 3), round(result["b"], 3)
+    text = f"{label} {before:.3f} -> {after:.3f} ({after - before:+.3f}"
     if result["ci"] is None:
         return text + ", no interval: too few patients, or a class missing from every resample)."
     low, high = result["ci"]
     verdict = "excludes zero: a real change" if result["excludes_zero"] else "includes zero: no clear change"
     return text + f", {ci_text(low, high)}, {verdict})."
 
-
-# --------------------------------------------------------------------------- notebook 07
