@@ -62,22 +62,42 @@ def size_anomalies(index: DatasetIndex, expected: int | None = None) -> pd.DataF
     return table.reset_index(drop=True)
 
 
+#: A pixel is tissue when its darkest channel is below this (the near-white background and fat are not).
+TISSUE_BELOW = 220
+
+
+def tissue_mask(images: np.ndarray) -> np.ndarray:
+    """True for the tissue pixels of ``images`` (..., 3): those whose darkest channel is below :data:`TISSUE_BELOW`."""
+    return np.asarray(images).min(axis=-1) < TISSUE_BELOW
+
+
 def colour_statistics(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    """Mean and standard deviation of each RGB channel per class (white padding excluded)."""
+    """Per class: the mean and standard deviation of each RGB channel over tissue pixels, and the spread
+    (standard deviation) of the patches' own mean tissue brightness."""
     rows = []
     for label, name in enumerate(class_names):
-        chosen = images[labels == label]
+        chosen = np.asarray(images[labels == label])
         if len(chosen) == 0:
             continue
-        pixels = chosen.reshape(-1, 3).astype(np.float64)
-        tissue = pixels[pixels.min(axis=1) < 250]
-        pixels = tissue if len(tissue) else pixels
-        row = {"class": name, "images": int(len(chosen))}
+        mask = tissue_mask(chosen)
+        pixels = chosen[mask].astype(np.float64)
+        row = {"class": name, "images": int(len(chosen)), "tissue_share": float(mask.mean())}
         for channel, channel_name in enumerate("RGB"):
             row[f"{channel_name}_mean"] = pixels[:, channel].mean()
             row[f"{channel_name}_std"] = pixels[:, channel].std()
+        row["patch_brightness_std"] = float(np.nanstd(patch_brightness(chosen)))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def patch_brightness(images: np.ndarray) -> np.ndarray:
+    """Each patch's mean intensity over its tissue pixels (NaN for a patch without tissue)."""
+    images = np.asarray(images, dtype=np.float64)
+    mask = tissue_mask(images)
+    totals = (images.mean(axis=-1) * mask).sum(axis=(1, 2))
+    counts = mask.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, totals / counts, np.nan)
 
 
 def sample_positions(labels: np.ndarray, per_class: int, seed: int = 0) -> dict[int, np.ndarray]:
