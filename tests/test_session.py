@@ -154,9 +154,11 @@ def test_training_conclusion_follows_the_history():
 def test_first_model_conclusion_compares_with_chance_and_the_majority_answer():
     card = {"threshold": {"value": 0.3, "method": "sensitivity@0.90"},
             "metrics": {"val": {"roc_auc": 0.8, "ci": {"roc_auc": [0.7, 0.9]}, "n_patients": 30, "accuracy": 0.6,
-                                "balanced_accuracy": 0.7, "confusion_matrix": [[50, 20], [5, 25]]}}}
+                                "sensitivity": 0.83, "specificity": 0.71, "balanced_accuracy": 0.7,
+                                "confusion_matrix": [[50, 20], [5, 25]]}}}
     text = conclusions.first_model_text(card)
     assert "above chance" in text and "below the 0.700 of always answering the majority class" in text
+    assert "find 90 % of the positive patches" in text and "specificity 0.710" in text
     card["metrics"]["val"]["ci"]["roc_auc"] = [0.45, 0.9]
     assert "not distinguishable from chance" in conclusions.first_model_text(card)
 

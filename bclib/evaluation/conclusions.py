@@ -91,18 +91,26 @@ def first_model_text(card: dict) -> str:
         parts[0] += f" ({ci_text(*interval)} over {values.get('n_patients')} patients): {verdict}"
     matrix = np.asarray(values.get("confusion_matrix") or [[0, 0], [0, 0]])
     if matrix.shape == (2, 2) and matrix.sum():
-        negatives = int(matrix[0].sum())
-        majority = max(negatives, int(matrix[1].sum())) / matrix.sum()
-        accuracy = values.get("accuracy")
-        threshold = card.get("threshold", {})
-        relation = "below" if accuracy < majority else "above"
+        majority = max(int(matrix[0].sum()), int(matrix[1].sum())) / matrix.sum()
+        accuracy, threshold = values.get("accuracy"), card.get("threshold", {})
         parts.append(
-            f"at threshold {threshold.get('value', float('nan')):.3f} ({threshold.get('method')}, chosen on "
-            f"validation) accuracy is {accuracy:.3f}, {relation} the {majority:.3f} of always answering the "
-            f"majority class; accuracy rewards the majority, which is why this series ranks models by AUC and "
-            f"balanced accuracy ({values.get('balanced_accuracy'):.3f} here, 0.5 for the majority answer)"
+            f"at threshold {threshold.get('value', float('nan')):.3f}, chosen on validation by the rule "
+            f"'{_rule_words(threshold.get('method', ''))}', sensitivity is {values.get('sensitivity'):.3f} and "
+            f"specificity {values.get('specificity'):.3f}; accuracy, {accuracy:.3f}, is "
+            f"{'below' if accuracy < majority else 'above'} the {majority:.3f} of always answering the majority class"
+            + (": a threshold low enough to find the rare class calls many common patches positive too, and accuracy "
+               "counts every common patch" if accuracy < majority else "")
+            + f". That is why this series ranks models by AUC and balanced accuracy ({values.get('balanced_accuracy'):.3f} "
+            "here, 0.5 for any constant answer)"
         )
     return "; ".join(parts) + "."
+
+
+def _rule_words(method: str) -> str:
+    """A card's threshold method in words: ``sensitivity@0.90`` -> ``find 90 % of the positive patches``."""
+    if method.startswith("sensitivity@"):
+        return f"find {float(method.split('@')[1]):.0%} of the positive patches".replace("%", " %")
+    return {"youden": "maximise sensitivity + specificity (Youden)", "f1": "maximise F1"}.get(method, method)
 
 
 def load_predictions(notebook_dir: str | Path, split: str = "val") -> dict[str, np.ndarray]:
