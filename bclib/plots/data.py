@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from bclib.data.explore import tissue_mask
+
 
 def class_balance(table: pd.DataFrame, title: str = "Images per class") -> matplotlib.figure.Figure:
     """Bar chart of images per class, with counts and shares written on the bars."""
@@ -25,18 +27,26 @@ def class_balance(table: pd.DataFrame, title: str = "Images per class") -> matpl
     return fig
 
 
-def patients_overview(table: pd.DataFrame) -> matplotlib.figure.Figure:
-    """Images per patient, and each patient's positive fraction (when the data is binary)."""
+def patients_overview(table: pd.DataFrame, skew_for_log: float = 10.0) -> matplotlib.figure.Figure:
+    """Histograms over patients: images per patient, and each patient's positive share (binary data).
+
+    The images axis is logarithmic when the largest patient has more than ``skew_for_log`` times the
+    median number of images, so the many small patients stay readable beside a few large ones.
+    """
     has_fraction = "positive_fraction" in table.columns
     fig, axes = plt.subplots(1, 2 if has_fraction else 1, figsize=(10 if has_fraction else 5, 3.2), squeeze=False)
     axes = axes[0]
-    sns.histplot(table["images"], bins=30, ax=axes[0], color="#4c72b0")
-    axes[0].set_xlabel("images per patient")
+    counts = table["images"]
+    logarithmic = bool(len(counts) and counts.min() > 0 and counts.max() > skew_for_log * counts.median())
+    sns.histplot(counts, bins=30, log_scale=logarithmic, ax=axes[0], color="#4c72b0")
+    axes[0].set_xlabel("images per patient" + (" (log scale)" if logarithmic else ""))
     axes[0].set_title(f"{len(table)} patients")
     if has_fraction:
-        sns.histplot(table["positive_fraction"], bins=20, ax=axes[1], color="#c44e52")
-        axes[1].set_xlabel("positive fraction of a patient's images")
-        axes[1].set_title("patients differ: split by patient")
+        sns.histplot(table["positive_fraction"], bins=20, binrange=(0, 1), ax=axes[1], color="#c44e52")
+        axes[1].set_xlabel("positive share")
+        axes[1].set_title("share of each patient's images that are positive")
+    for ax in axes:
+        ax.set_ylabel("patients")
     fig.tight_layout()
     return fig
 
@@ -59,15 +69,24 @@ def sample_grid(images_by_class: dict[str, np.ndarray], columns: int = 8, title:
 
 
 def colour_histograms(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> matplotlib.figure.Figure:
-    """Per-channel intensity histograms for each class (tissue pixels)."""
+    """Per-channel intensity histograms of each class over its tissue pixels (:func:`bclib.data.explore.tissue_mask`).
+
+    Each curve is a density (area 1), so classes with different numbers of pixels compare directly.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    tissue = {}  # label -> (tissue pixels, 3)
+    for label in range(len(class_names)):
+        chosen = images[labels == label]
+        tissue[label] = chosen[tissue_mask(chosen)]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3), sharey=True)
     for channel, (ax, colour) in enumerate(zip(axes, ("red", "green", "blue"))):
         for label, name in enumerate(class_names):
-            chosen = images[labels == label][..., channel].ravel()
-            if chosen.size:
-                ax.hist(chosen, bins=64, range=(0, 255), histtype="step", density=True, label=name, linewidth=1.5)
-        ax.set_title(f"{colour} channel")
+            pixels = tissue[label][:, channel]
+            if pixels.size:
+                ax.hist(pixels, bins=64, range=(0, 255), histtype="step", density=True, label=name, linewidth=1.5)
+        ax.set_title(f"{colour} channel, tissue pixels")
         ax.set_xlabel("intensity")
+    axes[0].set_ylabel("density")
     axes[0].legend()
     fig.tight_layout()
     return fig
@@ -82,7 +101,8 @@ def split_overview(summary: pd.DataFrame) -> matplotlib.figure.Figure:
     if "positive_fraction" in summary.columns:
         sns.barplot(data=summary, x="split", y="positive_fraction", ax=axes[1], color="#c44e52")
         axes[1].set_ylim(0, 1)
-        axes[1].set_title("positive fraction per split")
+        axes[1].set_ylabel("positive share")
+        axes[1].set_title("positive share per split")
     fig.tight_layout()
     return fig
 
@@ -99,7 +119,8 @@ def augmentation_examples(images_by_class: Mapping[str, np.ndarray], augmentatio
     """The stack's transforms one column each, applied alone, then the whole stack.
 
     ``images_by_class``: a few patches of each class (uint8 RGB); each patch is a row labelled by
-    its class. ``augmentation``: a ``keras.Sequential`` of augmentation layers. The figure uses
+    its class; a transformed panel equal to its original says so below it (a random layer can draw
+    the identity). ``augmentation``: a ``keras.Sequential`` of augmentation layers. The figure uses
     fresh copies of the layers (from their configurations): it shows the same draws every time,
     leaves the random state training draws from untouched, and with seeded layers the last
     column composes exactly the draws shown one by one before it.
@@ -121,7 +142,7 @@ def augmentation_examples(images_by_class: Mapping[str, np.ndarray], augmentatio
     columns.append(("all together", np.asarray(whole(batch, training=True))))
 
     rows = len(originals)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(len(columns) * 1.45, rows * 1.45 + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(len(columns) * 1.45, rows * 1.45 + 0.6), squeeze=False)
     for column, (title, images) in enumerate(columns):
         axes[0, column].set_title(title, fontsize=8)
         for row in range(rows):
@@ -129,6 +150,8 @@ def augmentation_examples(images_by_class: Mapping[str, np.ndarray], augmentatio
             ax.imshow(np.clip(images[row], 0, 255).astype(np.uint8))
             ax.set_xticks([])
             ax.set_yticks([])
+            if column and np.array_equal(images[row], batch[row]):
+                ax.set_xlabel("unchanged by this draw", fontsize=7)
     for row, name in enumerate(row_names):
         axes[row, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
