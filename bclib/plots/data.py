@@ -119,7 +119,7 @@ def augmentation_examples(images_by_class: Mapping[str, np.ndarray], augmentatio
     """The stack's transforms one column each, applied alone, then the whole stack.
 
     ``images_by_class``: a few patches of each class (uint8 RGB); each patch is a row labelled by
-    its class; a transformed panel equal to its original says so below it (a random layer can draw
+    its class; a transformed panel equal to its original says so on it (a random layer can draw
     the identity). ``augmentation``: a ``keras.Sequential`` of augmentation layers. The figure uses
     fresh copies of the layers (from their configurations): it shows the same draws every time,
     leaves the random state training draws from untouched, and with seeded layers the last
@@ -151,7 +151,8 @@ def augmentation_examples(images_by_class: Mapping[str, np.ndarray], augmentatio
             ax.set_xticks([])
             ax.set_yticks([])
             if column and np.array_equal(images[row], batch[row]):
-                ax.set_xlabel("unchanged by this draw", fontsize=7)
+                ax.text(0.5, 0.04, "unchanged by this draw", transform=ax.transAxes, ha="center", va="bottom",
+                        fontsize=7, bbox={"facecolor": "white", "alpha": 0.85, "linewidth": 0})
     for row, name in enumerate(row_names):
         axes[row, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
