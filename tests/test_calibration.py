@@ -75,5 +75,6 @@ def test_temperature_errors_and_summary():
     with pytest.raises(ValueError, match="labels 0/1"):
         calibration.reliability_data([0, 2], [0.1, 0.9])
     y, prob = _overconfident(4000)
-    summary = calibration.calibration_summary(y, prob, temperature=3.0)
-    assert summary["ece_scaled"] < summary["ece"] and summary["brier_scaled"] < summary["brier"]
+    scaled = calibration.apply_temperature(prob, 3.0)
+    assert calibration.expected_calibration_error(y, scaled) < calibration.expected_calibration_error(y, prob)
+    assert metrics.brier_score(y, scaled) < metrics.brier_score(y, prob)

@@ -188,7 +188,7 @@ def _clustered(n_patients: int = 20, per_patient: int = 20, seed: int = 0):
 
 def test_bootstrap_ci_contains_estimate_and_resamples_patients(scored):
     y, prob, patients = scored
-    ci = metrics.bootstrap_ci(y, prob, patients, ["roc_auc", "sensitivity"], n_boot=300, seed=0, threshold=0.5)
+    ci = bootstrap.bootstrap_ci(y, prob, patients, ["roc_auc", "sensitivity"], n_boot=300, seed=0, threshold=0.5)
     auc = metrics.roc_auc(y, prob)
     low, high = ci["roc_auc"]
     assert 0 <= low < auc < high <= 1
@@ -285,15 +285,6 @@ def test_paired_difference_threshold_metrics_and_positive_label_zero():
     flipped = bootstrap.paired_bootstrap_difference(1 - y, score_a, score_b, patient, "pr_auc", n_boot=100,
                                                     positive_label=0)
     assert flipped == usual
-
-
-def test_bootstrap_functions_are_also_reachable_from_metrics():
-    from bclib.evaluation.metrics import paired_bootstrap_difference
-
-    assert paired_bootstrap_difference is bootstrap.paired_bootstrap_difference
-    assert metrics.bootstrap_ci is bootstrap.bootstrap_ci
-    with pytest.raises(AttributeError):
-        metrics.no_such_metric
 
 
 def test_paired_difference_errors_are_clear():

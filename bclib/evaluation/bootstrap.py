@@ -1,13 +1,11 @@
-"""Confidence intervals that resample patients: one model's metrics, or the difference between two models.
+"""95 % intervals that resample patients: one model's metrics, or the difference between two models.
 
-A resample draws patients with replacement and keeps all their images, so the many images of one
-patient never count as independent evidence. Each resample is a row of per-image weights (how often
-the image's patient was drawn), and all resamples are scored in one vectorised pass. scikit-learn
-scores one resample per call, much more slowly, so the weighted metrics are written out here; the
-tests check them against scikit-learn on explicit resamples.
-
-Intervals are percentile intervals. Resamples in which a metric is undefined (one class drawn) are
-left out of that metric's interval; a metric undefined in every resample gets ``None``.
+A resample draws patients with replacement and keeps all their images, so one patient's many images
+never count as independent evidence. Each resample is a row of per-image weights (how often the
+image's patient was drawn) and all rows are scored in one vectorised pass: scikit-learn scores one
+resample per call, far more slowly, so the weighted metrics are written out here (the tests check
+them against scikit-learn). Percentile intervals; resamples where a metric is undefined (one class
+drawn) are left out of its interval, and a metric undefined in every resample gets ``None``.
 """
 from __future__ import annotations
 
@@ -99,7 +97,7 @@ def patient_codes(patient_ids, n_images: int) -> tuple[np.ndarray, int]:
 
 def _resample_weights(codes: np.ndarray, n_patients: int, n_boot: int, seed: int,
                       chunk_size: int = 100) -> Iterator[np.ndarray]:
-    """Per-image weights of ``n_boot`` patient resamples, ``chunk_size`` rows at a time."""
+    """Per-image weights of ``n_boot`` patient resamples, ``chunk_size`` rows at a time (memory stays bounded)."""
     rng = np.random.default_rng(seed)
     for start in range(0, n_boot, chunk_size):
         size = min(chunk_size, n_boot - start)
@@ -107,38 +105,35 @@ def _resample_weights(codes: np.ndarray, n_patients: int, n_boot: int, seed: int
         yield draws[:, codes].astype(float)
 
 
-def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float] | None:
-    """The central ``confidence`` percentile interval of the finite ``values``; ``None`` if there are none."""
+def percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
+    """The central 95 % percentile interval of the finite ``values``; ``None`` if there are none."""
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return None
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(finite, [tail, 100 - tail])
+    low, high = np.percentile(finite, [2.5, 97.5])
     return float(low), float(high)
 
 
-def _check_settings(n_boot: int, confidence: float) -> None:
+def _check_n_boot(n_boot: int) -> None:
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
 
 
-def format_interval(interval: Sequence[float] | None, digits: int = 3) -> str:
-    """``"[low, high]"`` with ``digits`` decimals; ``""`` for a missing interval."""
-    return "" if not interval else f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+def format_interval(interval: Sequence[float] | None) -> str:
+    """``"[low, high]"`` with 3 decimals; ``""`` for a missing interval."""
+    return "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 # --------------------------------------------------------------------------- one model
 def bootstrap_ci(y_true, prob, patient_ids=None, metrics: Sequence[str] | str = BOOTSTRAP_METRICS,
-                 n_boot: int = 1000, seed: int = 0, threshold: float | None = 0.5, positive_label: int = 1,
-                 confidence: float = 0.95, chunk_size: int = 100) -> dict[str, tuple[float, float] | None]:
+                 n_boot: int = 1000, seed: int = 0, threshold: float | None = 0.5,
+                 positive_label: int = 1) -> dict[str, tuple[float, float] | None]:
     """Percentile intervals ``{metric: (low, high) or None}``, resampling **patients** (all their images).
 
     ``metrics`` names metrics from :data:`BOOTSTRAP_METRICS`; threshold metrics use ``threshold``.
     Without ``patient_ids`` images are resampled one by one.
     """
-    _check_settings(n_boot, confidence)
+    _check_n_boot(n_boot)
     truth = binary_truth(y_true, positive_label)
     scores = checked_scores(prob, len(truth))
     if len(truth) == 0:
@@ -146,10 +141,10 @@ def bootstrap_ci(y_true, prob, patient_ids=None, metrics: Sequence[str] | str = 
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     codes, n_patients = patient_codes(patient_ids, len(truth))
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for weights in _resample_weights(codes, n_patients, n_boot, seed, chunk_size):
+    for weights in _resample_weights(codes, n_patients, n_boot, seed):
         for name, values in weighted_metrics(truth, scores, weights, threshold, names).items():
             collected[name].append(values)
-    return {name: percentile_interval(np.concatenate(chunks), confidence) for name, chunks in collected.items()}
+    return {name: percentile_interval(np.concatenate(chunks)) for name, chunks in collected.items()}
 
 
 def binary_metrics_with_ci(y_true, scores, patient_ids, threshold: float, positive_label: int = 1,
@@ -193,8 +188,7 @@ def sanity_notes(result: dict) -> list[str]:
 # --------------------------------------------------------------------------- two models
 def paired_bootstrap_difference(y_true, scores_a, scores_b, patient_ids, metric: str = "roc_auc",
                                 n_boot: int = 1000, seed: int = 0, positive_label: int = 1,
-                                threshold_a: float | None = None, threshold_b: float | None = None,
-                                confidence: float = 0.95) -> dict:
+                                threshold_a: float | None = None, threshold_b: float | None = None) -> dict:
     """How much model b differs from model a on the same images: ``b - a``, with a patient-bootstrap interval.
 
     Both models are scored on the **same** patient resamples, so what the patients have in common
@@ -203,11 +197,11 @@ def paired_bootstrap_difference(y_true, scores_a, scores_b, patient_ids, metric:
     ``threshold_a`` / ``threshold_b`` (0.5 when not given). Returns ``metric``, ``a``, ``b``,
     ``difference`` (b - a on all images; ``None`` where a metric is undefined), ``ci`` (``[low, high]``;
     ``None`` with fewer than two patients or when no resample defines the metric), ``excludes_zero``,
-    ``confidence``, ``n_boot``, ``n_patients``, ``n_images``.
+    ``confidence`` (0.95), ``n_boot``, ``n_patients``, ``n_images``.
     """
     if metric not in BOOTSTRAP_METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {list(BOOTSTRAP_METRICS)}")
-    _check_settings(n_boot, confidence)
+    _check_n_boot(n_boot)
     truth = binary_truth(y_true, positive_label)
     a = checked_scores(scores_a, len(truth), "scores_a")
     b = checked_scores(scores_b, len(truth), "scores_b")
@@ -230,7 +224,7 @@ def paired_bootstrap_difference(y_true, scores_a, scores_b, patient_ids, metric:
             - weighted_metrics(truth, a, weights, thresholds[0], [metric])[metric]
             for weights in _resample_weights(codes, n_patients, n_boot, seed)
         ]
-        interval = percentile_interval(np.concatenate(differences), confidence)
+        interval = percentile_interval(np.concatenate(differences))
     return {
         "metric": metric,
         "a": value_a,
@@ -238,7 +232,7 @@ def paired_bootstrap_difference(y_true, scores_a, scores_b, patient_ids, metric:
         "difference": None if value_a is None or value_b is None else value_b - value_a,
         "ci": None if interval is None else list(interval),
         "excludes_zero": interval is not None and (interval[0] > 0 or interval[1] < 0),
-        "confidence": confidence,
+        "confidence": 0.95,
         "n_boot": int(n_boot),
         "n_patients": n_patients,
         "n_images": int(len(truth)),

@@ -1,14 +1,8 @@
-"""Calibration: expected calibration error, reliability-diagram data, temperature scaling.
+"""Calibration of binary models: expected calibration error, reliability-diagram data, temperature scaling.
 
-Binary case throughout: ``prob`` is P(positive class) and ``positive_label`` names that class.
-
-* **ECE** uses ``n_bins`` equal-width bins of the predicted probability on [0, 1] (the last
-  bin includes 1.0): ECE = sum over non-empty bins of (images in bin / all images) x
-  |mean predicted probability - observed positive fraction|. 0 is perfect calibration.
-* **Temperature scaling** divides the logit ``log(p / (1 - p))`` by one scalar ``T`` fitted on
-  validation data by minimising the negative log-likelihood; ``T > 1`` softens an
-  over-confident model, ``T < 1`` sharpens an under-confident one. The ranking of images, hence
-  every AUC, is unchanged; thresholds chosen before scaling must be re-chosen after.
+``prob`` is P(positive class). ECE averages |mean probability - positive fraction| over equal-width
+bins, weighted by their images (0 is perfect). Temperature scaling divides the logit by one ``T``
+fitted on validation data; it keeps the ranking (every AUC), so thresholds must be re-chosen after it.
 """
 from __future__ import annotations
 
@@ -17,7 +11,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 
-from bclib.evaluation.metrics import binary_truth, brier_score, checked_scores
+from bclib.evaluation.metrics import binary_truth, checked_scores
 
 #: Probabilities are clipped to [EPSILON, 1 - EPSILON] before taking logits.
 EPSILON = 1e-7
@@ -93,21 +87,3 @@ def apply_temperature(p, temperature: float) -> np.ndarray:
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     return expit(_logit(np.asarray(p, dtype=np.float64)) / float(temperature))
-
-
-def calibration_summary(y_true, prob, temperature: float | None = None, n_bins: int = 10,
-                        positive_label: int = 1) -> dict:
-    """ECE and Brier score before (and, given ``temperature``, after) scaling, for reports."""
-    summary = {
-        "n_bins": n_bins,
-        "ece": expected_calibration_error(y_true, prob, n_bins, positive_label),
-        "brier": brier_score(y_true, prob, positive_label),
-    }
-    if temperature is not None:
-        scaled = apply_temperature(prob, temperature)
-        summary.update(
-            temperature=float(temperature),
-            ece_scaled=expected_calibration_error(y_true, scaled, n_bins, positive_label),
-            brier_scaled=brier_score(y_true, scaled, positive_label),
-        )
-    return summary

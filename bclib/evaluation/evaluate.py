@@ -1,10 +1,8 @@
-"""Evaluate a saved model (``model.keras`` + its card) on a dataset folder, honestly.
+"""``bclib evaluate``: a saved model (``model.keras`` + its card) on a dataset folder, honestly.
 
-``evaluate_model`` reloads the model and its card, scans the data, selects the patients of a
-split (re-made with the card's method and seed, and checked against the card's patient hash)
-or every image (``split="all"``, for a folder the model has never seen), predicts in a stable
-order, and reports every metric at the card's validation-chosen threshold with 95 % patient
-bootstrap intervals. Undefined metrics (one class only) are ``None`` with a note, never a crash.
+The split is re-made with the card's method and seed and checked against the card's patient hash
+(or every image is taken, for a folder the model has never seen); metrics are computed at the card's
+validation-chosen threshold, with patient-bootstrap intervals and notes for whatever inflates them.
 """
 from __future__ import annotations
 
@@ -16,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from bclib.evaluation import metrics
-from bclib.evaluation import modelcard
+from bclib import DISCLAIMER
+from bclib.evaluation import metrics, modelcard
 from bclib.evaluation.bootstrap import BOOTSTRAP_METRICS, binary_metrics_with_ci, format_interval, sanity_notes
 from bclib.evaluation.explain import model_input_size
 from bclib.data.imageio import fit_to_square
@@ -30,54 +28,40 @@ def _decode_batch(index, positions: range, image_size: int, pool: ThreadPoolExec
     return np.stack(list(images))
 
 
-def predict_index(model, index, image_size: int, batch_size: int = 256, progress: bool = True,
-                  workers: int | None = None) -> np.ndarray:
+def predict_index(model, index, image_size: int, batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """Probabilities for every row of ``index``, in row order.
 
-    Each image is decoded with ``index.load_image`` and placed in an ``image_size`` square
-    (:func:`bclib.data.imageio.fit_to_square`, as the training cache packs it), then resized to the
-    model's input size (bilinear, as the training pipeline does). Decoding of the next batch
-    overlaps prediction of the current one. Returns ``(N,)`` P(label 1) for a one-sigmoid
-    model, ``(N, C)`` otherwise.
+    Each image is decoded and placed in an ``image_size`` square as the training cache packs it
+    (:func:`~bclib.data.imageio.fit_to_square`), then resized to the model's input as the training
+    pipeline does; the next batch decodes while the current one is predicted. Returns ``(N,)``
+    P(label 1) for a one-sigmoid model, ``(N, C)`` otherwise.
     """
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n = len(index)
-    if n == 0:
+    if len(index) == 0:
         raise ValueError("the index holds no images to predict")
     target = model_input_size(model)
     resize = target is not None and target != (image_size, image_size)
     antialias = bool(target and max(target) < image_size)
-    starts = list(range(0, n, batch_size))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="predict", unit="img")
+    batches = [range(start, min(start + batch_size, len(index))) for start in range(0, len(index), batch_size)]
     outputs = []
-    workers = workers or min(8, (os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as prefetch:
-        pending = prefetch.submit(_decode_batch, index, range(0, min(batch_size, n)), image_size, pool)
-        for number in range(len(starts)):
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool, ThreadPoolExecutor(1) as prefetch, \
+            tqdm(total=len(index), desc="predict", unit="img", disable=not progress) as bar:
+        pending = prefetch.submit(_decode_batch, index, batches[0], image_size, pool)
+        for number in range(len(batches)):
             batch = pending.result()
-            if number + 1 < len(starts):
-                following = starts[number + 1]
-                pending = prefetch.submit(_decode_batch, index, range(following, min(following + batch_size, n)),
-                                          image_size, pool)
+            if number + 1 < len(batches):
+                pending = prefetch.submit(_decode_batch, index, batches[number + 1], image_size, pool)
             tensor = tf.convert_to_tensor(batch, dtype=tf.float32)
             if resize:
                 tensor = tf.image.resize(tensor, target, method="bilinear", antialias=antialias)
             outputs.append(np.asarray(model(tensor, training=False), dtype=np.float32))
-            if bar is not None:
-                bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+            bar.update(len(batch))
     probabilities = np.concatenate(outputs)
-    if probabilities.ndim == 2 and probabilities.shape[1] == 1:
-        probabilities = probabilities[:, 0]
-    return probabilities
+    return probabilities[:, 0] if probabilities.ndim == 2 and probabilities.shape[1] == 1 else probabilities
 
 
 def _pack_size(card: dict) -> int:
@@ -88,10 +72,7 @@ def _pack_size(card: dict) -> int:
 
 
 def _same_path(a: Any, b: Any) -> bool:
-    try:
-        return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
-    except (OSError, TypeError):
-        return False
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
 def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -> tuple[np.ndarray, dict]:
@@ -123,8 +104,7 @@ def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -
         from bclib.session import subsample_patients
 
         split_index = subsample_patients(index, int(max_images), used_seed)
-    fractions = card_split.get("fractions") or (0.7, 0.15, 0.15)
-    made = make_split(split_index, method, seed=used_seed, fractions=fractions)
+    made = make_split(split_index, method, seed=used_seed)
     patients = set(made.patients(name))
     positions = np.flatnonzero(index.frame["patient_id"].isin(patients).to_numpy())
     stored_hash = card_split.get("patients_hash")
@@ -237,9 +217,5 @@ def format_table(result: dict) -> str:
     if matrix is not None and len(matrix) == 2:
         (tn, fp), (fn, tp) = matrix
         lines += ["", f"confusion (rows = truth): TN {tn}  FP {fp}  FN {fn}  TP {tp}"]
-    for note in result.get("notes") or []:
-        lines.append(f"note: {note}")
-    from bclib import DISCLAIMER
-
-    lines.append(DISCLAIMER)
-    return "\n".join(lines)
+    lines += [f"note: {note}" for note in result.get("notes") or []]
+    return "\n".join([*lines, DISCLAIMER])

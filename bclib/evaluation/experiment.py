@@ -17,6 +17,7 @@ import pandas as pd
 from bclib.evaluation import metrics, modelcard
 from bclib.evaluation.bootstrap import binary_metrics_with_ci, format_interval
 
+
 @dataclass
 class Predictions:
     """Probabilities of one split in split order, with the truth and the patients."""
@@ -114,24 +115,17 @@ def finish(
     return card
 
 
-HEADLINE = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "brier")
+REPORTED_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1",
+                    "brier", "accuracy")
 
 
 def validation_report(card: dict, split: str = "val") -> pd.DataFrame:
     """The card's metrics on one split as a readable table: value and 95% patient-bootstrap CI."""
     values = card.get("metrics", {}).get(split, {})
     intervals = values.get("ci") or {}
-    rows = []
-    for key in HEADLINE + ("accuracy",):
-        if key not in values:
-            continue
-        interval = intervals.get(key)
-        rows.append({
-            "metric": key,
-            "value": values[key],
-            "95% CI": format_interval(interval),
-        })
-    table = pd.DataFrame(rows).set_index("metric") if rows else pd.DataFrame()
+    table = pd.DataFrame.from_dict(
+        {key: {"value": values[key], "95% CI": format_interval(intervals.get(key))}
+         for key in REPORTED_METRICS if key in values}, orient="index").rename_axis("metric")
     threshold = card.get("threshold", {})
     print(f"{card.get('model_name')} on {split}: threshold {threshold.get('value', float('nan')):.3f} "
           f"({threshold.get('method')}, chosen on {threshold.get('chosen_on')}); "

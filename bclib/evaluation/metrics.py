@@ -1,18 +1,11 @@
 """Metrics from predicted probabilities, decision thresholds chosen on validation, per-patient tables.
 
-Conventions used throughout:
-
-* ``positive_label`` names the disease class explicitly (BreastMNIST's is 0). Score arguments are
-  P(positive class); :func:`positive_probability` turns model outputs into that.
-* An image is predicted positive when its score is ``>= threshold``.
-* A metric that is undefined on the data given (an AUC with one class, a precision with no
-  predicted positive) is ``None``, and a ``notes`` entry says why.
-* Hard labels are not scores: integer or boolean scores raise :class:`ValueError`; float scores
-  that take only the values 0 and 1 emit a :class:`HardLabelWarning` (a saturated model may output
-  them, but an AUC of thresholded predictions measures nothing).
-
-The computing is scikit-learn's; confidence intervals over patients are in
-:mod:`bclib.evaluation.bootstrap`.
+Conventions: ``positive_label`` names the disease class (BreastMNIST's is 0) and score arguments are
+P(positive class) (:func:`positive_probability` gets it from model outputs); an image is positive when
+its score is ``>= threshold``; a metric undefined on the data (an AUC with one class) is ``None`` with a
+``notes`` entry. Hard labels are not scores: integer scores raise ``ValueError``, float scores that are
+all 0 or 1 warn (:class:`HardLabelWarning`). The computing is scikit-learn's; intervals over patients
+are in :mod:`bclib.evaluation.bootstrap`.
 """
 from __future__ import annotations
 
@@ -342,12 +335,9 @@ def patient_level_table(y_true, prob, patient_ids, threshold: float, positive_la
     return table[columns]
 
 
-def worst_patients(table: pd.DataFrame, k: int = 5, by: str = "abs_fraction_error") -> pd.DataFrame:
-    """The ``k`` patients with the largest ``by`` (default: |predicted - true positive fraction|)."""
-    if by not in table.columns:
-        raise ValueError(f"column {by!r} not in the patient table ({list(table.columns)})")
-    ascending = by in ("roc_auc", "sensitivity", "specificity")  # lower is worse for these
-    return table.sort_values(by, ascending=ascending, kind="stable", na_position="last").head(k).reset_index(drop=True)
+def worst_patients(table: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """The ``k`` patients of a :func:`patient_level_table` whose predicted positive fraction is furthest off."""
+    return table.sort_values("abs_fraction_error", ascending=False, kind="stable").head(k).reset_index(drop=True)
 
 
 def fraction_correlation(table: pd.DataFrame) -> dict[str, float | None]:
@@ -363,13 +353,3 @@ def fraction_correlation(table: pd.DataFrame) -> dict[str, float | None]:
         for method in ("pearson", "spearman"):
             out[f"{method}_{column}"] = _none_if_nan(truth.corr(predicted, method=method)) if defined else None
     return out
-
-
-def __getattr__(name: str):
-    """The patient bootstrap lives in :mod:`bclib.evaluation.bootstrap` (which imports this module);
-    ``metrics.bootstrap_ci`` and ``metrics.paired_bootstrap_difference`` resolve to it."""
-    if name in ("bootstrap_ci", "paired_bootstrap_difference"):
-        from bclib.evaluation import bootstrap
-
-        return getattr(bootstrap, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

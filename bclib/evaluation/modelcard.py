@@ -42,13 +42,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def json_text(data: Any, indent: int | None = 2) -> str:
+    """``data`` as JSON: numpy values as numbers, paths as text, NaN and infinities as null."""
+    return json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=indent)
+
+
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON atomically (tmp file then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=2, sort_keys=False)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.write_text(json_text(data) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -91,14 +95,10 @@ def write_card(card: dict, directory: str | Path) -> Path:
     return write_json(card, Path(directory) / CARD_FILE)
 
 
-def card_path_for(model_path: str | Path) -> Path:
-    return Path(model_path).with_name(CARD_FILE)
-
-
 def read_card(model_path: str | Path) -> dict:
     """The card beside ``model_path`` (a ``.keras`` file or its folder)."""
     model_path = Path(model_path)
-    path = model_path / CARD_FILE if model_path.is_dir() else card_path_for(model_path)
+    path = model_path / CARD_FILE if model_path.is_dir() else model_path.with_name(CARD_FILE)
     if not path.is_file():
         raise ModelLoadError(
             f"no {CARD_FILE} beside {str(model_path)!r}: bclib needs the card to name the classes and "
@@ -111,7 +111,7 @@ def read_card(model_path: str | Path) -> dict:
     return validate_card(card)
 
 
-def load_model(model_path: str | Path, safe_mode: bool = True):
+def load_model(model_path: str | Path):
     """Load ``model.keras`` with Keras safe mode, and its card; return ``(model, card)``.
 
     Safe mode refuses layers that would run arbitrary Python code (``Lambda`` with pickled
@@ -130,7 +130,7 @@ def load_model(model_path: str | Path, safe_mode: bool = True):
     import bclib.models.builders  # noqa: F401  (registers the custom preprocessing layers)
 
     try:
-        model = keras.saving.load_model(model_path, compile=False, safe_mode=safe_mode)
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except ValueError as error:
         message = str(error)
         if "safe_mode" in message or "unsafe" in message.lower() or "lambda" in message.lower():

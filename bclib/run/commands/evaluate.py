@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from bclib import DISCLAIMER
 
@@ -35,14 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print; errors (bad model path, no card, bad data) reach the CLI as ValueError."""
     from bclib.evaluation.evaluate import evaluate_model, format_table
-    from bclib.evaluation.modelcard import _clean
+    from bclib.evaluation.modelcard import json_text
 
     if args.n_boot < 0:
         raise ValueError(f"--n-boot must be >= 0, got {args.n_boot}")
     result = evaluate_model(args.model, dataset=args.dataset, data=args.data, split=args.split, seed=args.seed,
                             n_boot=args.n_boot, batch_size=args.batch_size, progress=args.progress)
     if args.json:
-        print(json.dumps(_clean(result), default=lambda value: value.item() if hasattr(value, "item") else str(value)))
+        print(json_text(result, indent=None))
     else:
         print(format_table(result))
     return 0
