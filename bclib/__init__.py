@@ -1,10 +1,8 @@
 """bclib: breast-cancer image classification, the package behind the notebook series.
 
-For education and research, not for diagnosis.
-
-Imported first in a notebook kernel, it imports TensorFlow with its C++ start-up messages
-(CUDA probing, oneDNN, CPU features) kept out of the notebook: they are written to the
-process's standard error before any log level is read, so only a redirect hides them.
+For education and research, not for diagnosis. In a notebook kernel it imports TensorFlow with its
+C++ start-up messages kept out of the notebook: they reach standard error before any log level is
+read, so only a redirect hides them.
 """
 from __future__ import annotations
 
@@ -37,5 +35,3 @@ def import_tensorflow_quietly() -> None:
 
 if "ipykernel" in sys.modules:
     import_tensorflow_quietly()
-
-__all__ = ["__version__", "DISCLAIMER", "import_tensorflow_quietly"]

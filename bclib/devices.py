@@ -1,9 +1,9 @@
-"""Devices: GPU detection, mixed precision, XLA and the distribution strategy.
+"""Devices: GPU detection, mixed precision and the distribution strategy.
 
-Call :func:`configure` once, before building models (the mixed-precision policy applies to
-layers created afterwards). On a GPU the defaults turn on ``mixed_float16`` and XLA; on a
-CPU everything stays float32. Model outputs are float32 in every case (the output layers
-of :mod:`bclib.models.builders` force it).
+Call :func:`configure` once, before building models (the mixed-precision policy applies to layers
+created afterwards): on a GPU it turns on ``mixed_float16``, on a CPU everything stays float32. Model
+outputs are float32 in every case (the output layers of :mod:`bclib.models.builders` force it). XLA
+is left to Keras (``jit_compile="auto"`` in ``model.compile``).
 """
 from __future__ import annotations
 
@@ -25,16 +25,11 @@ class DeviceInfo:
     gpus: list[str] = field(default_factory=list)
     mixed_precision: bool = False
     policy: str = "float32"
-    xla: bool = False
     strategy: str = "default"
     cpu_count: int = 1
 
-    @property
-    def n_gpus(self) -> int:
-        return len(self.gpus)
-
     def as_dict(self) -> dict:
-        return {**asdict(self), "n_gpus": self.n_gpus}
+        return {**asdict(self), "n_gpus": len(self.gpus)}
 
 
 def gpu_names() -> list[str]:
@@ -49,44 +44,31 @@ def gpu_names() -> list[str]:
     return names
 
 
-def _resolve(value: bool | str, name: str, has_gpu: bool) -> bool:
-    if value == "auto":
-        return has_gpu
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"{name} must be 'auto', True or False, got {value!r}")
+def configure(mixed_precision: bool | str = "auto") -> DeviceInfo:
+    """Set the Keras dtype policy for this process and return a :class:`DeviceInfo`.
 
-
-def configure(mixed_precision: bool | str = "auto", xla: bool | str = "auto") -> DeviceInfo:
-    """Set the Keras dtype policy and the XLA choice for this process; return a :class:`DeviceInfo`.
-
-    ``"auto"`` means on when a GPU is present. GPU memory growth is switched on so several
-    notebooks can share one GPU. :func:`jit_compile` then tells ``compile_model`` what to use.
+    ``"auto"`` means mixed precision when a GPU is present. GPU memory growth is switched on so
+    several notebooks can share one GPU.
     """
     global _CONFIGURED
+    if mixed_precision not in ("auto", True, False):
+        raise ValueError(f"mixed_precision must be 'auto', True or False, got {mixed_precision!r}")
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except (ValueError, RuntimeError):  # already initialised: keep what is set
             pass
-    use_mixed = _resolve(mixed_precision, "mixed_precision", bool(gpus))
-    use_xla = _resolve(xla, "xla", bool(gpus))
+    use_mixed = bool(gpus) if mixed_precision == "auto" else mixed_precision
     policy = "mixed_float16" if use_mixed else "float32"
     keras.mixed_precision.set_global_policy(policy)
-    _CONFIGURED = DeviceInfo(
-        gpus=gpu_names(),
-        mixed_precision=use_mixed,
-        policy=policy,
-        xla=use_xla,
-        strategy=type(strategy()).__name__,
-        cpu_count=os.cpu_count() or 1,
-    )
+    _CONFIGURED = DeviceInfo(gpus=gpu_names(), mixed_precision=use_mixed, policy=policy,
+                             strategy=type(strategy()).__name__, cpu_count=os.cpu_count() or 1)
     return _CONFIGURED
 
 
 def reset() -> None:
-    """Back to Keras' defaults: float32 policy, XLA left to Keras (``"auto"``)."""
+    """Back to Keras' default float32 policy, as before :func:`configure`."""
     global _CONFIGURED
     keras.mixed_precision.set_global_policy("float32")
     _CONFIGURED = None
@@ -95,11 +77,6 @@ def reset() -> None:
 def current() -> DeviceInfo | None:
     """The last :func:`configure` result (``None`` before the first call)."""
     return _CONFIGURED
-
-
-def jit_compile() -> bool | str:
-    """XLA setting for ``model.compile``: the configured choice, else Keras' ``"auto"``."""
-    return _CONFIGURED.xla if _CONFIGURED is not None else "auto"
 
 
 def strategy() -> tf.distribute.Strategy:
@@ -117,11 +94,11 @@ def replicas() -> int:
     return int(strategy().num_replicas_in_sync)
 
 
-def describe(info: DeviceInfo | None = None) -> str:
-    """One line for a notebook's set-up: versions, devices, precision, XLA."""
-    info = info or _CONFIGURED or DeviceInfo(
+def describe() -> str:
+    """One line for a notebook's set-up: versions, devices, precision."""
+    info = _CONFIGURED or DeviceInfo(
         gpus=gpu_names(), policy=keras.mixed_precision.global_policy().name, cpu_count=os.cpu_count() or 1
     )
     where = f"{len(info.gpus)} GPU(s): {', '.join(info.gpus)}" if info.gpus else f"CPU only ({info.cpu_count} cores)"
     return (f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}; {where}; "
-            f"{info.policy}; XLA {'on' if info.xla else 'off'}")
+            f"{info.policy}")

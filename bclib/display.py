@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import html
 
+from IPython import get_ipython
+from IPython.display import display
+
 SYNTHETIC_BANNER = ("SYNTHETIC DEMO DATA: generated patches, not patients. The results show that the pipeline runs; "
                     "no metric here says anything about cancer.")
 #: Each kind's colours, and the sign in front of its text. Styles are inline, so a notebook output,
@@ -26,14 +29,14 @@ def banner_html(text: str, kind: str = "warning") -> str:
             f'font-family:sans-serif;margin:4px 0">{sign}{body}</div>')
 
 
+def in_notebook() -> bool:
+    """True inside an IPython kernel, where rich output is displayed."""
+    return get_ipython() is not None
+
+
 def show_banner(text: str, kind: str = "warning") -> None:
     """Display :func:`banner_html` in a notebook (with the text as its plain version); print it elsewhere."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        get_ipython = None
-    if get_ipython is None or get_ipython() is None:
+    if in_notebook():
+        display({"text/html": banner_html(text, kind), "text/plain": text}, raw=True)
+    else:
         print(text)
-        return
-    display({"text/html": banner_html(text, kind), "text/plain": text}, raw=True)

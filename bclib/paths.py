@@ -45,22 +45,13 @@ def synthetic_dir() -> Path:
     return cache_dir().parent / "synthetic_idc"
 
 
-def candidate_data_roots() -> list[Path]:
-    """Data roots searched in order: ``$BCLIB_DATA`` then the project's ``data/``."""
-    roots = []
-    if os.environ.get("BCLIB_DATA"):
-        roots.append(Path(os.environ["BCLIB_DATA"]).expanduser())
-    roots.append(data_dir())
-    return roots
-
-
 def find_dataset_dir(dataset: str, data: str | os.PathLike | None = None) -> Path | None:
     """Resolve the folder (or file) of ``dataset``.
 
-    Order: the explicit ``data`` argument, ``$BCLIB_DATA_<NAME>``, then each root of
-    :func:`candidate_data_roots` (the root itself when it *is* the dataset, else a known
-    sub-folder). Returns ``None`` when nothing is found; an explicit ``data`` that does not
-    exist raises ``FileNotFoundError`` so a typo is never silently replaced by other data.
+    Order: the explicit ``data`` argument, ``$BCLIB_DATA_<NAME>``, then a known sub-folder of
+    ``$BCLIB_DATA`` and of the project's ``data/``. Returns ``None`` when nothing is found; an
+    explicit ``data`` that does not exist raises ``FileNotFoundError`` so a typo is never
+    silently replaced by other data.
     """
     if data is not None:
         path = Path(data).expanduser()
@@ -70,7 +61,8 @@ def find_dataset_dir(dataset: str, data: str | os.PathLike | None = None) -> Pat
     env_value = os.environ.get(f"BCLIB_DATA_{dataset.upper()}")
     if env_value and Path(env_value).expanduser().exists():
         return Path(env_value).expanduser().resolve()
-    for root in candidate_data_roots():
+    roots = [Path(os.environ["BCLIB_DATA"]).expanduser()] if os.environ.get("BCLIB_DATA") else []
+    for root in [*roots, data_dir()]:
         for name in DATASET_FOLDERS.get(dataset, (dataset,)):
             candidate = root / name
             if candidate.exists():

@@ -11,7 +11,6 @@ stay plain variables in the notebook.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -22,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from IPython.display import display
 
 from bclib import __version__, paths, profiles
-from bclib.display import SYNTHETIC_BANNER, show_banner
+from bclib.display import SYNTHETIC_BANNER, in_notebook, show_banner
 from bclib.data.datasets import DatasetIndex, scan
 from bclib.data.index import DatasetError
 
@@ -59,19 +59,19 @@ def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None,
     return ensure_demo_dataset(), True
 
 
-def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int, min_patients: int = 40) -> DatasetIndex:
+def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int) -> DatasetIndex:
     """A seeded subset of about ``max_images`` images drawn from many patients.
 
-    Patients are taken in a seeded random order, each contributing at most
-    ``max_images // min_patients`` (at least 4) of its images, so a small subset still has enough
-    patients for a patient-level split with both classes in every part. Datasets with an official
-    ``split`` column are subsampled within each split.
+    Patients are taken in a seeded random order, each contributing at most ``max_images // 40``
+    (at least 4) of its images, so a small subset still has enough patients for a patient-level
+    split with both classes in every part. Datasets with an official ``split`` column are
+    subsampled within each split.
     """
     if not max_images or len(index) <= max_images:
         return index
     rng = np.random.default_rng(seed)
     frame = index.frame
-    base_per_patient = max(4, int(max_images) // min_patients)
+    base_per_patient = max(4, int(max_images) // 40)
     groups = [frame] if "split" not in frame.columns else [g for _, g in frame.groupby("split", sort=True)]
     keep: list[int] = []
     for group in groups:
@@ -91,17 +91,13 @@ def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int, m
     return index.subset(np.sort(np.asarray(keep)))
 
 
-def library_versions() -> dict[str, str | None]:
+def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries a model card and a run manifest record."""
     import importlib.metadata
 
-    versions: dict[str, str | None] = {"bclib": __version__, "python": platform.python_version()}
-    for name in ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "papermill"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {"bclib": __version__, "python": platform.python_version(),
+            **{name: importlib.metadata.version(name)
+               for name in ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "papermill")}}
 
 
 @dataclass
@@ -118,7 +114,6 @@ class Session:
     index: DatasetIndex
     cache: Any
     split: Any
-    started: float = field(default_factory=time.time)
     figures: list[str] = field(default_factory=list)
 
     # ----- data ---------------------------------------------------------------------------
@@ -136,11 +131,8 @@ class Session:
 
     @property
     def positive_label(self) -> int | None:
-        """The label of the disease class: label 1 unless the dataset says otherwise; None for more classes."""
-        label = self.cache.index.positive_label
-        if label is None and self.num_classes == 2:
-            return 1
-        return None if label is None else int(label)
+        """The label of the disease class (the dataset says which); None for more than two classes."""
+        return self.cache.index.positive_label
 
     @property
     def positive_name(self) -> str | None:
@@ -209,12 +201,7 @@ class Session:
         path = save_fig(fig, name, self.out_dir)
         if path.name not in self.figures:
             self.figures.append(path.name)
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            get_ipython = None
-        if get_ipython is not None and get_ipython() is not None:
+        if in_notebook():
             display(fig)
         plt.close(fig)
 
@@ -243,8 +230,8 @@ class Session:
                 "patients": {name: int(len(self.split.patients(name))) for name in ("train", "val", "test")},
                 "images": {name: int(len(self.positions(name))) for name in ("train", "val", "test")},
                 "max_images": self.settings.get("max_images"),
-                "missing_patients": len(self.split.missing_patients or []),
-                "patient_ids": self.split.to_dict().get("patient_ids", {}),
+                "missing_patients": len(self.split.missing_patients),
+                "patient_ids": {name: self.split.patients(name) for name in ("train", "val", "test")},
             },
             "params": {"profile": self.settings["profile"]},
             "versions": library_versions(),
@@ -267,7 +254,7 @@ class Session:
             f"packed at {self.pack_size}x{self.pack_size} px; outputs go to {self.out_dir}",
             devices.describe(),
         ]
-        if getattr(self.cache, "failed", None):
+        if self.cache.failed:
             lines.insert(2, f"{len(self.cache.failed)} unreadable file(s) skipped (see session.cache.failed)")
         return lines
 
@@ -295,19 +282,20 @@ def start(
 
     ``split=None`` takes the dataset's official split where one is published, else a
     patient-level split. ``max_images`` keeps a seeded subset drawn from many patients.
-    Configures the devices (mixed precision and XLA on a GPU) and shows a summary.
+    Configures the devices (mixed precision on a GPU) and shows a summary.
     """
     import pandas as pd
 
     from bclib import devices
     from bclib.data.cache import pack
     from bclib.data.splits import make_split
+    from bclib.evaluation.modelcard import write_json
 
     split = split or profiles.default_split(dataset)
     settings = profiles.resolve(profile, dataset, {"seed": seed, "split": split, "max_images": max_images})
     settings["dataset_options"] = dict(dataset_options or {})
     device_info = devices.configure()
-    settings["device"] = {"gpus": device_info.gpus, "policy": device_info.policy, "xla": device_info.xla}
+    settings["device"] = {"gpus": device_info.gpus, "policy": device_info.policy}
     pd.set_option("display.float_format", "{:.3f}".format)
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")  # tf.data shuffles by itself
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices: nothing a student can act on
@@ -330,13 +318,7 @@ def start(
         data_path=data_path, synthetic=synthetic, index=index, cache=cache,
         split=make_split(cache.index, split, seed=seed),
     )
-    (out_dir / "settings.json").write_text(
-        json.dumps({k: v for k, v in settings.items() if _is_plain(v)}, indent=2) + "\n"
-    )
+    write_json(settings, out_dir / "settings.json")
     if show:
         session.show()
     return session
-
-
-def _is_plain(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, list, dict, tuple))

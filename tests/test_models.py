@@ -156,37 +156,3 @@ def test_weights_record_says_what_was_used():
     assert models.weights_record(model) == RANDOM.to_card()
 
 
-def test_devices_on_cpu_stay_float32():
-    import tensorflow as tf
-
-    from bclib import devices
-
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("this test checks the CPU-only configuration")
-    info = devices.configure()
-    assert info.policy == "float32" and not info.mixed_precision and not info.xla and info.n_gpus == 0
-    assert keras.mixed_precision.global_policy().name == "float32"
-    assert devices.jit_compile() is False
-    assert isinstance(devices.strategy(), tf.distribute.Strategy)
-    text = devices.describe()
-    assert "TensorFlow" in text and "float32" in text and "CPU only" in text
-    with pytest.raises(ValueError, match="mixed_precision"):
-        devices.configure(mixed_precision="yes")
-    devices.reset()
-
-
-def test_mixed_precision_keeps_float32_outputs():
-    from bclib import devices
-
-    try:
-        info = devices.configure(mixed_precision=True, xla=False)
-        assert info.policy == "mixed_float16"
-        model = models.build_model("baseline_cnn", input_size=SIZE)
-        convolution = next(layer for layer in model.layers if isinstance(layer, keras.layers.SeparableConv2D))
-        assert convolution.compute_dtype == "float16"
-        assert model.output.dtype == "float32"
-        assert _predict(model, np.zeros((2, SIZE, SIZE, 3), "uint8")).dtype == np.float32
-    finally:
-        devices.reset()
-    assert devices.current() is None and devices.jit_compile() == "auto"
-    assert keras.mixed_precision.global_policy().name == "float32"

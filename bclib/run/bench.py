@@ -1,21 +1,10 @@
-"""``bclib bench``: speed and memory of the series, each figure a ratio measured side by side.
+"""``bclib bench``: speed and memory of the series, each figure a ratio of two sides measured in one run.
 
-Sections (every one on the data given, in one run, on this machine):
-
-- ``pack``: decoding PNGs into the packed cache (images/s) against a second pass from the
-  complete cache;
-- ``pipeline``: ``model.fit`` fed by the tf.data pipeline with augmentation against the
-  in-memory ceiling (``model.fit`` on a NumPy array already in RAM), baseline CNN and
-  MobileNetV2;
-- ``features``: head training on cached backbone features against training through the
-  frozen backbone (epochs/s), and both validation AUCs;
-- ``inference``: ``bclib predict`` on a folder against raw ``model.predict``, and
-  single-image latency with and without Grad-CAM;
-- ``memory``: peak resident memory while packing and while training
-  (:mod:`bclib.run.bench_tools`), against the packed array size.
-
-Each row carries what was measured, the ratio, the target and pass/fail. Targets are goals
-for this machine, never asserted by tests: figures on a shared, loaded CPU vary.
+Sections: ``pack`` (PNG decode against the complete cache), ``pipeline`` (tf.data with augmentation
+against ``model.fit`` on an array in RAM), ``features`` (a head on cached features against the frozen
+backbone), ``inference`` (``bclib predict`` on a folder against raw ``model.predict``; latency) and
+``memory`` (peak resident memory against the packed array). Targets are goals for this machine, never
+asserted by tests: figures on a shared, loaded CPU vary.
 """
 from __future__ import annotations
 
@@ -38,7 +27,7 @@ SECTIONS = ("pack", "pipeline", "features", "inference", "memory")
 
 @dataclass
 class BenchSettings:
-    """How much work each section does; :func:`tiny_settings` and :func:`default_settings`."""
+    """How much work each section does (:func:`tiny_settings` for CI)."""
 
     pack_size: int | None = None  # None: the dataset's (bclib.profiles.PACK_SIZES)
     mobilenet_size: int = 96
@@ -65,20 +54,12 @@ def tiny_settings() -> BenchSettings:
                          latency_calls=3, gradcam_calls=2, memory_train_images=128, memory_subprocess=False)
 
 
-def default_settings(max_images: int | None = None) -> BenchSettings:
-    return BenchSettings(max_images=max_images)
+def _train_val_positions(labels: np.ndarray, positions: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded stratified split of ``positions``, 30 % to validation."""
+    from sklearn.model_selection import train_test_split
 
-
-def _train_val_positions(labels: np.ndarray, positions: np.ndarray, seed: int, val_fraction: float = 0.3):
-    """A seeded stratified split of ``positions`` (both classes on each side)."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label in np.unique(labels[positions]):
-        members = rng.permutation(positions[labels[positions] == label])
-        cut = max(1, int(round(len(members) * val_fraction)))
-        val.extend(members[:cut])
-        train.extend(members[cut:])
-    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+    train, val = train_test_split(positions, test_size=0.3, stratify=labels[positions], random_state=seed)
+    return np.sort(train), np.sort(val)
 
 
 @dataclass
@@ -124,12 +105,10 @@ def bench_pack(context: BenchContext) -> list[BenchRow]:
 
 def _interleaved_rates(model: Any, fits: dict[str, dict], batch_size: int, steps_per_epoch: int,
                        rounds: int) -> dict[str, float]:
-    """Images/s of each way of feeding ``model.fit`` in its steady state.
+    """Images/s of each way of feeding ``model.fit``: batch size over the median step interval.
 
-    A short warm-up fit per input traces the train step first; then the inputs take turns
-    epoch by epoch, so a change in machine load hits both sides alike. The rate is the batch
-    size over the median interval between training steps (the first steps of each epoch,
-    while the input pipeline fills, left out): robust to the odd slow step on a shared host.
+    After a warm-up fit per input (tracing), the inputs take turns epoch by epoch, so a change in
+    machine load hits both alike; the first steps of an epoch (the pipeline filling) are left out.
     """
     from bclib.models.training import StepTimer
 
@@ -349,23 +328,21 @@ def _load_index(dataset: str, data: str | os.PathLike | None, tiny: bool, work_d
 
 def run_bench(data: str | os.PathLike | None = None, dataset: str = "idc", tiny: bool = False,
               only: str | Sequence[str] | None = None, settings: BenchSettings | None = None,
-              log: Callable[[str], Any] = print, configure_devices: bool = True) -> BenchReport:
+              log: Callable[[str], Any] = print) -> BenchReport:
     """Measure the chosen sections on ``data`` (or a tiny synthetic IDC set) and return the report.
 
     A section that fails is recorded as an ``error`` row with its message; the others still run.
     Scratch files (fresh caches, a saved model, a folder of links) live in a temporary folder.
     """
+    from bclib import devices
     from bclib.profiles import PACK_SIZES
 
     sections = parse_sections(only)
     if tiny and dataset != "idc":
         raise BenchError("--tiny generates IDC-like data; drop --dataset")
-    settings = settings or (tiny_settings() if tiny else default_settings())
+    settings = settings or (tiny_settings() if tiny else BenchSettings())
     started = time.perf_counter()
-    if configure_devices:
-        from bclib import devices
-
-        devices.configure()  # as the series does: on a CPU float32 and no XLA; on a GPU both on
+    devices.configure()  # as the series does
     environment = describe_environment()
     rows: list[BenchRow] = []
     section_seconds: dict[str, float] = {}

@@ -1,14 +1,8 @@
 """The instruments of ``bclib bench`` and its report.
 
-- rows and the report: :class:`BenchRow`, :func:`ratio_row`, :class:`BenchReport` (a text table
-  and JSON), :func:`write_report`, and the machine it ran on (:func:`describe_environment`);
-- memory: resident memory sampled in a background thread (:class:`PeakMemory`) around packing
-  or one training epoch (:func:`measure_memory`), normally in a fresh Python process so the
-  baseline is clean (:func:`measure_memory_in_subprocess`). Growth is judged on *anonymous*
-  resident memory, what the process really holds: the file pages of a memory-mapped cache
-  count as resident too, but they are the OS page cache and are dropped under pressure;
-- inference: single-image latency (:func:`measure_latency`) and ``bclib predict``'s folder
-  throughput against raw ``model.predict`` (:func:`folder_throughput`).
+Memory growth is judged on *anonymous* resident memory, what the process really holds: the file
+pages of a memory-mapped cache count as resident too, but they are page cache the OS can drop.
+It is sampled in a background thread, normally in a fresh process so the baseline is clean.
 """
 from __future__ import annotations
 
@@ -125,8 +119,6 @@ def write_report(report: BenchReport, directory: str | os.PathLike | None = None
 
 def describe_environment() -> dict[str, Any]:
     """CPU, cores, memory, library versions, and the device settings active for the run."""
-    import keras
-
     from bclib import devices
     from bclib.session import library_versions
 
@@ -136,12 +128,11 @@ def describe_environment() -> dict[str, Any]:
         cpuinfo = []
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.lower().startswith("model name")),
                platform.processor() or platform.machine())
-    info = devices.current() or devices.DeviceInfo(gpus=devices.gpu_names(), cpu_count=os.cpu_count() or 1,
-                                                   policy=keras.mixed_precision.global_policy().name)
     return {
         "cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3, 1),
-        "platform": platform.platform(), "versions": library_versions(), "devices": info.as_dict(),
+        "platform": platform.platform(), "versions": library_versions(),
+        "devices": devices.current().as_dict(),
     }
 
 
@@ -151,7 +142,7 @@ def environment_line(environment: dict[str, Any]) -> str:
     return (f"device: {environment['cpu']} ({environment['usable_cores']} of {environment['cores']} cores usable, "
             f"{environment['memory_gb']} GB RAM), GPU: {', '.join(info['gpus']) or 'none'}\n"
             f"versions: {', '.join(f'{name} {version}' for name, version in versions.items() if version)}; "
-            f"precision {info['policy']}, XLA {'on' if info['xla'] else 'off'}, strategy {info['strategy']}")
+            f"precision {info['policy']}, strategy {info['strategy']}")
 
 
 # --------------------------------------------------------------------------- memory
@@ -250,32 +241,21 @@ def measure_memory_in_subprocess(request: dict) -> dict:
 # --------------------------------------------------------------------------- inference
 
 def measure_latency(model: Any, image: np.ndarray, n: int = 50, with_gradcam: bool = False) -> dict[str, float]:
-    """Single-image latency of ``model`` (a keras model or a :class:`~bclib.app.predict.Predictor`) in ms.
-
-    Each of ``n`` timed calls prepares the image and predicts it (plus a Grad-CAM heatmap when
-    ``with_gradcam``). Untimed warm-up calls come first, one more than Grad-CAM's eager calls
-    (:data:`~bclib.evaluation.explain.EAGER_CALLS`), so its compilation is not timed.
-    Returns ``median_ms``, ``p90_ms``, ``n`` and ``warmup_calls``.
+    """Single-image latency of a keras model with a square input, in ms: prepare the image and predict
+    it (plus a Grad-CAM heatmap ``with_gradcam``). One more untimed warm-up call than Grad-CAM's eager
+    ones (:data:`~bclib.evaluation.explain.EAGER_CALLS`) comes first, so its compilation is not timed.
     """
-    from bclib.app.predict import Predictor, prepare_image
+    from bclib.app.predict import prepare_image
     from bclib.evaluation.explain import EAGER_CALLS, grad_cam, model_input_size
 
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if isinstance(model, Predictor):
-        keras_model, prepare = model.model, model.prepare
-    else:
-        size = model_input_size(model)
-        if size is None or size[0] != size[1]:
-            raise ValueError("measure_latency needs a model with a fixed square input size (or a Predictor)")
-        keras_model, prepare = model, lambda array: prepare_image(array, size[0])
+    size = model_input_size(model)[0]
 
     def timed_call() -> float:
         start = time.perf_counter()
-        batch = prepare(image)[None].astype(np.float32)
-        keras_model.predict_on_batch(batch)
+        batch = prepare_image(image, size)[None].astype(np.float32)
+        model.predict_on_batch(batch)
         if with_gradcam:
-            grad_cam(keras_model, batch)
+            grad_cam(model, batch)
         return (time.perf_counter() - start) * 1000.0
 
     warmup = EAGER_CALLS + 1
@@ -314,7 +294,7 @@ def linked_folder(index: Any, positions: np.ndarray, folder: Path) -> Path:
 
 def folder_throughput(model_path: str | os.PathLike, folder: str | os.PathLike, batch_size: int) -> dict[str, float]:
     """Images/s of ``bclib predict``'s path (files: decode, prepare, batches) on ``folder`` against raw
-    ``model.predict`` on the same prepared images in RAM, both warmed up; ``ratio`` = path / raw."""
+    ``model.predict`` on the same prepared images in RAM, both warmed up."""
     from bclib.app.predict import Predictor, collect_image_paths
     from bclib.data.imageio import read_image
 
@@ -332,9 +312,8 @@ def folder_throughput(model_path: str | os.PathLike, folder: str | os.PathLike, 
     start = time.perf_counter()
     predictor.model.predict(arrays, batch_size=batch_size, verbose=0)
     raw_seconds = time.perf_counter() - start
-    rate, raw_rate = len(arrays) / max(path_seconds, 1e-9), len(arrays) / max(raw_seconds, 1e-9)
-    return {"images_per_second": rate, "raw_images_per_second": raw_rate, "ratio": rate / raw_rate,
-            "n_images": len(image_paths)}
+    return {"images_per_second": len(arrays) / max(path_seconds, 1e-9),
+            "raw_images_per_second": len(arrays) / max(raw_seconds, 1e-9)}
 
 
 if __name__ == "__main__":  # measure_memory_in_subprocess's fresh process

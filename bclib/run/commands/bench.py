@@ -5,7 +5,7 @@ import argparse
 import json
 import logging
 
-from bclib.run.bench import SECTIONS, default_settings, parse_sections, run_bench
+from bclib.run.bench import SECTIONS, BenchSettings, parse_sections, run_bench
 from bclib.run.bench_tools import environment_line, write_report
 
 
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     parse_sections(args.only)  # fail fast on a typo, before TensorFlow loads
     if args.tiny and (args.data or args.max_images):
         raise ValueError("--tiny uses generated data; drop --data and --max-images (or drop --tiny to bench your data)")
-    settings = None if args.tiny else default_settings(max_images=args.max_images)
+    settings = None if args.tiny else BenchSettings(max_images=args.max_images)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices: nothing a user can act on
     log = (lambda message: None) if args.json else (lambda message: print(message, flush=True))
     report = run_bench(data=args.data, dataset=args.dataset, tiny=args.tiny, only=args.only,
