@@ -82,15 +82,6 @@ def test_resize_images_matches_the_pipeline(memmap_images):
     assert resize_images(np.asarray(images), 12).dtype == np.float32
 
 
-def test_cache_in_memory_gives_the_same_batches(memmap_images):
-    images, labels = memmap_images
-    positions = np.array([9, 2, 27, 14])
-    streamed = _collect(make_dataset(images, labels % 2, positions, batch_size=3))
-    in_memory = _collect(make_dataset(images, labels % 2, positions, batch_size=3, cache_in_memory=True))
-    for a, b in zip(streamed, in_memory):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_validation(memmap_images):
     images, labels = memmap_images
     assert len(list(make_dataset(images, labels % 2, batch_size=7))) == 5

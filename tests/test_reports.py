@@ -52,13 +52,6 @@ def test_run_ids_are_unique_and_folders_never_overwritten():
             reports.run_dir(bad)
 
 
-def test_notebook_dir_accepts_names_and_paths():
-    expected = paths.reports_dir() / "r1" / "02_baseline_cnn"
-    assert reports.notebook_dir("r1", "02_baseline_cnn") == expected and expected.is_dir()
-    assert reports.notebook_dir("r1", Path("/x/notebooks/02_baseline_cnn.ipynb")) == expected
-    assert not reports.notebook_dir("r2", "03_x", create=False).exists()
-
-
 def test_save_fig_sanitises_name(tmp_path):
     figure, axis = plt.subplots(figsize=(2, 2))
     axis.plot([0, 1], [0, 1])

@@ -31,7 +31,8 @@ def _notebook(parameters: str, *cells: str) -> nbformat.NotebookNode:
 
 WRITE_PARAMS_AND_CARD = """
 from bclib.run import reports
-folder = reports.notebook_dir(run_id, "01_train")
+folder = reports.run_dir(run_id) / "01_train"
+folder.mkdir()
 (folder / "params.json").write_text(json.dumps(
     {"run_id": run_id, "profile": profile, "dataset": dataset, "data_dir": data_dir, "message": message,
      "prefix": __import__("sys").prefix}))

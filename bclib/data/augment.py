@@ -1,13 +1,6 @@
 """Training-time augmentation layers for histology patches (RGB values 0..255 in and out).
 
-* :class:`RandomDihedral`: one of the 8 flips and quarter-turns of the square, the natural
-  symmetry of a patch (tissue has no "up").
-* :class:`RandomZoomCrop`: zoom in at a random place, a crop resized back (no invented border).
-* :class:`RandomStainJitter`: H&E concentrations scaled and shifted in optical-density space
-  (Ruifrok & Johnston 2001 stain vectors; Tellez et al. 2018 "HED jitter").
-* :class:`RandomBrightnessContrast`: brightness and contrast, per image.
-
-Each is one fused computation per batch, computes in float32 even under a mixed-precision
+Each layer is one fused computation per batch, computes in float32 even under a mixed-precision
 policy, and acts only with ``training=True``. Notebook 04 stacks them in a ``keras.Sequential``;
 :func:`standard_augmentation` is the same stack for the benchmark and the tests.
 """
@@ -33,26 +26,18 @@ def stain_matrices() -> tuple[np.ndarray, np.ndarray]:
     return rgb_from_hed.astype("float32"), hed_from_rgb.astype("float32")
 
 
-def _check_strength(name: str, value: float, upper: float = 1.0) -> float:
+def _check_strength(name: str, value: float) -> float:
     value = float(value)
-    if not 0.0 <= value < upper:
-        raise ValueError(f"{name} must be in [0, {upper}), got {value}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
     return value
 
 
-def _check_batch(layer: str, inputs: Any) -> None:
-    if len(inputs.shape) != 4 or inputs.shape[-1] != 3:
-        raise ValueError(f"{layer} expects RGB batches (batch, height, width, 3), got shape {inputs.shape}")
+class _RandomImageLayer(keras.layers.Layer):
+    """What the augmentation layers share: float32 compute, a seeded generator, the input shape kept,
+    and a config holding the seed and each name of ``settings``."""
 
-
-@keras.saving.register_keras_serializable(package="bclib")
-class RandomDihedral(keras.layers.Layer):
-    """One of the 8 symmetries of the square per image: the 4 quarter-turns and 4 mirrors.
-
-    Three independent coin flips per image (transpose, flip rows, flip columns) give each
-    symmetry with probability 1/8. Pixels are moved, never interpolated. Non-square images are
-    only mirrored (a transpose would change their shape).
-    """
+    settings: tuple[str, ...] = ()
 
     def __init__(self, seed: int | None = None, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -60,10 +45,31 @@ class RandomDihedral(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    def check_batch(self, inputs: Any) -> None:
+        if len(inputs.shape) != 4 or inputs.shape[-1] != 3:
+            raise ValueError(f"{type(self).__name__} expects RGB batches (batch, height, width, 3), "
+                             f"got shape {inputs.shape}")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **{name: getattr(self, name) for name in self.settings}, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="bclib")
+class RandomDihedral(_RandomImageLayer):
+    """One of the 8 symmetries of the square per image: the 4 quarter-turns and 4 mirrors.
+
+    Three independent coin flips per image (transpose, flip rows, flip columns) give each
+    symmetry with probability 1/8. Pixels are moved, never interpolated. Non-square images are
+    only mirrored (a transpose would change their shape).
+    """
+
     def call(self, inputs, training=True):
         if not training:
             return inputs
-        _check_batch("RandomDihedral", inputs)
+        self.check_batch(inputs)
         batch = ops.shape(inputs)[0]
         coins = keras.random.uniform((3, batch, 1, 1, 1), seed=self.seed_generator) < 0.5
         images = inputs
@@ -71,12 +77,6 @@ class RandomDihedral(keras.layers.Layer):
             images = ops.where(coins[0], ops.transpose(images, (0, 2, 1, 3)), images)
         images = ops.where(coins[1], ops.flip(images, axis=1), images)
         return ops.where(coins[2], ops.flip(images, axis=2), images)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "seed": self.seed}
 
 
 def bilinear_weights(start, length, n_in: int, n_out: int):
@@ -95,7 +95,7 @@ def bilinear_weights(start, length, n_in: int, n_out: int):
 
 
 @keras.saving.register_keras_serializable(package="bclib")
-class RandomZoomCrop(keras.layers.Layer):
+class RandomZoomCrop(_RandomImageLayer):
     """Zoom in by a factor up to ``1 / (1 - zoom)`` at a random place, per image.
 
     Each image is cropped to a square of side ``s * size`` with ``s ~ U(1 - zoom, 1)`` at a
@@ -104,17 +104,16 @@ class RandomZoomCrop(keras.layers.Layer):
     The crop-and-resize is two batched matrix products (see :func:`bilinear_weights`).
     """
 
+    settings = ("zoom",)
+
     def __init__(self, zoom: float = 0.1, seed: int | None = None, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
+        super().__init__(seed, **kwargs)
         self.zoom = _check_strength("zoom", zoom)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=True):
         if not training or self.zoom == 0.0:
             return inputs
-        _check_batch("RandomZoomCrop", inputs)
+        self.check_batch(inputs)
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:
             raise ValueError("RandomZoomCrop needs a known image height and width")
@@ -127,12 +126,6 @@ class RandomZoomCrop(keras.layers.Layer):
         zoomed = ops.matmul(channels_first, ops.transpose(columns, (0, 2, 1))[:, None])
         zoomed = ops.matmul(rows[:, None], zoomed)
         return ops.cast(ops.transpose(zoomed, (0, 2, 3, 1)), inputs.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "zoom": self.zoom, "seed": self.seed}
 
 
 def jitter_stains(images, scale, shift):
@@ -153,7 +146,7 @@ def jitter_stains(images, scale, shift):
 
 
 @keras.saving.register_keras_serializable(package="bclib")
-class RandomStainJitter(keras.layers.Layer):
+class RandomStainJitter(_RandomImageLayer):
     """H&E stain jitter in optical-density space, per image.
 
     RGB ``I`` (0..255) -> optical density ``OD = -log((I + 1) / 256)`` -> stain concentrations
@@ -163,49 +156,41 @@ class RandomStainJitter(keras.layers.Layer):
     ``strength=0`` is the identity.
     """
 
+    settings = ("strength",)
+
     def __init__(self, strength: float = 0.05, seed: int | None = None, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
+        super().__init__(seed, **kwargs)
         self.strength = _check_strength("strength", strength)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=True):
         if not training or self.strength == 0.0:
             return inputs
-        _check_batch("RandomStainJitter", inputs)
+        self.check_batch(inputs)
         batch = ops.shape(inputs)[0]
         scale = keras.random.uniform((batch, 3), 1.0 - self.strength, 1.0 + self.strength, seed=self.seed_generator)
         shift = keras.random.uniform((batch, 3), -self.strength, self.strength, seed=self.seed_generator)
         return ops.cast(jitter_stains(inputs, scale, shift), inputs.dtype)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "strength": self.strength, "seed": self.seed}
-
 
 @keras.saving.register_keras_serializable(package="bclib")
-class RandomBrightnessContrast(keras.layers.Layer):
+class RandomBrightnessContrast(_RandomImageLayer):
     """Per image: ``(x - mean) * c + mean + 255 * b``, clipped to 0..255.
 
     ``c ~ U(1 - contrast, 1 + contrast)`` scales around each channel's mean (as
     ``tf.image.adjust_contrast``); ``b ~ U(-brightness, brightness)`` shifts all channels.
     """
 
+    settings = ("brightness", "contrast")
+
     def __init__(self, brightness: float = 0.1, contrast: float = 0.1, seed: int | None = None, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
+        super().__init__(seed, **kwargs)
         self.brightness = _check_strength("brightness", brightness)
         self.contrast = _check_strength("contrast", contrast)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=True):
         if not training or (self.brightness == 0.0 and self.contrast == 0.0):
             return inputs
-        _check_batch("RandomBrightnessContrast", inputs)
+        self.check_batch(inputs)
         batch = ops.shape(inputs)[0]
         images = ops.cast(inputs, "float32")
         factor = keras.random.uniform((batch, 1, 1, 1), 1.0 - self.contrast, 1.0 + self.contrast,
@@ -215,13 +200,6 @@ class RandomBrightnessContrast(keras.layers.Layer):
         mean = ops.mean(images, axis=(1, 2), keepdims=True)
         adjusted = (images - mean) * factor + (mean + delta)
         return ops.cast(ops.clip(adjusted, 0.0, 255.0), inputs.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "brightness": self.brightness, "contrast": self.contrast,
-                "seed": self.seed}
 
 
 def standard_augmentation(zoom: float = 0.1, stain_jitter: float = 0.05, brightness: float = 0.1,

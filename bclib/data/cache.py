@@ -1,12 +1,8 @@
-"""Packed image cache: every image decoded once into a memory-mapped ``uint8`` array.
+"""Packed image cache: every image decoded once, fitted into a square, into a memory-mapped ``uint8`` array.
 
-``pack(index, image_size)`` decodes each row of a :class:`DatasetIndex` (``index.load_image``),
-fits it into an ``image_size`` square (padding smaller images, never stretching) and writes it
-into ``images.npy`` chunk by chunk, so memory stays bounded whatever the dataset size. The
-folder is keyed by the dataset name, its content hash and the image size, so changed files
-give a new cache. It is built in a temporary sibling folder and renamed into place after a
-completion marker is written: an interrupted pack never leaves a cache that looks complete.
-Reopening a complete cache only maps the file (no decoding).
+The folder is keyed by dataset, image size and content hash, so changed files give a new cache. It
+is written chunk by chunk (memory stays bounded) into a temporary sibling folder, renamed into place
+once a completion marker is in it: an interrupted pack never looks complete. Reopening only maps it.
 """
 from __future__ import annotations
 
@@ -190,6 +186,3 @@ def pack(
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return _open(directory, index, image_size, reused=False, seconds=time.perf_counter() - started)
-
-
-__all__ = ["CacheError", "PackedCache", "cache_key", "is_complete", "mark_used", "pack"]

@@ -63,6 +63,3 @@ def check_dataset(index: DatasetIndex, workers: int = 2, progress: bool = False)
         sizes=dict(sizes.most_common()),
         seconds=time.perf_counter() - started,
     )
-
-
-__all__ = ["CheckReport", "check_dataset"]

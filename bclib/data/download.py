@@ -271,13 +271,11 @@ def _fetch_verified(remote: RemoteFile, work: Path, progress: bool, timeout: flo
     _say(progress, f"downloading {remote.url}")
     fetch(remote.url, part, progress, timeout)
     if remote.md5:
-        digest = hashlib.md5()
         with open(part, "rb") as handle:
-            for block in iter(lambda: handle.read(CHUNK_SIZE), b""):
-                digest.update(block)
-        if digest.hexdigest() != remote.md5.lower():
+            digest = hashlib.file_digest(handle, "md5").hexdigest()
+        if digest != remote.md5.lower():
             part.unlink()
-            raise DownloadError(f"MD5 of the downloaded {remote.filename} is {digest.hexdigest()}, expected "
+            raise DownloadError(f"MD5 of the downloaded {remote.filename} is {digest}, expected "
                                 f"{remote.md5}: the file is corrupt or the server changed it; it was deleted, "
                                 "run the download again")
     os.replace(part, downloaded)

@@ -1,23 +1,13 @@
 """tf.data input pipeline over the packed uint8 image cache (a memmap or any numpy array).
 
-The dataset is built over *row positions*, not pixels: positions are (shuffled when training,)
-batched, and each batch of images is gathered from the array in one numpy call, as float32 (values
-stay 0..255, models rescale inside), so a cache larger than memory streams from the memory map and
-only ``batch_size`` images are copied per step. Then, on whole batches: augment (training only),
-resize (bilinear) and prefetch. (Casting in numpy keeps uint8 out of the TensorFlow graph, where
-its optimiser would move flips and transposes before the cast onto a slow uint8 path.)
+The dataset is built over *row positions*: positions are (shuffled when training and) batched, and
+each batch is gathered from the array in one numpy call as float32 0..255 (models rescale inside),
+so a cache larger than memory streams from the memory map. Casting in numpy keeps uint8 out of the
+graph, where TensorFlow would move flips and transposes onto a slow uint8 path. Then, per batch:
+augment (training only), resize, prefetch.
 
-The augmenter (any callable, e.g. a ``keras.Sequential`` of :mod:`bclib.data.augment` layers) is
-applied to each float training batch as ``augmenter(batch, training=True)``, before the resize.
-Random layers draw from a seeded state, and batches augmented in parallel take those draws in a
-different order on every run. So on a CPU the augmenter runs on one batch at a time, in order, and
-a seeded run repeats exactly; with a GPU (whose training is not bit-reproducible anyway) it runs in
-parallel, to keep up with the GPU.
-
-Labels: two classes give float32 ``(batch, 1)`` (for the sigmoid output and binary
-cross-entropy); more classes give one-hot float32 ``(batch, num_classes)`` (categorical
-cross-entropy; one-hot also lets the AUC metric work). Without ``training`` the order is
-exactly ``positions`` order, so predictions line up with ``labels[positions]``.
+Seeded random layers draw in the order batches reach them, so on a CPU the augmenter runs in order
+and a seeded run repeats exactly; with a GPU (not bit-reproducible anyway) it runs in parallel.
 """
 from __future__ import annotations
 
@@ -30,7 +20,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def encode_labels(labels: np.ndarray, num_classes: int = 2) -> np.ndarray:
-    """Integer labels -> float32 ``(n, 1)`` (two classes) or one-hot ``(n, num_classes)``."""
+    """Integer labels -> float32 ``(n, 1)`` for two classes (sigmoid output, binary cross-entropy),
+    else one-hot ``(n, num_classes)`` (categorical cross-entropy; it also lets the AUC metric work)."""
     labels = np.asarray(labels)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -66,16 +57,14 @@ def make_dataset(
     augmenter: Callable | None = None,
     seed: int = 0,
     num_classes: int = 2,
-    cache_in_memory: bool = False,
 ) -> tf.data.Dataset:
-    """Batches ``(images float32 0..255, labels)`` of the rows ``positions`` (default: all).
+    """Batches ``(images float32 0..255, labels)`` of the rows ``positions`` (default: all), labels
+    as :func:`encode_labels` gives them.
 
-    ``training``: reshuffle every epoch (deterministic for ``seed``), keep the last partial
-    batch, and apply ``augmenter(batch, training=True)`` if given (on a CPU one batch at a time,
-    so a seeded augmenter gives the same batches on every run). Otherwise the order equals
-    ``positions`` and no augmentation is applied. ``image_size``: resize square (bilinear,
-    antialiased when shrinking). ``cache_in_memory``: copy the selected rows into RAM first
-    (fast for small sets; the default streams from the memory map).
+    ``training``: reshuffle every epoch (deterministic for ``seed``) and apply
+    ``augmenter(batch, training=True)`` if given. Otherwise the order is ``positions`` order, so
+    predictions line up with ``labels[positions]``. ``image_size``: resize square (bilinear,
+    antialiased when shrinking).
     """
     positions = _check_inputs(images, labels, positions)
     if batch_size < 1:
@@ -83,10 +72,6 @@ def make_dataset(
     if len(positions) == 0:
         raise ValueError("no rows selected (positions is empty)")
     encoded = encode_labels(np.asarray(labels), num_classes)
-    if cache_in_memory:
-        images = np.ascontiguousarray(images[np.sort(positions)] if training else images[positions])
-        encoded = encoded[np.sort(positions)] if training else encoded[positions]
-        positions = np.arange(len(positions), dtype="int64")
     height, width = int(images.shape[1]), int(images.shape[2])
     label_width = encoded.shape[1]
 

@@ -343,6 +343,3 @@ def make_split(
             if not note.startswith("official split:"):
                 warnings.warn(note, UserWarning, stacklevel=2)
     return split
-
-
-__all__ = ["DEFAULT_FRACTIONS", "LeakageWarning", "METHODS", "SPLIT_NAMES", "Split", "make_split"]

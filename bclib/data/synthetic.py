@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -103,14 +102,13 @@ def make_synthetic_idc(
     positive_fraction: float = 0.3,
     seed: int = 0,
     image_size: int = 50,
-    edge_patches: bool = True,
 ) -> Path:
     """Write a synthetic dataset in the IDC layout under ``root``; return the dataset folder.
 
     Layout: ``<root>/IDC_regular_ps50_idx5/<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png``.
     Every patient holds both classes (about ``positive_fraction`` positives, at least one of
-    each). With ``edge_patches`` every fourth patient has one patch narrower than
-    ``image_size`` (a slide-edge patch, as in the real data). Deterministic for a ``seed``;
+    each). Every fourth patient has one patch narrower than ``image_size`` (a slide-edge patch, as
+    in the real data). Deterministic for a ``seed``;
     earlier synthetic data in the same folder is replaced, other files are never touched.
     """
     if n_patients < 1:
@@ -130,7 +128,7 @@ def make_synthetic_idc(
     for number, patient in enumerate(_patient_ids(rng, n_patients)):
         stain_shift = rng.normal(0, 6.0, size=3)
         cells, labels = _slide_cells(rng, patches_per_patient, n_positive)
-        edge_position = int(np.argmax(cells[:, 1])) if edge_patches and number % 4 == 0 else -1
+        edge_position = int(np.argmax(cells[:, 1])) if number % 4 == 0 else -1
         for folder in ("0", "1"):
             (dataset_folder / patient / folder).mkdir(parents=True, exist_ok=True)
         for position, ((row, column), label) in enumerate(zip(cells, labels)):
@@ -153,18 +151,15 @@ def is_synthetic_folder(*folders: str | os.PathLike) -> bool:
 DEMO_OPTIONS = {"n_patients": 24, "patches_per_patient": 40, "seed": 0}
 
 
-def ensure_demo_dataset(log: Callable[[str], Any] = print) -> Path:
-    """The synthetic IDC demo dataset at :func:`bclib.paths.synthetic_dir`, generated once
-    (into a staging folder, then renamed, so an interrupted generation leaves nothing behind).
-
-    Shared by ``bclib run`` and notebooks run by hand (:mod:`bclib.session`).
-    """
+def ensure_demo_dataset() -> Path:
+    """The synthetic IDC demo dataset at :func:`bclib.paths.synthetic_dir`, generated once (into a
+    staging folder, then renamed, so an interrupted generation leaves nothing behind)."""
     root = paths.synthetic_dir()
     if is_synthetic_folder(root):
         return root
     if root.exists() and any(root.iterdir()):
         raise DatasetError(f"{str(root)!r} exists but holds no complete synthetic dataset; remove it and rerun")
-    log(f"generating the synthetic IDC demo dataset in {root} ...")
+    print(f"generating the synthetic IDC demo dataset in {root} ...")
     staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -176,6 +171,3 @@ def ensure_demo_dataset(log: Callable[[str], Any] = print) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root
-
-
-__all__ = ["DEMO_OPTIONS", "MARKER_FILE", "ensure_demo_dataset", "is_synthetic_folder", "make_synthetic_idc"]

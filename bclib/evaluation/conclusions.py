@@ -180,4 +180,3 @@ def _difference_sentence(result: dict) -> str:
     low, high = result["ci"]
     verdict = "excludes zero: a real change" if result["excludes_zero"] else "includes zero: no clear change"
     return text + f", {ci_text(low, high)}, {verdict})."
-

@@ -31,7 +31,6 @@ SUMMARY_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "spe
 #: Columns every summary has, even an empty one; the bootstrap intervals go before the last three.
 SUMMARY_COLUMNS = ("notebook", "model", *SUMMARY_METRICS, "threshold", "weights", "notebook_seconds",
                    "dataset", "synthetic", "evaluated_on")
-#: What the ``weights`` column says for a model that wanted ImageNet weights and did not get them.
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -73,17 +72,6 @@ def create_run_dir(run_id: str) -> Path:
     except FileExistsError:
         raise RunExistsError(f"run folder {str(directory)!r} already exists and is never overwritten: "
                              f"choose another --run-id, or continue it with --resume {run_id}") from None
-    return directory
-
-
-def notebook_dir(run_id: str, notebook: str | Path, create: bool = True) -> Path:
-    """The folder of one notebook (a name, a file name or a path) inside a run: ``reports/<run_id>/<NN_notebook>/``."""
-    name = Path(str(notebook)).name.removesuffix(".ipynb")
-    if not _SAFE_NAME.match(name):
-        raise ValueError(f"invalid notebook name {notebook!r}")
-    directory = run_dir(run_id) / name
-    if create:
-        directory.mkdir(parents=True, exist_ok=True)
     return directory
 
 

@@ -59,12 +59,6 @@ class RunResult:
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     summary_markdown: Path | None = None
-    summary_json: Path | None = None
-
-    @property
-    def failed(self) -> list[str]:
-        """Notebooks whose status in the manifest is ``failed`` (empty for a finished run)."""
-        return [name for name, state in self.manifest.get("notebooks", {}).items() if state.get("status") == "failed"]
 
     @property
     def synthetic(self) -> bool:
@@ -183,15 +177,6 @@ def write_manifest(run_dir: Path, manifest: dict) -> Path:
 
 # --------------------------------------------------------------------------- running
 
-def _execute(notebook: Path, output: Path, parameters: dict, kernel_name: str, cwd: Path) -> None:
-    import papermill
-
-    papermill.execute_notebook(
-        str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
-        cwd=str(cwd), progress_bar=False, log_output=False,
-    )
-
-
 def _failure(error: BaseException) -> tuple[str, str, int | None]:
     """``(ename, evalue, cell_index)`` of a papermill failure (or any other exception)."""
     ename = getattr(error, "ename", None) or type(error).__name__
@@ -199,12 +184,6 @@ def _failure(error: BaseException) -> tuple[str, str, int | None]:
     if evalue is None:
         evalue = str(error).strip().splitlines()[-1] if str(error).strip() else ""
     return str(ename), str(evalue), getattr(error, "cell_index", None)
-
-
-def _progress(items: list, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="notebooks", unit="nb", disable=not enabled)
 
 
 def run_series(
@@ -231,6 +210,9 @@ def run_series(
     parameters (``parameters`` given here are merged on top) and skips the notebooks it
     completed. Raises :class:`RunFailed` at the first failing notebook.
     """
+    import papermill
+    from tqdm.auto import tqdm
+
     parameters = dict(parameters or {})
     reserved = sorted(set(parameters) & set(RUN_PARAMETERS))
     if reserved:
@@ -309,7 +291,7 @@ def run_series(
 
     result = RunResult(run_id=run_id, run_dir=directory, manifest=manifest)
     started = time.perf_counter()
-    for path in _progress(selected, progress):
+    for path in tqdm(selected, desc="notebooks", unit="nb", disable=not progress):
         name = run_name(path)
         output = directory / f"{name}.ipynb"
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +308,8 @@ def run_series(
         clock = time.perf_counter()
         error: BaseException | None = None
         try:
-            _execute(path, output, injected, kernel_name, path.parent)
+            papermill.execute_notebook(str(path), str(output), parameters=injected, kernel_name=kernel_name,
+                                       cwd=str(path.parent), progress_bar=False, log_output=False)
         except KeyboardInterrupt:
             state.update(status="interrupted", seconds=round(time.perf_counter() - clock, 2), finished=_now())
             manifest.update(status="interrupted", finished=_now())
@@ -368,7 +351,7 @@ def run_series(
     manifest.update(status="completed", finished=_now())
     manifest["seconds"] = round(time.perf_counter() - started, 2)
     write_manifest(directory, manifest)
-    result.summary_markdown, result.summary_json = reports.write_summary(directory, manifest)
+    result.summary_markdown = reports.write_summary(directory, manifest)[0]
     if synthetic:
         log(f"*** {SYNTHETIC_BANNER} ***")
     log(f"run {run_id} completed: {result.summary_markdown}")

@@ -1,20 +1,10 @@
-"""BreastMNIST (MedMNIST v2) scanner: the official ``breastmnist.npz``.
+"""BreastMNIST (MedMNIST v2) scanner: the official ``breastmnist.npz`` of 28x28 grayscale ultrasound images.
 
-The file holds ``train_images``, ``val_images`` and ``test_images`` as uint8 grayscale
-ultrasound images (N, 28, 28) and ``*_labels`` of shape (N, 1).
-
-Labels are kept as the file has them: **0 = malignant, 1 = normal/benign**. So
-``class_names == ["malignant", "normal/benign"]`` and ``positive_label == 0``: the disease is
-label 0 here. Downstream code must read ``index.positive_label`` and never assume that label 1
-is the disease.
-
-MedMNIST publishes no patient ids, so every image is its own patient (``patient_id`` such as
-``train-00005``); a "patient" split is then an image-level split. Prefer the official split
-(column ``split``: train / val / test), which is what published BreastMNIST results use.
-
-Rows are not files: ``path`` is the npz file itself (so :meth:`DatasetIndex.content_hash`
-follows its size and modification time), and ``array_key`` / ``array_position`` say which
-image. The reader loads the arrays once per file version and replicates gray to RGB.
+Labels are kept as the file has them: **0 = malignant, 1 = normal/benign**, so ``positive_label``
+is 0 here (code must read it, never assume label 1 is the disease). MedMNIST publishes no patient
+ids, so every image is its own patient; prefer the official split (column ``split``), which
+published results use. Rows are not files: ``path`` is the npz file (its size and modification
+time enter the content hash) and ``array_key`` / ``array_position`` say which image.
 """
 from __future__ import annotations
 
@@ -77,13 +67,7 @@ def _split_labels(npz_path: Path, arrays: dict[str, np.ndarray], split: str) -> 
 
 
 def scan(path: str | os.PathLike) -> DatasetIndex:
-    """Index every image of the BreastMNIST npz at ``path`` (the file or a folder holding it).
-
-    One row per image with ``split`` (official train/val/test), ``array_key`` and
-    ``array_position``. Labels are the file's: 0 = malignant (the disease,
-    ``positive_label == 0``), 1 = normal/benign. ``patient_id`` is one id per image (MedMNIST
-    publishes no patient ids).
-    """
+    """Index every image of the BreastMNIST npz at ``path`` (the file or a folder holding it)."""
     path = existing_path(path, "BreastMNIST path", EXPECTED_LAYOUT, folder=False)
     npz_path = path if path.is_file() else files_in_one_folder(path, FILE_NAME, FILE_NAME, EXPECTED_LAYOUT)[0]
     arrays = load_arrays(npz_path)

@@ -1,17 +1,9 @@
-"""PatchCamelyon (PCam) scanner: the official HDF5 files.
+"""PatchCamelyon (PCam) scanner: the official HDF5 files ``camelyonpatch_level_2_split_<train|valid|test>_<x|y>.h5``.
 
-Files: ``camelyonpatch_level_2_split_<train|valid|test>_<x|y>.h5``; ``x`` holds the patches
-``(N, 96, 96, 3)`` uint8 and ``y`` the labels ``(N, 1, 1, 1)``: 1 when the patch's centre
-32x32 region holds metastatic tumour tissue (the positive class, label 1).
-
-The official split is kept in column ``split`` (``valid`` is written ``val``). PCam publishes
-no patient (or slide) id per patch, so ``patient_id`` is one id per image (``train-000042``)
-and a "patient" split is an image-level split: patches of one slide can then fall on both
-sides. Use the official split for PCam.
-
-Rows are not files: ``path`` is the split's ``_x.h5`` file and ``array_key`` /
-``array_position`` say which patch. The reader opens each file once per process (read-only)
-and reads one patch at a time, so nothing large is loaded.
+``x`` holds 96x96 RGB patches, ``y`` their labels: 1 (positive) when the centre 32x32 region holds
+metastatic tissue. The official split is column ``split``; PCam publishes no patient or slide ids,
+so every patch is its own patient and only the official split keeps slides apart. Rows are not
+files: ``path`` is the split's ``_x.h5`` file, read one patch at a time.
 """
 from __future__ import annotations
 
