@@ -31,7 +31,7 @@ META_FILE = "meta.json"
 LAST_USED_FILE = "LAST_USED"  # its modification time: when the cache was last opened
 
 
-class CacheError(RuntimeError):
+class CacheError(ValueError):
     """A cache folder is unusable (for example its files disagree with each other)."""
 
 

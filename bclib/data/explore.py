@@ -30,7 +30,7 @@ def patient_table(index: DatasetIndex) -> pd.DataFrame:
     return table.sort_values("images", ascending=False)
 
 
-def image_sizes(index: DatasetIndex, workers: int = 4) -> pd.DataFrame:
+def image_sizes(index: DatasetIndex) -> pd.DataFrame:
     """Width and height of every file, read from headers only (fast, no decoding)."""
 
     def size_of(path: str) -> tuple[int, int]:
@@ -43,7 +43,7 @@ def image_sizes(index: DatasetIndex, workers: int = 4) -> pd.DataFrame:
     if "array_key" in index.frame.columns:
         shape = index.load_image(0).shape
         return pd.DataFrame({"width": shape[1], "height": shape[0]}, index=index.frame.index)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         sizes = list(pool.map(size_of, index.frame["path"]))
     return pd.DataFrame(sizes, columns=["width", "height"], index=index.frame.index)
 

@@ -112,11 +112,11 @@ def array_to_rgb(array: np.ndarray, label: str) -> np.ndarray:
     return np.ascontiguousarray(rgb if rgb.dtype == np.uint8 else np.clip(rgb, 0, 255).astype(np.uint8))
 
 
-def fit_to_square(image: np.ndarray, size: int, fill: int = 255) -> np.ndarray:
+def fit_to_square(image: np.ndarray, size: int) -> np.ndarray:
     """Place ``image`` in a ``size x size`` canvas without stretching.
 
-    Smaller images are padded at the bottom and right with ``fill`` (white, the slide
-    background); larger ones are downscaled with their aspect ratio kept, then padded.
+    Smaller images are padded at the bottom and right with white (the slide background); larger
+    ones are downscaled with their aspect ratio kept, then padded.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
@@ -128,6 +128,6 @@ def fit_to_square(image: np.ndarray, size: int, fill: int = 255) -> np.ndarray:
         height, width = image.shape[:2]
     if height == size and width == size:
         return image
-    canvas = np.full((size, size, 3), fill, dtype=np.uint8)
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
     canvas[:height, :width] = image
     return canvas

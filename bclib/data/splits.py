@@ -2,8 +2,8 @@
 
 Three methods:
 
-* ``patient`` (default): every patient's images go to one split, patients stratified by their
-  majority class, and each split holds every class where the data allows;
+* ``patient`` (default): every patient's images go to one split (70/15/15 % of the patients),
+  stratified by their majority class, and each split holds every class where the data allows;
 * ``official``: the published split (IDC: Janowczyk & Madabhushi 2016 patient lists; other
   datasets: the index's ``split`` column);
 * ``image``: images shuffled one by one. Images of one patient land in several splits, which
@@ -16,7 +16,6 @@ import json
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,7 @@ from bclib.data.official_splits import CITATION, IDC_OFFICIAL_SPLITS
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 METHODS: tuple[str, ...] = ("patient", "official", "image")
-DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
+FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
 
 class LeakageWarning(UserWarning):
@@ -48,7 +47,6 @@ class Split:
     index: DatasetIndex
     method: str
     seed: int
-    fractions: tuple[float, ...]
     assignment: dict[str, np.ndarray]
     missing_patients: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -107,7 +105,7 @@ class Split:
             "dataset": self.index.name,
             "method": self.method,
             "seed": int(self.seed),
-            "fractions": [float(f) for f in self.fractions],
+            "fractions": list(FRACTIONS),
             "patients_hash": self.patients_hash(),
             "patients": {name: len(patients) for name, patients in self._patients.items()},
             "images": {name: len(positions) for name, positions in self.assignment.items()},
@@ -118,24 +116,13 @@ class Split:
         }
 
 
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
-    values = tuple(float(f) for f in fractions)
-    if len(values) != len(SPLIT_NAMES):
-        raise ValueError(f"fractions needs {len(SPLIT_NAMES)} numbers for {SPLIT_NAMES}, got {fractions!r}")
-    if any(not np.isfinite(f) or f < 0 for f in values) or values[0] <= 0:
-        raise ValueError(f"fractions must be non-negative with a positive train fraction, got {fractions!r}")
-    if abs(sum(values) - 1.0) > 1e-3:
-        raise ValueError(f"fractions must add up to 1, got {fractions!r} (sum {sum(values):.4f})")
-    return values
-
-
-def _targets(total: int, fractions: tuple[float, ...]) -> np.ndarray:
-    """Items per split (largest remainder), at least one for every non-zero fraction."""
-    raw = np.asarray(fractions) * total
+def _targets(total: int) -> np.ndarray:
+    """Items per split in the proportions of :data:`FRACTIONS` (largest remainder), at least one each."""
+    raw = np.asarray(FRACTIONS) * total
     counts = np.floor(raw).astype(int)
     for position in np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]:
         counts[position] += 1
-    for position in np.flatnonzero((np.asarray(fractions) > 0) & (counts == 0)):
+    for position in np.flatnonzero(counts == 0):
         donor = int(np.argmax(counts))
         if counts[donor] > 1:
             counts[donor] -= 1
@@ -172,15 +159,15 @@ def _patient_table(index: DatasetIndex) -> pd.DataFrame:
     return table
 
 
-def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray, active: list[int]) -> None:
-    """Move patients (in place, ``owner[i]`` = split of patient i) so that every active split
-    holds every class where the data allows.
+def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray) -> None:
+    """Move patients (in place, ``owner[i]`` = split of patient i) so that every split holds every
+    class where the data allows.
 
     A donor patient comes from the split with the most holders of the missing class and must
     leave its split with every class it had; the receiving split then gives back a patient it
     can spare, so split sizes stay as planned. Ties go to the earlier patient in dealing order.
     """
-    n_splits = int(max(owner.max(initial=0), max(active, default=0))) + 1
+    n_splits = len(SPLIT_NAMES)
 
     def holders_per_split() -> np.ndarray:
         return np.stack([has_class[owner == split].sum(axis=0) for split in range(n_splits)])
@@ -188,7 +175,7 @@ def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray
     rarest_first = np.argsort(has_class.sum(axis=0), kind="stable")
     for _ in range(3):
         changed = False
-        for split in active:
+        for split in range(n_splits):
             for label in rarest_first:
                 holders = np.flatnonzero(has_class[:, label])
                 if len(holders) == 0 or np.any(owner[holders] == split):
@@ -218,14 +205,11 @@ def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray
             return
 
 
-def _patient_split(index: DatasetIndex, seed: int, fractions: tuple[float, ...]) -> tuple[dict[str, np.ndarray], list[str]]:
+def _patient_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
     table = _patient_table(index)
-    active = [i for i, f in enumerate(fractions) if f > 0]
-    if len(table) < len(active):
-        raise DatasetError(
-            f"a patient-level split into {len(active)} parts needs at least {len(active)} patients; "
-            f"{index.name!r} holds {len(table)}"
-        )
+    if len(table) < len(SPLIT_NAMES):
+        raise DatasetError(f"a patient-level split into {len(SPLIT_NAMES)} parts needs at least "
+                           f"{len(SPLIT_NAMES)} patients; {index.name!r} holds {len(table)}")
     rng = np.random.default_rng(seed)
     order: list[str] = []
     for stratum in sorted(table["stratum"].unique()):
@@ -234,10 +218,10 @@ def _patient_split(index: DatasetIndex, seed: int, fractions: tuple[float, ...])
     table = table.loc[order]
     class_columns = list(range(index.num_classes))
     has_class = table[class_columns].to_numpy() > 0
-    owner = _deal(len(order), _targets(len(order), fractions))
-    _repair_classes(has_class, table["images"].to_numpy(), owner, active)
+    owner = _deal(len(order), _targets(len(order)))
+    _repair_classes(has_class, table["images"].to_numpy(), owner)
     notes = []
-    for split in active:
+    for split in range(len(SPLIT_NAMES)):
         for label, class_name in enumerate(index.class_names):
             if has_class[:, label].any() and not has_class[owner == split, label].any():
                 notes.append(
@@ -249,14 +233,14 @@ def _patient_split(index: DatasetIndex, seed: int, fractions: tuple[float, ...])
     return {name: np.flatnonzero(split_of_row == i) for i, name in enumerate(SPLIT_NAMES)}, notes
 
 
-def _image_split(index: DatasetIndex, seed: int, fractions: tuple[float, ...]) -> dict[str, np.ndarray]:
+def _image_split(index: DatasetIndex, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = index.labels
     order = np.concatenate([
         np.flatnonzero(labels == label)[rng.permutation(int(np.sum(labels == label)))]
         for label in np.unique(labels)
     ])
-    dealt = _deal(len(order), _targets(len(order), fractions))
+    dealt = _deal(len(order), _targets(len(order)))
     return {name: np.sort(order[dealt == i]) for i, name in enumerate(SPLIT_NAMES)}
 
 
@@ -303,33 +287,27 @@ def _official_split(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[st
     return assignment, _sorted_patients(missing), notes
 
 
-def make_split(
-    index: DatasetIndex,
-    method: str = "patient",
-    seed: int = 0,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-) -> Split:
+def make_split(index: DatasetIndex, method: str = "patient", seed: int = 0) -> Split:
     """Split ``index`` into train / val / test row positions (see the module docstring).
 
-    ``seed`` and ``fractions`` apply to the ``patient`` and ``image`` methods; ``official``
-    ignores them. Raises :class:`DatasetError` when the data cannot be split that way (too
-    few patients, an empty official split, no official split for the dataset).
+    ``seed`` applies to the ``patient`` and ``image`` methods. Raises :class:`DatasetError` when
+    the data cannot be split that way (too few patients, an empty official split, no official
+    split for the dataset).
     """
     if method not in METHODS:
         raise ValueError(f"unknown split method {method!r}; choose one of {list(METHODS)}")
-    fractions = _check_fractions(fractions)
     if len(index) == 0:
         raise DatasetError(f"cannot split {index.name!r}: the index holds no images")
     seed = int(seed)
     missing: list[str] = []
     if method == "patient":
-        assignment, notes = _patient_split(index, seed, fractions)
+        assignment, notes = _patient_split(index, seed)
     elif method == "image":
-        assignment, notes = _image_split(index, seed, fractions), []
+        assignment, notes = _image_split(index, seed), []
     else:
         assignment, missing, notes = _official_split(index)
-    split = Split(index=index, method=method, seed=seed, fractions=fractions, assignment=assignment,
-                  missing_patients=missing, warnings=notes)
+    split = Split(index=index, method=method, seed=seed, assignment=assignment, missing_patients=missing,
+                  warnings=notes)
     if method == "image":
         message = (
             f"an image-level split leaks patients: {len(split.overlapping_patients())} of "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import threading
@@ -148,12 +147,8 @@ def environment_line(environment: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- memory
 
 def resident_memory() -> tuple[int, int]:
-    """(resident, anonymous resident) bytes of this process (peak resident where /proc is missing)."""
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return peak, peak
+    """(resident, anonymous resident) bytes of this process, from Linux's ``/proc``."""
+    lines = Path("/proc/self/status").read_text().splitlines()
     values = {key: int(rest.split()[0]) * 1024 for key, _, rest in (line.partition(":") for line in lines)
               if key in ("VmRSS", "RssAnon")}
     return values["VmRSS"], values.get("RssAnon", values["VmRSS"])

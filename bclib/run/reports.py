@@ -51,7 +51,6 @@ def validate_run_id(run_id: str) -> str:
 
 def new_run_id(prefix: str = "run") -> str:
     """A fresh id such as ``run-20250101-120000-3fa2`` whose folder does not exist yet."""
-    validate_run_id(prefix)
     while True:
         run_id = f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         if not run_dir(run_id).exists():
@@ -214,13 +213,11 @@ def _summary_markdown(run_folder: Path, manifest: dict, frame: pd.DataFrame, mis
     states = manifest.get("notebooks") or {}
     names = [*states, *(path.stem for path in sorted(run_folder.glob("*.ipynb")) if path.stem not in states)]
     if names:
-        lines += ["## Notebooks", "", "| notebook | status | seconds | report |", "|---|---|---|---|"]
-        for name in names:
-            state = states.get(name) or {}
-            link = f"[{name}.html]({name}.html)" if (run_folder / f"{name}.html").is_file() else "–"
-            lines.append(f"| {name} | {_format_cell(state.get('status'))} | {_seconds(state.get('seconds'))} "
-                         f"| {link} |")
-        lines.append("")
+        rows = [{"notebook": name, "status": (states.get(name) or {}).get("status"),
+                 "seconds": _seconds((states.get(name) or {}).get("seconds")),
+                 "report": f"[{name}.html]({name}.html)" if (run_folder / f"{name}.html").is_file() else None}
+                for name in names]
+        lines += ["## Notebooks", "", markdown_table(pd.DataFrame(rows)), ""]
 
     figures = [(folder.name, sorted(folder.glob("*.png"))) for folder in sorted(run_folder.iterdir()) if folder.is_dir()]
     if any(pngs for _, pngs in figures):

@@ -133,13 +133,10 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from bclib.data.cache import CacheError, pack
+    from bclib.data.cache import pack
 
-    index = _scan(args)
-    try:
-        cache = pack(index, args.image_size, cache_root=args.cache_dir, progress=not args.no_progress, workers=args.workers)
-    except CacheError as error:
-        raise CommandError(str(error)) from None
+    cache = pack(_scan(args), args.image_size, cache_root=args.cache_dir, progress=not args.no_progress,
+                 workers=args.workers)
     state = "reused" if cache.reused else f"packed in {cache.seconds:.1f} s"
     print(f"{len(cache):,} images at {cache.image_size}x{cache.image_size} ({cache.nbytes / 2**20:.1f} MB) {state}")
     print(f"cache: {cache.directory}")
