@@ -1,4 +1,4 @@
-"""Run profiles: the knobs that make the same notebooks a 3-minute smoke test or a GPU run.
+"""Run profiles: the knobs that make the same notebooks a smoke test or a GPU run.
 
 A notebook parameter left at ``None`` takes its profile's value; an explicit value wins.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # tiny data, two short epochs, small images: the whole series in a few minutes on 2 CPU cores
+    # tiny data, two short epochs, small images: checks that the whole series runs, on a CPU
     "smoke": {
         "max_images": 480,
         "image_size": 32,
@@ -29,7 +29,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "exercise_more_epochs": 3,  # notebook 04's solutions: the longer run of exercise 4
         "exercise_more_patience": 1,
     },
-    # the real data at hand with CPU-sized epochs: the whole series on 11,749 patches, 2 cores
+    # the real data at hand with CPU-sized epochs
     "quick": {
         "max_images": None,
         "image_size": 50,

@@ -1,11 +1,5 @@
-"""What the cache folder holds, and removing what is no longer needed.
-
-The cache folder (``$BCLIB_CACHE`` or ``data/cache``) grows: every dataset version, image size
-and subsample gets its own packed cache, feature files accumulate, and an interrupted pack can
-leave a hidden ``.building-`` folder behind.
-:func:`inventory` lists them with their size and last use; :func:`select_for_removal` picks
-what a clean-up may delete; :func:`remove` deletes it. Nothing outside the cache folder is
-ever touched.
+"""What the cache folder holds (packed caches, feature files, interrupted builds), and removing what is
+no longer needed. Nothing outside the cache folder is ever touched.
 """
 from __future__ import annotations
 

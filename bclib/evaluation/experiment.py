@@ -1,10 +1,5 @@
-"""The end of every training notebook: threshold on validation, test once, write everything.
-
-``finish(session, model, ...)`` predicts the validation and test splits in their stored order,
-chooses the decision threshold on validation only, computes the metrics (with patient
-bootstrap intervals), and writes ``model.keras``, ``model_card.json``, ``metrics.json`` and
-``predictions.npz`` into the notebook's run folder. It returns the card.
-"""
+"""The end of every training notebook (:func:`finish`): threshold on validation, test once, write
+everything; and the tables that read the cards back."""
 from __future__ import annotations
 
 import time

@@ -48,7 +48,7 @@ class BenchSettings:
 
 
 def tiny_settings() -> BenchSettings:
-    """Every section on a small synthetic dataset, well under a minute on 2 CPU cores."""
+    """Every section on a small synthetic dataset (the CI run)."""
     return BenchSettings(mobilenet_size=32, batch_size=32, pipeline_images=192, mobilenet_images=64,
                          timed_epochs=2, feature_images=128, feature_epochs=2, inference_images=64,
                          latency_calls=3, gradcam_calls=2, memory_train_images=128, memory_subprocess=False)

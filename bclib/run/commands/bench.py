@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, help="dataset folder (default: BCLIB_DATA or data/)")
     parser.add_argument("--dataset", default="idc", help="dataset name (default idc)")
     parser.add_argument("--tiny", action="store_true",
-                        help="every section on a small synthetic dataset (CI; well under a minute)")
+                        help="every section on a small synthetic dataset (the CI run)")
     parser.add_argument("--only", default=None, metavar="SECTIONS",
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--max-images", type=int, default=None,
