@@ -33,7 +33,8 @@ def test_pack_contents_match_the_index(synthetic_idc, tmp_path):
     for position in (0, len(index) // 2, len(index) - 1):
         np.testing.assert_array_equal(packed.images[position], fit_to_square(index.load_image(position), 40))
     assert packed.directory.parent == tmp_path and is_complete(packed.directory)
-    assert index.name in packed.key and "40px" in packed.key and index.content_hash() in packed.key
+    key = packed.directory.name
+    assert index.name in key and "40px" in key and index.content_hash() in key
     assert list(packed.index.frame["patient_id"]) == list(index.frame["patient_id"])
     np.testing.assert_array_equal(packed.positions, np.arange(len(index)))
 

@@ -77,4 +77,4 @@ def test_temperature_errors_and_summary():
     y, prob = _overconfident(4000)
     scaled = calibration.apply_temperature(prob, 3.0)
     assert calibration.expected_calibration_error(y, scaled) < calibration.expected_calibration_error(y, prob)
-    assert metrics.brier_score(y, scaled) < metrics.brier_score(y, prob)
+    assert metrics.binary_metrics(y, scaled)["brier"] < metrics.binary_metrics(y, prob)["brier"]

@@ -26,7 +26,7 @@ def test_aucs_and_brier_match_sklearn(scored):
     y, prob, _ = scored
     assert metrics.roc_auc(y, prob) == pytest.approx(skm.roc_auc_score(y, prob))
     assert metrics.pr_auc(y, prob) == pytest.approx(skm.average_precision_score(y, prob))
-    assert metrics.brier_score(y, prob) == pytest.approx(skm.brier_score_loss(y, prob))
+    assert metrics.binary_metrics(y, prob)["brier"] == pytest.approx(skm.brier_score_loss(y, prob))
     # positive label 0 (BreastMNIST): AUC of P(label 0) with label 0 as the positive class
     assert metrics.roc_auc(y, 1 - prob, positive_label=0) == pytest.approx(skm.roc_auc_score(1 - y, 1 - prob))
     assert metrics.pr_auc(y, 1 - prob, positive_label=0) == pytest.approx(

@@ -45,7 +45,6 @@ class PackedCache:
     """
 
     directory: Path
-    key: str
     image_size: int
     images: np.ndarray
     labels: np.ndarray
@@ -132,7 +131,6 @@ def _open(directory: Path, index: DatasetIndex, image_size: int, reused: bool, s
     packed_index = index.subset(positions)
     return PackedCache(
         directory=directory,
-        key=directory.name,
         image_size=int(image_size),
         images=images,
         labels=packed_index.labels,

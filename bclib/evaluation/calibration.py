@@ -65,8 +65,8 @@ def _negative_log_likelihood(y: np.ndarray, logits: np.ndarray, temperature: flo
     return float(np.mean(np.logaddexp(0.0, np.where(y, -z, z))))
 
 
-def fit_temperature(y_val, p_val, positive_label: int = 1, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The temperature ``T`` minimising the validation NLL of ``sigmoid(logit(p) / T)``.
+def fit_temperature(y_val, p_val, positive_label: int = 1) -> float:
+    """The temperature ``T`` in [0.05, 20] minimising the validation NLL of ``sigmoid(logit(p) / T)``.
 
     Fit on **validation** data only. Raises ``ValueError`` when validation holds one class only
     (any large ``T`` would then look best).
@@ -76,9 +76,8 @@ def fit_temperature(y_val, p_val, positive_label: int = 1, bounds: tuple[float, 
     if y.all() or not y.any():
         raise ValueError("temperature scaling needs both classes in the validation data")
     logits = _logit(p)
-    low, high = np.log(bounds[0]), np.log(bounds[1])
     result = minimize_scalar(lambda log_t: _negative_log_likelihood(y, logits, float(np.exp(log_t))),
-                             bounds=(low, high), method="bounded", options={"xatol": 1e-5})
+                             bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-5})
     return float(np.exp(result.x))
 
 

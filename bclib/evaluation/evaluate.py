@@ -64,13 +64,6 @@ def predict_index(model, index, image_size: int, batch_size: int = 256, progress
     return probabilities[:, 0] if probabilities.ndim == 2 and probabilities.shape[1] == 1 else probabilities
 
 
-def _pack_size(card: dict) -> int:
-    for value in (card.get("pack_size"), card.get("params", {}).get("pack_size"), card.get("input_size")):
-        if isinstance(value, (int, float)) and value > 0:
-            return int(value)
-    raise modelcard.ModelLoadError("the model card names no pack_size or input_size")
-
-
 def _same_path(a: Any, b: Any) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
@@ -159,7 +152,8 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
     if len(positions) == 0:
         raise DatasetError(f"split {split!r} selects no image of {str(index.root)!r}")
     subset = index.subset(positions)
-    probabilities = predict_index(model, subset, _pack_size(card), batch_size=batch_size, progress=progress)
+    pack_size = int(card.get("pack_size") or card["input_size"])  # a card made outside the notebooks: input_size
+    probabilities = predict_index(model, subset, pack_size, batch_size=batch_size, progress=progress)
     labels = subset.labels
     patients = subset.frame["patient_id"].to_numpy()
     threshold = card["threshold"]

@@ -124,11 +124,6 @@ def pr_auc(y_true, prob, positive_label: int = 1) -> float | None:
     return _pr_auc(*_checked(y_true, prob, positive_label))
 
 
-def brier_score(y_true, prob, positive_label: int = 1) -> float | None:
-    """Mean squared difference between P(positive) and the 0/1 truth (lower is better)."""
-    return _brier(*_checked(y_true, prob, positive_label))
-
-
 def threshold_metrics_from_counts(tp, fp, fn, tn) -> dict[str, np.ndarray]:
     """:data:`THRESHOLD_METRICS` from confusion counts (numbers, or arrays of resamples); NaN where 0/0."""
     tp, fp, fn, tn = (np.asarray(count, dtype=np.float64) for count in (tp, fp, fn, tn))

@@ -36,12 +36,10 @@ RUN_PARAMETERS = ("run_id", "profile", "dataset", "data_dir")
 class RunFailed(RuntimeError):
     """A notebook of the series failed; carries its name, the error and where to look."""
 
-    def __init__(self, notebook: str, ename: str, evalue: str, run_dir: Path,
-                 output: Path | None = None, html: Path | None = None, cell_index: int | None = None):
+    def __init__(self, notebook: str, ename: str, evalue: str, run_dir: Path, look: Path | None,
+                 cell_index: int | None):
         self.notebook, self.ename, self.evalue = notebook, ename, evalue
-        self.run_dir, self.output, self.html, self.cell_index = run_dir, output, html, cell_index
         where = f" in cell {cell_index}" if cell_index is not None else ""
-        look = html or output
         super().__init__(
             f"notebook {notebook} failed{where}: {ename}: {evalue}"
             + (f"\n  partial output kept: {look}" if look else "")
@@ -337,8 +335,8 @@ def run_series(
                 reports.write_summary(directory, manifest)
             except Exception as summary_error:  # noqa: BLE001
                 log(f"could not write the summary: {type(summary_error).__name__}: {summary_error}")
-            raise RunFailed(name, ename, evalue, directory, output if output.is_file() else None,
-                            html, cell_index) from error
+            raise RunFailed(name, ename, evalue, directory, html or (output if output.is_file() else None),
+                            cell_index) from error
         state["status"] = "completed"
         result.executed.append(name)
         write_manifest(directory, manifest)
