@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bclib.evaluation import compare, conclusions, experiment, findings, leakage
+from bclib.evaluation import calibration, compare, experiment, findings, leakage, mosaic
 from bclib.models import builders, training
 from bclib.plots import evaluation as evaluation_plots
 from bclib.session import start
@@ -53,50 +53,99 @@ def test_stored_predictions_are_used_only_for_the_same_patients(run):
     assert compare._stored_predictions(run.session, other, entry.directory) is None
 
 
+def test_models_table_ranks_by_validation_and_says_what_each_started_from(run):
+    models = run.models_table(n_boot=30)
+    assert models.index[0] == models.attrs["best"] == run.best_model()
+    assert models["validation ROC-AUC"].is_monotonic_decreasing
+    assert (models["started from"] == "trained from scratch").all() and models.attrs["without_imagenet"] == []
+    runner_up = models.attrs["runner_up"]
+    auc = models["validation ROC-AUC"]
+    assert runner_up["difference"] == pytest.approx(auc.iloc[1] - auc.iloc[0])
+    text = findings.models_text(models)
+    assert "were trained from scratch" in text and f"{models.attrs['best']} has the highest validation ROC-AUC" in text
+
+
 def test_test_table_calibration_and_patients(run):
     table = run.table(n_boot=30)
-    assert list(table.index) == run.names
-    assert table["roc_auc"].between(0, 1).all() and table["roc_auc 95% CI"].str.startswith("[").all()
+    values = table.attrs["values"]
+    assert list(table.index) == list(values.index) == run.names
+    assert values["roc_auc"].between(0, 1).all() and table["ROC-AUC"].str.contains(r"^\d\.\d{3} \[").all()
     assert (table["threshold"] == [run.threshold(name) for name in run.names]).all()
-    calibrated = run.calibration_table()
+    for name in run.names:
+        low, high = table.attrs["intervals"][name]["specificity"]
+        assert low <= values.loc[name, "specificity"] <= high
+    assert "specificity from" in findings.test_table_text(table)
+    calibrated = run.calibration_table(n_boot=30)
     assert (calibrated["temperature"] > 0).all() and calibrated["ece"].between(0, 1).all()
-    assert np.allclose(calibrated["positive_fraction"], run.truth("test").mean())
+    assert calibrated.attrs["positive_fraction"] == pytest.approx(run.truth("test").mean())
     assert not calibrated["class weights"].any()  # the fixture trains without class weights
+    for name in run.names:  # a temperature moves the mean probability
+        scaled = calibration.apply_temperature(run.scores(name, "test"), run.temperature(name))
+        assert calibrated.loc[name, "mean_probability_scaled"] == pytest.approx(scaled.mean())
     patients = run.patient_table(run.names[0])
     assert patients["n"].sum() == len(run.truth("test"))
-    assert len(run.worst_patients(run.names[0], k=2)) == 2
+    worst = run.worst_patients(run.names[0], k=2)
+    assert len(worst) == 2 and list(worst.columns) == compare.PATIENT_COLUMNS
+    assert "Pearson r" in findings.patients_text(patients, run.names[0], "IDC")
+
+
+def test_ece_change_interval_is_paired():
+    rng = np.random.default_rng(0)
+    truth = rng.random(400) < 0.3
+    patients = np.repeat(np.arange(40), 10)
+    scores = np.clip(truth * 0.5 + rng.random(400) * 0.5, 0, 1)
+    assert compare.ece_change_interval(truth, scores, scores, patients, n_boot=50, seed=0) == [0.0, 0.0]
+    better = np.where(truth, 0.95, 0.05)  # near-perfect probabilities
+    low, high = compare.ece_change_interval(truth, scores, better, patients, n_boot=50, seed=0)
+    point = (calibration.expected_calibration_error(truth.astype(int), better)
+             - calibration.expected_calibration_error(truth.astype(int), scores))
+    assert low <= high < 0 and point < 0
+    assert compare.ece_change_interval(truth, scores, better, np.zeros(400), n_boot=50, seed=0) is None
 
 
 def test_ranking_compares_each_model_with_the_test_leader(run):
     ranking = run.ranking(n_boot=30)
-    values = ranking["test roc_auc"].to_numpy()
+    values = ranking["test ROC-AUC"].to_numpy()
     assert list(ranking.index) == [1, 2] and (np.diff(values) <= 0).all()
     leader = ranking.attrs["leader"]
-    assert ranking.loc[1, "model"] == leader and ranking.loc[1, "95% CI of the difference"] == ""
-    second = ranking.loc[2]
-    assert second[f"difference to {leader}"] == pytest.approx(values[1] - values[0])
-    low, high = json.loads(second["95% CI of the difference"])
-    assert low <= high and second["interval excludes 0"] == (low > 0 or high < 0)
+    column = f"difference to {leader} [95% CI]"
+    assert ranking.loc[1, "model"] == leader and ranking.loc[1, column] == "" and ranking.loc[1, "verdict"] == "leader"
+    assert not ranking.isna().any().any()  # the leader's row holds no NaN or None
+    difference, interval = ranking.loc[2, column].split(" ", 1)
+    assert float(difference) == pytest.approx(values[1] - values[0], abs=5e-4)
+    low, high = json.loads(interval)
+    second = ranking.loc[2, "model"]
+    assert low <= high and (second in ranking.attrs["real"]) == (low > 0 or high < 0)
+    assert sorted(ranking.attrs["real"] + ranking.attrs["tied"]) == [second]
     assert ranking.attrs["chosen_on_validation"] == run.best_model()
     assert "ranks first" in findings.ranking_text(ranking)
 
 
 def test_figures_and_evaluation_file(run):
     session = run.session
-    calibration_figure = run.plot_calibration()
+    calibration_figure = evaluation_plots.reliability_grid(run)
     assert len(calibration_figure.axes) == 2 * len(run.names)
-    assert run.plot_patients(run.names[0]).axes
-    grid = run.plot_gradcam(run.names[0], per_group=2)
-    shown = sum(len(positions) for positions in run.gradcam_examples(run.names[0], 2).values())
-    assert len([ax for ax in grid.axes if ax.images]) == 2 * shown
+    scatter = evaluation_plots.patients(run, run.names[0])
+    assert scatter.axes[0].get_ylabel() == "share of patches called positive"
+    labelled = {text.get_text() for text in scatter.axes[0].texts}
+    assert labelled == set(run.worst_patients(run.names[0], k=5)["patient_id"])  # the figure names the table's patients
+    examples = run.gradcam(run.names[0], per_group=2)
+    assert examples.heatmaps.shape == examples.images.shape[:3]
+    assert 0 <= examples.heatmaps.min() <= examples.heatmaps.max() <= 1
+    assert run.gradcam(run.names[0], per_group=2) is examples  # computed once
+    grid = evaluation_plots.gradcam(run, run.names[0], per_group=2)
+    assert len([ax for ax in grid.axes if ax.images]) == 2 * len(examples.groups)
+    assert "P(IDC)" in grid.get_suptitle() and "feature map" in grid.get_suptitle()
+    assert "Grad-CAM explains the P(IDC) score" in findings.gradcam_text(run, 2)
     test_patient = session.split.patients("test")[0]
-    figures, slides = run.slides(run.names[0], [test_patient, "no-such-patient", test_patient])
+    figures, slides = mosaic.slides(run, run.names[0], [test_patient, "no-such-patient", test_patient])
     assert len(figures) == 1 and slides["split"].tolist() == ["test"]
     assert slides.loc[0, "patches"] == int((run.patient_ids("test") == str(test_patient)).sum())
     ranking = run.ranking(n_boot=10)
-    path = run.write_evaluation(session, run.table(n_boot=10), run.calibration_table(), ranking)
+    path = run.write_evaluation(session, run.table(n_boot=10), run.calibration_table(n_boot=10), ranking)
     saved = json.loads(path.read_text())
     assert saved["models"] == run.names and len(saved["ranking"]) == len(run.names)
+    assert saved["test"][0]["roc_auc"] == pytest.approx(run.table(n_boot=10).attrs["values"]["roc_auc"].iloc[0])
     plt.close("all")
 
 
@@ -128,9 +177,10 @@ def test_leakage_lesson_scores_both_models_on_the_same_test_patches(run):
     assert table["training images"].nunique() == 1 and table["test images"].nunique() == 1
     gap = lesson.difference(n_boot=30)
     assert gap["n_images"] == table["test images"].iloc[0] and gap["test_patients_seen"] > 0
-    assert gap["difference"] == pytest.approx(table.loc[leakage.LEAKY, "test_roc_auc"]
-                                              - table.loc[leakage.HONEST, "test_roc_auc"])
-    assert f"{gap['difference']:+.3f}" in findings.leakage_text(gap, 1)
+    assert gap["difference"] == pytest.approx(table.loc[leakage.LEAKY, "test ROC-AUC"]
+                                              - table.loc[leakage.HONEST, "test ROC-AUC"])
+    text = findings.leakage_text(gap, 1)
+    assert f"{gap['difference']:+.3f}" in text and "after 1 epoch," in text
 
 
 # --------------------------------------------------------------------------- figures
@@ -145,49 +195,60 @@ def test_confusion_matrices_share_one_colour_scale():
 
 
 # --------------------------------------------------------------------------- conclusions
-def _ranking(differences, intervals, test, validation) -> pd.DataFrame:
+def _ranking(intervals, test, validation, without_imagenet=()) -> pd.DataFrame:
     names = [f"model_{number}" for number in range(len(test))]
-    table = pd.DataFrame({
-        "model": names, "test roc_auc": test, "validation roc_auc": validation,
-        "difference to model_0": differences,
-        "95% CI of the difference": ["" if ci is None else json.dumps(ci) for ci in intervals],
-        "interval excludes 0": [None if ci is None else (ci[0] > 0 or ci[1] < 0) for ci in intervals],
-    }, index=pd.RangeIndex(1, len(names) + 1, name="rank"))
-    table.attrs.update(metric="roc_auc", leader="model_0", chosen_on_validation="model_1", val_patients=4,
-                       test_patients=5)
+    table = pd.DataFrame({"model": names, "test ROC-AUC": test, "validation ROC-AUC": validation},
+                         index=pd.RangeIndex(1, len(names) + 1, name="rank"))
+    real = [name for name, ci in zip(names, intervals) if ci is not None and (ci[0] > 0 or ci[1] < 0)]
+    table.attrs.update(metric="roc_auc", label="ROC-AUC", leader="model_0", chosen_on_validation="model_1",
+                       val_patients=4, test_patients=5, real=real,
+                       tied=[name for name, ci in zip(names[1:], intervals[1:]) if name not in real],
+                       without_imagenet=list(without_imagenet))
     return table
 
 
 def test_ranking_text_calls_a_difference_real_only_when_its_interval_excludes_zero():
-    tied = findings.ranking_text(_ranking([None, -0.01, -0.02], [None, [-0.05, 0.03], [-0.06, 0.01]],
-                                             [0.90, 0.89, 0.88], [0.85, 0.91, 0.80]))
+    tied = findings.ranking_text(_ranking([None, [-0.05, 0.03], [-0.06, 0.01]], [0.90, 0.89, 0.88], [0.85, 0.91, 0.80]))
     assert "this run cannot rank them apart from model_0" in tied and "really below" not in tied
     assert "chosen on validation, model_1, ranks 2" in tied
     assert "exceeds validation ROC-AUC for model_0 and model_2" in tied and "4 in validation, 5 in" in tied
-    real = findings.ranking_text(_ranking([None, -0.10], [None, [-0.15, -0.05]], [0.90, 0.80], [0.95, 0.85]))
+    assert "random weights" not in tied
+    real = findings.ranking_text(_ranking([None, [-0.15, -0.05]], [0.90, 0.80], [0.95, 0.85], ["model_1"]))
     assert "model_1 is really below it" in real and "cannot rank" not in real and "exceeds" not in real
+    assert "model_1 started from random weights (ImageNet weights were missing)" in real
 
 
-def test_calibration_text_explains_a_worse_ece_by_the_numbers():
-    def table(mean_probability):
-        return pd.DataFrame({"temperature": [1.4, 0.8], "ece": [0.10, 0.05], "ece_scaled": [0.04, 0.08],
-                             "mean_probability": [0.30, mean_probability], "positive_fraction": [0.28, 0.28],
-                             "class weights": [False, True]},
-                            index=pd.Index(["a", "b"], name="model"))
+def _calibration(ece_scaled, intervals, mean_probability, mean_scaled, class_weights=(False, True)) -> pd.DataFrame:
+    table = pd.DataFrame({"temperature": [1.4, 0.8], "ece": [0.10, 0.05], "ece_scaled": ece_scaled,
+                          "mean_probability": mean_probability, "mean_probability_scaled": mean_scaled,
+                          "class weights": list(class_weights)}, index=pd.Index(["a", "b"], name="model"))
+    table.attrs.update(positive_fraction=0.28, change_intervals=dict(zip("ab", intervals)))
+    return table
 
-    shifted = findings.calibration_text(table(0.45))
-    assert "lowered the calibration error of a" in shifted and "It made b worse" in shifted
-    assert "(b 0.450) sit away from the 0.280" in shifted and "can make ECE worse" in shifted
-    assert "b trained with class weights" in shifted
-    not_shifted = findings.calibration_text(table(0.29))
-    assert "For b, whose mean probability is close" in not_shifted and "shifted base rate" not in not_shifted
-    assert "For b" not in shifted
-    better = table(0.29).assign(ece_scaled=[0.04, 0.03])
-    assert "lowered the calibration error of every model" in findings.calibration_text(better)
-    same = findings.calibration_text(table(0.29).assign(ece_scaled=[0.04, 0.0502]))
-    assert "left b unchanged" in same and "worse" not in same
-    still_shifted = findings.calibration_text(table(0.45).assign(ece_scaled=[0.04, 0.03]))
-    assert "part of the error stays after scaling" in still_shifted
+
+def test_calibration_text_judges_changes_by_their_intervals_and_explains_them_by_the_means():
+    text = findings.calibration_text(_calibration([0.04, 0.08], [[-0.09, -0.02], [0.01, 0.05]], [0.30, 0.45],
+                                                  [0.29, 0.49]))
+    assert "really lowered it for a" in text and "really raised it for b" in text
+    assert "for b, the mean probability moved away from the positive share 0.280 (b 0.450 -> 0.490)" in text
+    assert "The mean probabilities of b (0.450) sit far from the positive share" in text
+    assert "b trained with class weights" in text and "cannot move" not in text
+    noisy = findings.calibration_text(_calibration([0.09, 0.06], [[-0.05, 0.02], [-0.01, 0.04]], [0.30, 0.29],
+                                                   [0.30, 0.285]))
+    assert "No change can be told from noise" in noisy and "really" not in noisy
+    assert "moved closer to the positive share" in noisy and "shifted base rate" not in noisy
+
+
+def test_models_text_calls_a_near_tie_and_names_missing_imagenet_weights():
+    table = pd.DataFrame({"started from": ["trained from scratch", "random weights (ImageNet weights were missing)"],
+                          "validation ROC-AUC": [0.8754, 0.8750]}, index=["cnn", "mobilenetv2"])
+    table.attrs.update(best="cnn", val_patients=35, runner_up={"difference": -0.0004, "ci": [-0.012, 0.011],
+                                                               "excludes_zero": False})
+    text = findings.models_text(table)
+    assert "cnn was trained from scratch; mobilenetv2 started from random weights" in text
+    assert "a near-tie: mobilenetv2 is 0.0004 behind" in text and "coin toss" in text
+    table.attrs["runner_up"] = {"difference": -0.2, "ci": [-0.3, -0.1], "excludes_zero": True}
+    assert "beyond noise" in findings.models_text(table) and "coin toss" not in findings.models_text(table)
 
 
 def test_threshold_text_names_the_rule_the_card_used():
@@ -202,8 +263,9 @@ def test_slides_text_says_which_patients_the_model_learnt_from():
     table = pd.DataFrame({"patient": ["10253", "9001"], "split": ["train", "test"], "patches": [549, 40],
                           "roc_auc": [0.97, np.nan]})
     text = findings.slides_text(table)
-    assert "seen in training or validation: 10253 (549 patches, within-slide AUC 0.970)" in text
-    assert "held-out test patient(s): 9001 (40 patches, within-slide AUC n/a)" in text
+    assert "1 of the 2 patients shown was in the TRAIN split" in text
+    assert "10253 (549 patches, within-slide AUC 0.970)" in text
+    assert "the held-out test patient 9001 (40 patches, within-slide AUC n/a)" in text and "(s)" not in text
     assert "no test patient is shown" in findings.slides_text(table.iloc[:1])
 
 

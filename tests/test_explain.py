@@ -169,8 +169,9 @@ def test_gradcam_grid_figure(trained_plain, corner_data):
     heatmaps = explain.grad_cam(trained_plain, images[:5])
     probs = trained_plain.predict(images[:5].astype("float32"), verbose=0)[:, 0]
     fig = gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], columns=3)
-    assert len(fig.axes) == 2 * 3 * 2  # 2 rows x 3 columns of (image, overlay)
+    assert len(fig.axes) == 2 * 3 * 2 + 1  # 2 rows x 3 columns of (image, overlay), and the colour bar
     assert fig.axes[1].get_title().startswith("P(blob)")
+    assert "Grad-CAM for P(blob)" in fig.axes[-1].get_ylabel() and "P(blob)" in fig.get_suptitle()
     captioned = gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], columns=3,
                              captions=["group a"] * 2 + ["group b"] * 3)
     assert captioned.axes[2].get_title() == f"group a\ntruth: {['plain', 'blob'][int(labels[1])]}"

@@ -3,30 +3,33 @@
 ``load_run(session)`` reads each model card of the run and the predictions
 :func:`bclib.evaluation.experiment.finish` stored beside it (a model trained on other patients is
 predicted again on this session's splits). Every score is P(positive class); with more than two
-classes, one class (the last) is scored against the rest. The tables, calibration, patient view,
-Grad-CAM examples, slide maps and the final ranking build on those scores; the metrics, intervals
-and calibration themselves come from :mod:`~bclib.evaluation.metrics`,
-:mod:`~bclib.evaluation.bootstrap` and :mod:`~bclib.evaluation.calibration`.
+classes, one class (the last) is scored against the rest. The tables carry the numbers their
+conclusions (:mod:`bclib.evaluation.findings`) read in ``attrs``; intervals resample patients.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from bclib.evaluation import calibration, metrics, modelcard
-from bclib.evaluation.bootstrap import binary_metrics_with_ci, format_interval, paired_bootstrap_difference
+from bclib.evaluation.bootstrap import (
+    _resample_weights, binary_metrics_with_ci, format_interval, paired_bootstrap_difference, patient_codes,
+    percentile_interval,
+)
 from bclib.evaluation.experiment import Predictions
-from bclib.plots import evaluation as evaluation_plots
 
 SPLITS = ("val", "test")
 PREDICTIONS_FILE = "predictions.npz"
-#: The test-table columns that get a patient-bootstrap interval.
-INTERVAL_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity")
+#: The test-table metrics, each shown with its patient-bootstrap interval, and their column names.
+INTERVAL_METRICS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "balanced_accuracy": "balanced accuracy",
+                    "sensitivity": "sensitivity", "specificity": "specificity"}
+#: The patient table's columns shown for the worst patients.
+PATIENT_COLUMNS = ["patient_id", "n", "n_positive", "true_fraction", "predicted_fraction", "fraction_error",
+                   "mean_probability", "roc_auc", "sensitivity", "specificity"]
 
 
 def scored_label(session: Any) -> int:
@@ -40,6 +43,27 @@ def positive_scores(probabilities: np.ndarray, positive_label: int) -> np.ndarra
     if probabilities.ndim == 2 and probabilities.shape[1] > 2:
         return probabilities[:, positive_label].astype(np.float64)
     return metrics.positive_probability(probabilities, positive_label)
+
+
+def value_with_interval(value: float | None, interval: Any) -> str:
+    """``"0.925 [0.896, 0.949]"``: a value and its interval in one table cell."""
+    return "n/a" if value is None else f"{value:.3f} {format_interval(interval)}".strip()
+
+
+def ece_change_interval(truth: np.ndarray, before: np.ndarray, after: np.ndarray, patient_ids: np.ndarray,
+                        n_boot: int, seed: int, n_bins: int = 10) -> list[float] | None:
+    """95 % interval of ECE(after) - ECE(before) over the same patient resamples (``None``: one patient)."""
+    codes, n_patients = patient_codes(patient_ids, len(truth))
+    if n_patients < 2:
+        return None
+    error = np.asarray(truth, dtype=float)
+    # ECE = sum over bins of |sum of (p - y) in the bin| / N, each image weighted by its patient's draws
+    gaps = [np.eye(n_bins)[calibration._bin_index(np.asarray(p, dtype=float), n_bins)] * (p - error)[:, None]
+            for p in (before, after)]
+    changes = [(np.abs(weights @ gaps[1]).sum(1) - np.abs(weights @ gaps[0]).sum(1)) / weights.sum(1)
+               for weights in _resample_weights(codes, n_patients, int(n_boot), seed)]
+    interval = percentile_interval(np.concatenate(changes))
+    return None if interval is None else list(interval)
 
 
 @dataclass
@@ -61,11 +85,28 @@ class ModelEntry:
     def threshold_rule(self) -> str:
         return str(self.card["threshold"].get("method"))
 
+    @property
+    def started_from(self) -> str:
+        """The weights the model started from, in the project's one wording."""
+        return modelcard.weights_description(self.card)
+
     def model(self):
         """The Keras model, loaded once (safe mode)."""
         if self._model is None:
             self._model, _ = modelcard.load_model(self.directory / modelcard.MODEL_FILE)
         return self._model
+
+
+@dataclass
+class GradCamExamples:
+    """One model's Grad-CAM examples: the test images, their heatmaps for P(positive) and what they show."""
+
+    groups: list[str]        # "true positive", "false positive" or "false negative", per image
+    images: np.ndarray       # the stored patches, uint8
+    heatmaps: np.ndarray     # [0, 1], each scaled to its own maximum, at the patches' size
+    scores: np.ndarray       # P(positive) per image
+    labels: np.ndarray
+    feature_size: tuple[int, int]   # the explained feature map's height and width
 
 
 @dataclass
@@ -75,6 +116,7 @@ class RunComparison:
     session: Any
     models: list[ModelEntry]
     positive_label: int = 1
+    _gradcam: dict = field(default_factory=dict, repr=False)
 
     # ----- what every table and cell reads ------------------------------------------------
     @property
@@ -90,6 +132,11 @@ class RunComparison:
         """``[negative, positive]`` names: the rows and columns of a confusion matrix."""
         others = [name for label, name in enumerate(self.session.class_names) if label != self.positive_label]
         return [others[0] if len(others) == 1 else f"not {self.positive_name}", self.positive_name]
+
+    @property
+    def without_imagenet(self) -> list[str]:
+        """The models that asked for ImageNet weights but started from random ones."""
+        return [entry.name for entry in self.models if modelcard.imagenet_missing(entry.card)]
 
     def entry(self, name: str) -> ModelEntry:
         for entry in self.models:
@@ -112,49 +159,85 @@ class RunComparison:
         """Model ``name``'s decision threshold, chosen on validation."""
         return self.entry(name).threshold
 
+    def temperature(self, name: str) -> float:
+        """Model ``name``'s temperature, fitted on validation."""
+        return calibration.fit_temperature(self.truth("val").astype(int), self.scores(name, "val"))
+
+    def _auc(self, name: str, split: str) -> float:
+        return metrics.roc_auc(self.truth(split), self.scores(name, split)) or 0.0
+
     def best_model(self) -> str:
         """The model with the highest validation ROC-AUC (chosen without looking at test)."""
-        truth = self.truth("val")
-        return max(self.names, key=lambda name: metrics.roc_auc(truth, self.scores(name, "val")) or 0.0)
+        return max(self.names, key=lambda name: self._auc(name, "val"))
+
+    def _difference(self, split: str, leader: str, name: str, metric: str, n_boot: int) -> dict:
+        """``name`` minus ``leader`` on ``split``, with the paired patient-bootstrap interval."""
+        return paired_bootstrap_difference(
+            self.truth(split).astype(int), self.scores(leader, split), self.scores(name, split),
+            self.patient_ids(split), metric=metric, n_boot=int(n_boot), seed=self.session.seed,
+            threshold_a=self.threshold(leader), threshold_b=self.threshold(name))
+
+    def _attrs(self, table: pd.DataFrame, **values: Any) -> pd.DataFrame:
+        table.attrs.update(without_imagenet=self.without_imagenet, **values)
+        return table
 
     # ----- tables --------------------------------------------------------------------------
+    def models_table(self, n_boot: int = 1000) -> pd.DataFrame:
+        """Every model by validation ROC-AUC, each against the best on the same validation patient resamples."""
+        order = sorted(self.names, key=lambda name: -self._auc(name, "val"))
+        best = order[0]
+        differences = {name: self._difference("val", best, name, "roc_auc", n_boot) for name in order[1:]}
+        shown = {name: value_with_interval(result["difference"], result["ci"]) for name, result in differences.items()}
+        table = pd.DataFrame([
+            {"model": name, "notebook": self.entry(name).directory.name, "started from": self.entry(name).started_from,
+             "validation ROC-AUC": self._auc(name, "val"), f"difference to {best} [95% CI]": shown.get(name, ""),
+             "threshold": self.threshold(name), "threshold rule": self.entry(name).threshold_rule}
+            for name in order]).set_index("model")
+        if table["threshold rule"].nunique() == 1:
+            print(f"every threshold was chosen on validation by the rule {table['threshold rule'].iloc[0]}")
+            table = table.drop(columns="threshold rule")
+        return self._attrs(table, best=best, runner_up=differences.get(order[1]) if len(order) > 1 else None,
+                           val_patients=len(np.unique(self.patient_ids("val"))))
+
     def table(self, n_boot: int = 1000) -> pd.DataFrame:
-        """Test metrics of every model at its validation-chosen threshold, 95 % patient-bootstrap intervals."""
+        """Test metrics of every model at its validation-chosen threshold, each with its 95 % patient interval.
+
+        ``attrs["values"]`` holds the numbers, ``attrs["intervals"]`` their intervals.
+        """
         truth, patients = self.truth("test"), self.patient_ids("test")
-        rows = []
+        rows, values, intervals = [], {}, {}
         for entry in self.models:
             result = binary_metrics_with_ci(truth.astype(int), self.scores(entry.name, "test"), patients,
                                             entry.threshold, n_boot=int(n_boot), seed=self.session.seed)
-            row: dict[str, Any] = {"model": entry.name}
-            for key in INTERVAL_METRICS:
-                row[key] = result[key]
-                row[f"{key} 95% CI"] = format_interval(result["ci"].get(key))
-            row["brier"] = result["brier"]
-            auc_interval = result["ci"].get("roc_auc")
-            row["above chance"] = bool(auc_interval and auc_interval[0] > 0.5)
-            row["threshold"] = entry.threshold
-            row["threshold rule"] = entry.threshold_rule
-            row["weights"] = entry.card.get("weights", {}).get("used")
-            rows.append(row)
+            values[entry.name] = {key: result[key] for key in [*INTERVAL_METRICS, "brier"]}
+            intervals[entry.name] = {key: result["ci"].get(key) for key in INTERVAL_METRICS}
+            rows.append({"model": entry.name,
+                         **{label: value_with_interval(result[key], result["ci"].get(key))
+                            for key, label in INTERVAL_METRICS.items()},
+                         "Brier": result["brier"], "threshold": entry.threshold, "started from": entry.started_from})
         print(f"test split: {len(truth):,} images from {len(np.unique(patients))} patients; positive class "
-              f"{self.positive_name!r}; each model at its own threshold, chosen on validation")
-        return pd.DataFrame(rows).set_index("model")
+              f"{self.positive_name!r}; each model at its own threshold, chosen on validation; each cell: the "
+              "value and its 95 % interval over patients")
+        return self._attrs(pd.DataFrame(rows).set_index("model"), values=pd.DataFrame(values).T,
+                           intervals=intervals, rules=sorted({entry.threshold_rule for entry in self.models}))
 
-    def calibration_table(self) -> pd.DataFrame:
-        """Test ECE and Brier score before and after temperature scaling fitted on validation, with the
-        mean predicted probability beside the observed positive fraction, and whether class weights trained it."""
-        val_truth, test_truth = self.truth("val"), self.truth("test")
-        rows = []
+    def calibration_table(self, n_boot: int = 1000) -> pd.DataFrame:
+        """Test ECE before and after temperature scaling fitted on validation, the change with its paired
+        patient interval, and the mean predicted probability before and after beside the positive share."""
+        truth, patients = self.truth("test"), self.patient_ids("test")
+        rows, intervals = [], {}
         for name in self.names:
-            temperature = calibration.fit_temperature(val_truth.astype(int), self.scores(name, "val"))
-            scores = self.scores(name, "test")
-            summary = calibration.calibration_summary(test_truth.astype(int), scores, temperature)
-            rows.append({"model": name, "temperature": summary["temperature"], "ece": summary["ece"],
-                         "ece_scaled": summary["ece_scaled"], "brier": summary["brier"],
-                         "brier_scaled": summary["brier_scaled"], "mean_probability": float(scores.mean()),
-                         "positive_fraction": float(test_truth.mean()),
+            temperature, scores = self.temperature(name), self.scores(name, "test")
+            scaled = calibration.apply_temperature(scores, temperature)
+            ece, ece_scaled = (calibration.expected_calibration_error(truth.astype(int), p) for p in (scores, scaled))
+            intervals[name] = ece_change_interval(truth, scores, scaled, patients, n_boot, self.session.seed)
+            rows.append({"model": name, "temperature": temperature, "ece": ece, "ece_scaled": ece_scaled,
+                         "ece change [95% CI]": f"{ece_scaled - ece:+.3f} {format_interval(intervals[name])}",
+                         "mean_probability": float(scores.mean()), "mean_probability_scaled": float(scaled.mean()),
                          "class weights": bool(self.entry(name).card["params"].get("class_weight"))})
-        return pd.DataFrame(rows).set_index("model")
+        print(f"test split: {truth.mean():.3f} of the patches are {self.positive_name} (the positive share)")
+        return self._attrs(pd.DataFrame(rows).set_index("model"), positive_fraction=float(truth.mean()),
+                           change_intervals=intervals)
 
     def patient_table(self, name: str) -> pd.DataFrame:
         """One row per test patient: true and predicted positive fractions, per-patient rates."""
@@ -162,143 +245,77 @@ class RunComparison:
                                            self.patient_ids("test"), self.threshold(name))
 
     def worst_patients(self, name: str, k: int = 5) -> pd.DataFrame:
-        return metrics.worst_patients(self.patient_table(name), k)
+        """The ``k`` test patients whose share of patches called positive is furthest from the true share."""
+        return metrics.worst_patients(self.patient_table(name), k)[PATIENT_COLUMNS]
 
     def ranking(self, n_boot: int = 1000, metric: str = "roc_auc") -> pd.DataFrame:
         """Models by test ``metric``, each compared with the first on the same patient resamples.
 
-        ``attrs`` carries the validation-chosen model and the patient counts of both splits.
+        ``attrs`` names the leader, the models really below it and those it cannot be told from.
         """
-        truth, patients = self.truth("test"), self.patient_ids("test")
-        test_values = {name: metrics.binary_metrics(truth.astype(int), self.scores(name, "test"),
-                                                    self.threshold(name))[metric] for name in self.names}
-        order = sorted(self.names, key=lambda name: -(test_values[name] or 0.0))
-        leader = order[0]
-        rows = []
+        label = INTERVAL_METRICS.get(metric, metric)
+        test = {name: metrics.binary_metrics(self.truth("test").astype(int), self.scores(name, "test"),
+                                             self.threshold(name))[metric] or 0.0 for name in self.names}
+        order = sorted(self.names, key=lambda name: -test[name])
+        leader, rows, real, tied = order[0], [], [], []
         for rank, name in enumerate(order, start=1):
             validation = metrics.binary_metrics(self.truth("val").astype(int), self.scores(name, "val"),
                                                 self.threshold(name))[metric]
-            row = {"rank": rank, "model": name, f"test {metric}": test_values[name], f"validation {metric}": validation,
-                   f"difference to {leader}": None, "95% CI of the difference": "", "interval excludes 0": None}
+            row = {"rank": rank, "model": name, "started from": self.entry(name).started_from,
+                   f"test {label}": test[name], f"validation {label}": validation,
+                   f"difference to {leader} [95% CI]": "", "verdict": "leader"}
             if name != leader:
-                difference = paired_bootstrap_difference(
-                    truth.astype(int), self.scores(leader, "test"), self.scores(name, "test"), patients, metric=metric,
-                    n_boot=int(n_boot), seed=self.session.seed, threshold_a=self.threshold(leader),
-                    threshold_b=self.threshold(name))
-                row.update({f"difference to {leader}": difference["difference"],
-                            "95% CI of the difference": format_interval(difference["ci"]),
-                            "interval excludes 0": difference["excludes_zero"]})
+                difference = self._difference("test", leader, name, metric, n_boot)
+                (real if difference["excludes_zero"] else tied).append(name)
+                row.update({f"difference to {leader} [95% CI]": value_with_interval(difference["difference"],
+                                                                                    difference["ci"]),
+                            "verdict": "below (interval excludes 0)" if difference["excludes_zero"] else
+                            "not told apart (interval includes 0)"})
             rows.append(row)
-        table = pd.DataFrame(rows).set_index("rank")
-        table.attrs.update(metric=metric, leader=leader, chosen_on_validation=self.best_model(),
+        return self._attrs(pd.DataFrame(rows).set_index("rank"), metric=metric, label=label, leader=leader,
+                           real=real, tied=tied, chosen_on_validation=self.best_model(),
                            val_patients=len(np.unique(self.patient_ids("val"))),
-                           test_patients=len(np.unique(patients)))
-        return table
+                           test_patients=len(np.unique(self.patient_ids("test"))))
 
-    # ----- figures -------------------------------------------------------------------------
-    def plot_calibration(self, columns: int = 3):
-        """One reliability diagram per model (test), before and after its validation-fitted temperature."""
-        columns = min(columns, len(self.models))
-        rows = -(-len(self.models) // columns)
-        fig = plt.figure(figsize=(4.6 * columns, 5.5 * rows), layout="constrained")
-        grid = fig.add_gridspec(rows, columns)
-        truth = self.truth("test").astype(int)
-        for number, name in enumerate(self.names):
-            cell = grid[divmod(number, columns)].subgridspec(2, 1, height_ratios=[3, 1])
-            diagram = fig.add_subplot(cell[0])
-            counts = fig.add_subplot(cell[1], sharex=diagram)
-            temperature = calibration.fit_temperature(self.truth("val").astype(int), self.scores(name, "val"))
-            scores = self.scores(name, "test")
-            evaluation_plots.reliability_diagram(truth, scores, calibration.apply_temperature(scores, temperature),
-                                                 temperature, axes=(diagram, counts))
-            diagram.set_title(f"{name}: reliability on test")
-        return fig
-
-    def plot_patients(self, name: str):
-        fig = evaluation_plots.patient_scatter(self.patient_table(name))
-        fig.axes[0].set_title(f"{name}: " + fig.axes[0].get_title())
-        return fig
-
-    def gradcam_examples(self, name: str, per_group: int = 4) -> dict[str, np.ndarray]:
-        """Test positions of the most confident true positives, false positives and false negatives."""
-        truth, scores = self.truth("test"), self.scores(name, "test")
-        decided = scores >= self.threshold(name)
-        groups = {"true positive": truth & decided, "false positive": ~truth & decided,
-                  "false negative": truth & ~decided}
-        # positives ranked by their highest scores, missed positives by their lowest
-        return {group: np.flatnonzero(mask)[np.argsort(scores[mask] if group == "false negative"
-                                                       else -scores[mask])][:per_group]
-                for group, mask in groups.items()}
-
-    def plot_gradcam(self, name: str, per_group: int = 4):
-        """Grad-CAM of :meth:`gradcam_examples`, one row per group."""
-        from bclib.data.pipeline import resize_images
+    # ----- Grad-CAM ------------------------------------------------------------------------
+    def gradcam(self, name: str, per_group: int = 4) -> GradCamExamples:
+        """Grad-CAM of P(positive) for the most confident true positives, false positives and false
+        negatives of the test split (computed once per model)."""
         from bclib.evaluation import explain
 
-        entry, scores = self.entry(name), self.scores(name, "test")
-        chosen = [(group, int(p)) for group, positions in self.gradcam_examples(name, per_group).items()
-                  for p in positions]
-        if not chosen:
-            raise ValueError(f"{name}: no test image to explain")
-        positions = np.asarray([p for _, p in chosen])
-        inputs = resize_images(self.session.cache.images[self.session.positions("test")[positions]], entry.input_size)
-        heatmaps = explain.grad_cam(entry.model(), inputs, class_index=self.positive_label)
-        fig = evaluation_plots.gradcam_grid(
-            inputs.astype(np.uint8), heatmaps, self.session.labels("test")[positions], scores[positions],
-            self.session.class_names, self.positive_label, columns=per_group, captions=[group for group, _ in chosen])
-        fig.suptitle(f"{name}: Grad-CAM of the most confident test images of each group", fontsize=10)
-        return fig
-
-    def slides(self, name: str, patients: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
-        """Mosaic | truth | predicted probability for each requested patient in the data, and a table
-        of each shown patient's split, patches and within-slide ROC-AUC."""
-        from bclib.evaluation import mosaic
-        from bclib.models.training import predict_probabilities
-
-        frame = self.session.cache.index.frame
-        if not {"x", "y"} <= set(frame.columns):
-            print("this dataset carries no patch coordinates: no whole-slide view")
-            return {}, pd.DataFrame()
-        entry = self.entry(name)
-        split_of = {str(patient): split for split in ("train", "val", "test")
-                    for patient in self.session.split.patients(split)}
-        figures, rows = {}, []
-        patient_ids = frame["patient_id"].astype(str).to_numpy()
-        requested = list(dict.fromkeys(map(str, patients)))  # each patient once, in the order given
-        absent = [patient for patient in requested if patient not in set(patient_ids)]
-        if absent:
-            print(f"not in the data at hand: patient(s) {', '.join(absent)}")
-        for patient in (patient for patient in requested if patient not in absent):
-            positions = np.flatnonzero(patient_ids == patient)
-            patient_frame = frame.iloc[positions].reset_index(drop=True)
-            data = self.session.dataset("test", image_size=entry.input_size, training=False, positions=positions)
-            labels = np.asarray(self.session.cache.labels)[positions]
-            scores = positive_scores(predict_probabilities(entry.model(), data), self.positive_label)
-            truth = labels == self.positive_label
-            canvas, extent = mosaic.build_mosaic(patient_frame, images=self.session.cache.images[positions],
-                                                 patch_size=self.session.pack_size)
-            fig = evaluation_plots.slide_view(
-                canvas, extent, mosaic.label_map(patient_frame.assign(label=truth.astype(int))),
-                mosaic.probability_map(patient_frame, scores), positive_name=self.positive_name)
-            where = split_of.get(patient, "unknown")
-            fig.suptitle(f"patient {patient}: {where.upper()} split, {len(positions)} patches · {name}"
-                         + ("" if where == "test" else "  (the model learnt from or was tuned on this patient)"))
-            figures[f"slide_{patient}_{name}"] = fig
-            rows.append({"patient": patient, "split": where, "patches": len(positions),
-                         "positive_fraction": float(truth.mean()), "mean_probability": float(scores.mean()),
-                         "roc_auc": metrics.roc_auc(truth.astype(int), scores) if 0 < truth.sum() < len(truth)
-                         else None})
-        return figures, pd.DataFrame(rows)
+        if (name, per_group) not in self._gradcam:
+            truth, scores = self.truth("test"), self.scores(name, "test")
+            decided = scores >= self.threshold(name)
+            chosen: list[tuple[str, int]] = []
+            for group, mask in {"true positive": truth & decided, "false positive": ~truth & decided,
+                                "false negative": truth & ~decided}.items():
+                # positives ranked by their highest scores, missed positives by their lowest
+                order = np.argsort(scores[mask] if group == "false negative" else -scores[mask])
+                chosen += [(group, int(position)) for position in np.flatnonzero(mask)[order][:per_group]]
+            if not chosen:
+                raise ValueError(f"{name}: no test image to explain")
+            positions = np.asarray([position for _, position in chosen])
+            images = np.asarray(self.session.cache.images[self.session.positions("test")[positions]])
+            model = self.entry(name).model()
+            _, layer = explain.find_target_layer(model)
+            self._gradcam[name, per_group] = GradCamExamples(
+                [group for group, _ in chosen], images,
+                explain.grad_cam(model, images, class_index=self.positive_label), scores[positions],
+                self.session.labels("test")[positions], tuple(int(size) for size in layer.output.shape[1:3]))
+        return self._gradcam[name, per_group]
 
     def write_evaluation(self, session: Any, test: pd.DataFrame, calibrated: pd.DataFrame,
                          ranking: pd.DataFrame) -> Path:
-        """evaluation.json: the test table, calibration and ranking shown in this notebook."""
+        """evaluation.json: the test metrics with their intervals, calibration and ranking of this notebook."""
+        values = test.attrs["values"]
         data = {
             "run_id": session.run_id,
             "models": self.names,
             "positive_class": self.positive_name,
             "best_by_validation_auc": self.best_model(),
-            "test": test.reset_index().to_dict(orient="records"),
+            "test": [{"model": name, "started_from": test.loc[name, "started from"],
+                      "threshold": test.loc[name, "threshold"], **values.loc[name].to_dict(),
+                      "ci": test.attrs["intervals"][name]} for name in test.index],
             "calibration": calibrated.reset_index().to_dict(orient="records"),
             "ranking": ranking.reset_index().to_dict(orient="records"),
             "figures": list(session.figures),
@@ -318,10 +335,7 @@ def _stored_predictions(session: Any, card: dict, directory: Path) -> dict[str, 
     return predictions if same else None
 
 
-def _entry(session: Any, card_path: Path, positive_label: int) -> ModelEntry | None:
-    directory = card_path.parent
-    if not (directory / modelcard.MODEL_FILE).exists():
-        return None
+def _entry(session: Any, directory: Path, positive_label: int) -> ModelEntry:
     card = modelcard.read_card(directory / modelcard.MODEL_FILE)
     entry = ModelEntry(name=card["model_name"], card=card, directory=directory, predictions={})
     predictions = _stored_predictions(session, card, directory)
@@ -344,17 +358,15 @@ def _entry(session: Any, card_path: Path, positive_label: int) -> ModelEntry | N
 def load_run(session: Any) -> RunComparison:
     """Every model of ``session``'s run that has a card and ``model.keras``, in notebook order."""
     positive_label = scored_label(session)
-    entries = []
-    for card_path in sorted(session.run_dir.glob("*/" + modelcard.CARD_FILE)):
-        if card_path.parent != session.out_dir:
-            entry = _entry(session, card_path, positive_label)
-            if entry is not None:
-                entries.append(entry)
+    entries = [_entry(session, card_path.parent, positive_label)
+               for card_path in sorted(session.run_dir.glob("*/" + modelcard.CARD_FILE))
+               if card_path.parent != session.out_dir and (card_path.parent / modelcard.MODEL_FILE).exists()]
     if not entries:
         raise FileNotFoundError(f"no trained model in {session.run_dir}: run notebooks 02-06 first with the "
                                 f"same run_id ({session.run_id!r})")
     if session.num_classes > 2:
         print(f"{session.num_classes} classes: this notebook scores {session.class_names[positive_label]!r} "
               "against the rest, with a threshold chosen on validation")
-    print(f"{len(entries)} model(s) in run {session.run_id!r}: {', '.join(entry.name for entry in entries)}")
+    print(f"{len(entries)} {'model' if len(entries) == 1 else 'models'} in run {session.run_id!r}: "
+          f"{', '.join(entry.name for entry in entries)}")
     return RunComparison(session=session, models=entries, positive_label=positive_label)

@@ -22,7 +22,6 @@ where the disease is.
 from __future__ import annotations
 
 import weakref
-from typing import Sequence
 
 import numpy as np
 
@@ -169,9 +168,11 @@ class _Forward:
         return logits, True
 
     def __call__(self, x):
+        import tensorflow as tf
+
         features, penultimate = self._run(self.model, 0, x)
         scores, are_logits = self._scores(penultimate)
-        if not self.checked and tf_executing_eagerly():
+        if not self.checked and tf.executing_eagerly():
             self._check(x, scores, are_logits)
         return features, scores
 
@@ -218,12 +219,6 @@ class _Forward:
         if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-3):
             raise GradCamError(_NOT_A_CHAIN.format(name=self.model.name))
         self.checked = True
-
-
-def tf_executing_eagerly() -> bool:
-    import tensorflow as tf
-
-    return tf.executing_eagerly()
 
 
 _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -310,8 +305,3 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
         base = base * 255.0
     blended = (1 - alpha) * base + alpha * colored
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
-def overlays(images: Sequence[np.ndarray], heatmaps: Sequence[np.ndarray], alpha: float = 0.4) -> np.ndarray:
-    """:func:`overlay` for each image/heatmap pair, stacked."""
-    return np.stack([overlay(image, heatmap, alpha) for image, heatmap in zip(images, heatmaps)])

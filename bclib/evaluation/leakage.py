@@ -107,11 +107,11 @@ def lesson(session: Any, epochs: int, image_size: int, batch_size: int, learning
         scores[name] = positive_scores(probabilities, positive)
         rows.append({
             "training set": name,
-            "test_roc_auc": roc_auc(truth.astype(int), scores[name]),
+            "test ROC-AUC": roc_auc(truth.astype(int), scores[name]),
             "training images": int(len(train_positions)),
             "test images": int(len(held)),
             "test patients seen in training": len(set(patient_ids[held]) & set(patient_ids[train_positions])),
-            "seconds": round(seconds, 1),
+            "seconds": int(round(seconds)),
         })
     return LeakageLesson(pd.DataFrame(rows).set_index("training set"), truth, patient_ids[held], scores,
                          session.seed)

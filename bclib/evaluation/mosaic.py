@@ -1,4 +1,4 @@
-"""Whole-slide views of one IDC patient from the patches' x/y coordinates.
+"""Whole-slide views of one IDC patient from the patches' x/y coordinates, and a run's models on them.
 
 IDC file names carry each patch's top-left pixel in the original slide
 (``<patient>_idx5_x<X>_y<Y>_class<C>.png``); patches are ``patch_size`` (50) pixels apart.
@@ -6,10 +6,11 @@ IDC file names carry each patch's top-left pixel in the original slide
 :func:`probability_map` give one cell per patch on the same grid, ``NaN`` where the slide has
 no patch (background that the dataset authors dropped). All three share one ``extent``
 ``(left, right, bottom, top)`` in slide pixels, ready for ``imshow(..., extent=extent)``.
+:func:`slides` draws one model's probability map beside the truth for chosen patients.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -119,3 +120,46 @@ def probability_map(frame, probs, patch_size: int = 50) -> np.ndarray:
     if len(values) != len(data):
         raise ValueError(f"{len(values)} probabilities for {len(data)} patches")
     return _cell_map(data, values, patch_size)
+
+
+def slides(run: Any, name: str, patients: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Model ``name`` of ``run`` (a :class:`~bclib.evaluation.compare.RunComparison`) on whole slides:
+    mosaic | truth | predicted probability for each requested patient in the data, and a table of each
+    shown patient's split, patches and within-slide ROC-AUC."""
+    from bclib.evaluation.compare import positive_scores
+    from bclib.evaluation.metrics import roc_auc
+    from bclib.models.training import predict_probabilities
+    from bclib.plots.evaluation import slide_view
+
+    session = run.session
+    frame = session.cache.index.frame
+    if not {"x", "y"} <= set(frame.columns):
+        print("this dataset carries no patch coordinates: no whole-slide view")
+        return {}, pd.DataFrame()
+    entry = run.entry(name)
+    split_of = {str(patient): split for split in ("train", "val", "test")
+                for patient in session.split.patients(split)}
+    figures, rows = {}, []
+    patient_ids = frame["patient_id"].astype(str).to_numpy()
+    requested = list(dict.fromkeys(map(str, patients)))  # each patient once, in the order given
+    absent = [patient for patient in requested if patient not in set(patient_ids)]
+    if absent:
+        print(f"not in the data at hand: {'patient' if len(absent) == 1 else 'patients'} {', '.join(absent)}")
+    for patient in (patient for patient in requested if patient not in absent):
+        positions = np.flatnonzero(patient_ids == patient)
+        patient_frame = frame.iloc[positions].reset_index(drop=True)
+        data = session.dataset("test", image_size=entry.input_size, training=False, positions=positions)
+        scores = positive_scores(predict_probabilities(entry.model(), data), run.positive_label)
+        truth = np.asarray(session.cache.labels)[positions] == run.positive_label
+        canvas, extent = build_mosaic(patient_frame, images=session.cache.images[positions],
+                                      patch_size=session.pack_size)
+        fig = slide_view(canvas, extent, label_map(patient_frame.assign(label=truth.astype(int))),
+                         probability_map(patient_frame, scores), positive_name=run.positive_name)
+        where = split_of.get(patient, "unknown")
+        fig.suptitle(f"patient {patient}: {where.upper()} split, {len(positions)} patches · {name}"
+                     + ("" if where == "test" else "  (the model learnt from or was tuned on this patient)"))
+        figures[f"slide_{patient}_{name}"] = fig
+        rows.append({"patient": patient, "split": where, "patches": len(positions),
+                     "positive_fraction": float(truth.mean()), "mean_probability": float(scores.mean()),
+                     "roc_auc": roc_auc(truth.astype(int), scores) if 0 < truth.sum() < len(truth) else None})
+    return figures, pd.DataFrame(rows)

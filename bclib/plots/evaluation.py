@@ -1,22 +1,20 @@
 """Figures of an evaluation: confusion matrix, reliability, patients, Grad-CAM, slides.
 
-Every function returns a matplotlib Figure. Figures that show predictions carry the
-education-and-research disclaimer.
+Every function returns a matplotlib Figure (the notebook that shows them carries the disclaimer).
+``reliability_grid``, ``patients`` and ``gradcam`` draw one model or every model of a
+:class:`~bclib.evaluation.compare.RunComparison`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bclib import DISCLAIMER
-
-
-def _disclaim(fig: matplotlib.figure.Figure) -> None:
-    fig.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=7, color="0.4")
+#: The colour map of every Grad-CAM overlay (0: no evidence, 1: the image's strongest).
+GRADCAM_COLORMAP = "jet"
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], positive_label: int | None = 1,
@@ -96,39 +94,77 @@ def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | Non
     return fig
 
 
-def patient_scatter(table: pd.DataFrame, column: str = "mean_probability", annotate: int = 5) -> matplotlib.figure.Figure:
-    """True positive fraction vs predicted (mean probability or predicted fraction), one dot per patient.
+def patient_scatter(table: pd.DataFrame, column: str = "mean_probability",
+                    annotate: int = 5) -> matplotlib.figure.Figure:
+    """True positive fraction vs predicted (mean probability or share called positive), one dot per patient.
 
-    Dot size grows with the patient's image count; the ``annotate`` worst patients are labelled.
+    Dot size grows with the patient's image count (a legend gives three sizes); the ``annotate``
+    patients furthest from the diagonal are labelled.
     """
     from bclib.evaluation.metrics import fraction_correlation
 
-    if column not in ("mean_probability", "predicted_fraction"):
-        raise ValueError(f"column must be 'mean_probability' or 'predicted_fraction', got {column!r}")
-    fig, ax = plt.subplots(figsize=(5, 5))
-    sizes = 15 + 85 * table["n"] / max(1, table["n"].max())
-    ax.scatter(table["true_fraction"], table[column], s=sizes, alpha=0.6, edgecolor="k", linewidth=0.4)
+    labels = {"mean_probability": "mean predicted probability",
+              "predicted_fraction": "share of patches called positive"}
+    if column not in labels:
+        raise ValueError(f"column must be one of {list(labels)}, got {column!r}")
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    largest = max(1, int(table["n"].max()))
+
+    def size(count):
+        return 15 + 85 * np.asarray(count) / largest
+
+    ax.scatter(table["true_fraction"], table[column], s=size(table["n"]), alpha=0.6, edgecolor="k", linewidth=0.4)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     errors = (table[column] - table["true_fraction"]).abs()
     for position in errors.sort_values(ascending=False).index[:annotate]:
         ax.annotate(str(table.loc[position, "patient_id"]),
                     (table.loc[position, "true_fraction"], table.loc[position, column]), fontsize=7)
+    for count in sorted({int(table["n"].min()), int(table["n"].median()), largest}):
+        ax.scatter([], [], s=size(count), color="C0", alpha=0.6, edgecolor="k", linewidth=0.4, label=f"{count}")
+    ax.legend(title="patches", fontsize=7, title_fontsize=7, loc="upper left", labelspacing=1.1)
     correlation = fraction_correlation(table).get(f"pearson_{column}")
-    label = "n/a" if correlation is None else f"{correlation:.2f}"
-    ax.set(xlabel="true positive fraction (per patient)", ylabel=column.replace("_", " "),
+    label = "undefined" if correlation is None else f"{correlation:.2f}"
+    ax.set(xlabel="true positive fraction (per patient)", ylabel=labels[column],
            title=f"Patients (Pearson r = {label}, n = {len(table)})", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    _disclaim(fig)
+    fig.tight_layout()
+    return fig
+
+
+def patients(run: Any, name: str) -> matplotlib.figure.Figure:
+    """Model ``name``'s test patients: the share of patches called positive against the true share."""
+    fig = patient_scatter(run.patient_table(name), column="predicted_fraction")
+    fig.axes[0].set_title(f"{name}: " + fig.axes[0].get_title(), fontsize=10)
+    return fig
+
+
+def reliability_grid(run: Any, columns: int = 3) -> matplotlib.figure.Figure:
+    """One reliability diagram per model of ``run`` (test), before and after its validation-fitted temperature."""
+    from bclib.evaluation.calibration import apply_temperature
+
+    columns = min(columns, len(run.names))
+    rows = -(-len(run.names) // columns)
+    fig = plt.figure(figsize=(4.2 * columns, 4.8 * rows), layout="constrained")
+    grid = fig.add_gridspec(rows, columns)
+    truth = run.truth("test").astype(int)
+    for number, name in enumerate(run.names):
+        cell = grid[divmod(number, columns)].subgridspec(2, 1, height_ratios=[3, 1])
+        diagram = fig.add_subplot(cell[0])
+        temperature, scores = run.temperature(name), run.scores(name, "test")
+        reliability_diagram(truth, scores, apply_temperature(scores, temperature), temperature,
+                            axes=(diagram, fig.add_subplot(cell[1], sharex=diagram)))
+        diagram.set_title(f"{name}: reliability on test")
     return fig
 
 
 def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int], probs: Sequence[float],
                  class_names: Sequence[str], positive_label: int = 1, alpha: float = 0.4,
-                 columns: int = 4, captions: Sequence[str] | None = None) -> matplotlib.figure.Figure:
-    """Pairs of axes per image: the image, and its Grad-CAM overlay titled with truth and P(positive).
+                 columns: int = 4, captions: Sequence[str] | None = None,
+                 title: str | None = None) -> matplotlib.figure.Figure:
+    """Pairs of axes per image: the image, and its Grad-CAM overlay titled with P(positive); a colour bar.
 
-    ``captions``: one line per image put before its truth (e.g. "false positive").
+    ``heatmaps`` explain the positive class's score; ``captions``: one line per image put before its
+    truth (e.g. "false positive").
     """
     from bclib.evaluation.explain import overlay
 
@@ -142,7 +178,8 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int]
         raise ValueError(f"{len(captions)} captions for {n} images")
     columns = max(1, min(columns, n))
     rows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.3 * 2 * columns, 2.8 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.5 * columns + 0.8, 1.55 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     positive_name = class_names[positive_label]
     for position in range(rows * columns):
         ax_image, ax_overlay = axes[position // columns, 2 * (position % columns): 2 * (position % columns) + 2]
@@ -150,15 +187,29 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int]
         ax_overlay.axis("off")
         if position >= n:
             continue
-        ax_image.imshow(images[position])
+        ax_image.imshow(images[position], interpolation="nearest")
         truth = f"truth: {class_names[int(labels[position])]}"
-        ax_image.set_title(truth if captions is None else f"{captions[position]}\n{truth}", fontsize=8)
-        ax_overlay.imshow(overlay(images[position], heatmaps[position], alpha))
-        ax_overlay.set_title(f"P({positive_name}) = {float(probs[position]):.2f}", fontsize=8)
-    fig.suptitle("Grad-CAM: where the model looked (not where the disease is)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
-    _disclaim(fig)
+        ax_image.set_title(truth if captions is None else f"{captions[position]}\n{truth}", fontsize=7)
+        ax_overlay.imshow(overlay(images[position], heatmaps[position], alpha, GRADCAM_COLORMAP),
+                          interpolation="nearest")
+        ax_overlay.set_title(f"P({positive_name}) = {float(probs[position]):.2f}", fontsize=7)
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), GRADCAM_COLORMAP)
+    bar = fig.colorbar(scale, ax=axes, shrink=0.8, fraction=0.03, pad=0.01)
+    bar.set_label(f"Grad-CAM for P({positive_name})\n(1: the image's strongest)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    fig.suptitle(title or f"Grad-CAM of the P({positive_name}) score: where the model looked, not where the "
+                 "disease is", fontsize=9)
     return fig
+
+
+def gradcam(run: Any, name: str, per_group: int = 4) -> matplotlib.figure.Figure:
+    """Model ``name``'s Grad-CAM examples (:meth:`~bclib.evaluation.compare.RunComparison.gradcam`)."""
+    examples = run.gradcam(name, per_group)
+    height, width = examples.feature_size
+    return gradcam_grid(examples.images, examples.heatmaps, examples.labels, examples.scores, run.session.class_names,
+                        run.positive_label, columns=per_group, captions=examples.groups,
+                        title=f"{name}: Grad-CAM of the P({run.positive_name}) score, from its {height}x{width} "
+                              "last feature map")
 
 
 def slide_view(mosaic: np.ndarray, extent: Sequence[float], truth_map: np.ndarray, prob_map: np.ndarray,
@@ -182,5 +233,4 @@ def slide_view(mosaic: np.ndarray, extent: Sequence[float], truth_map: np.ndarra
     fig.colorbar(shown, ax=list(axes), shrink=0.8, fraction=0.02, pad=0.01)
     if patient_id is not None:
         fig.suptitle(f"patient {patient_id}")
-    _disclaim(fig)
     return fig
