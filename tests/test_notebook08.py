@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from bclib import DISCLAIMER
+from bclib.app.widgets import TEXT_FALLBACK
 from bclib.run.quality import check_notebook
 from test_predict import save_tiny_model, write_patch, write_tiny_idc
 
@@ -66,6 +67,9 @@ def test_notebook_runs_under_papermill_and_shows_predictions(tmp_path, monkeypat
     assert "trained from scratch" in html_outputs and "bclib-warning" not in html_outputs and DISCLAIMER in html_outputs
     outputs = [out for cell in executed.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "execute_result"]  # displayed, no Out[n] value
+    plain = " ".join(out.get("data", {}).get("text/plain", "") for out in outputs)
+    assert "Conclusion: tiny_cnn" in plain and "predicted 1 of 2 images" in plain  # the broken file is counted
+    assert TEXT_FALLBACK in plain and "VBox(" not in plain
     assert check_notebook(output, needs_exercises=False) == []
     state = json.dumps(executed.metadata.get("widgets", {}))
     assert "base64" not in state and "data:image" not in state  # no image in saved widget state

@@ -15,12 +15,17 @@ from bclib.app.predict import (
     class_probabilities,
     collect_image_paths,
     decide,
-    predict_paths,
     prepare_image,
 )
 from bclib.run.bench_tools import folder_throughput, measure_latency
 
 INPUT_SIZE = 32
+
+
+def _predict_paths(model_path, inputs, batch_size: int = 64):
+    """What `bclib predict` does: collect the image files, then predict them at the card's threshold."""
+    paths, problems = collect_image_paths(inputs)
+    return problems + list(Predictor.load(model_path).predict_sources(paths, batch_size=batch_size))
 
 
 def make_tiny_model(input_size: int = INPUT_SIZE):
@@ -159,7 +164,7 @@ def test_predictor_reads_the_card_and_ranks_red_above_blue(model_path, tmp_path)
 # ---------------------------------------------------------------- files and folders
 
 def test_every_awkward_file_gets_a_result_and_only_bad_ones_fail(model_path, odd_files):
-    results = {Path(r.source).name: r for r in predict_paths(model_path, [str(p) for p in odd_files.values()], batch_size=4)}
+    results = {Path(r.source).name: r for r in _predict_paths(model_path, odd_files.values(), batch_size=4)}
     assert len(results) == len(odd_files)
     for kind, path in odd_files.items():
         result = results[path.name]
@@ -286,7 +291,7 @@ def test_real_idc_patches_predict(real_idc, model_path):
     patches = sorted(real_idc.glob("IDC_regular_ps50_idx5/*/1/*.png"))[:5]
     if not patches:
         pytest.skip("no IDC patches found")
-    results = predict_paths(model_path, patches)
+    results = _predict_paths(model_path, patches)
     assert len(results) == len(patches) and all(r.ok for r in results)
 
 

@@ -5,16 +5,17 @@ import datetime
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bclib import DISCLAIMER
 from bclib.evaluation.modelcard import ModelLoadError
 from bclib.app import views
-from bclib.app.catalog import find_models, sample_images
+from bclib.app.catalog import SampleSet, find_models, sample_images
 from bclib.app.templates import render
 from bclib.display import banner_html
-from bclib.app.views import models_table_html, static_html
-from bclib.app.widgets import PredictApp
+from bclib.app.views import models_table_html, static_text, static_view
+from bclib.app.widgets import TEXT_FALLBACK, PredictApp
 from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc
 
 OFFLINE_IMAGENET = {"requested": "imagenet", "used": "random", "note": "no ImageNet weights offline"}
@@ -121,7 +122,12 @@ def test_model_change_repredicts_kept_images(run_folder, files):
 def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     app.handle_upload(upload_value([files["rgb"]]))
-    assert 'class="bclib-heatmap"' in app.output.value
+    assert 'class="bclib-heatmap"' in app.output.value and 'class="bclib-gradcam-scale"' in app.output.value
+    assert "Grad-CAM for P(IDC)" in app.output.value  # it explains the disease class, whatever the decision
+
+    monkeypatch.setattr(views, "grad_cam", lambda model, images, **kwargs: np.zeros(images.shape[:3], np.float32))
+    app.handle_upload(upload_value([files["rgb"]]))
+    assert "bclib-heatmap" not in app.output.value and "no region of this image raised P(IDC)" in app.output.value
 
     def unexplainable(*args, **kwargs):
         raise ValueError("no convolution to explain")
@@ -140,15 +146,38 @@ def test_app_without_models_stays_usable():
 
 def test_static_view_says_from_scratch_and_warns_only_for_missing_imagenet(run_folder, files, tmp_path):
     model = run_folder / "02_baseline_cnn" / "model.keras"
-    text = static_html(model, [files["rgb"], files["empty"], "/no/such/file.png"])
+    text = static_view(model, [files["rgb"], files["empty"], "/no/such/file.png"]).html
     assert DISCLAIMER in text and "trained from scratch" in text and "bclib-warning" not in text
     assert text.count('class="bclib-result"') == 1 and text.count("bclib-error") == 2
+    assert "bclib-truth" not in text and "<th>truth</th>" not in text  # no truth known, none shown
     probabilities = [float(v) for v in re.findall(r'data-probability="([0-9.]+)"', text)]
     assert len(probabilities) == 2 and abs(sum(probabilities) - 1.0) < 1e-4
-    assert "No trained model" in static_html(None, [files["rgb"]])
+    assert "No trained model" in static_view(None, [files["rgb"]]).html
+    assert "no prediction" in static_text(static_view(None, [files["rgb"]]))
     offline = save_tiny_model(tmp_path / "05_mobilenetv2_transfer", model_name="mobilenetv2", weights=OFFLINE_IMAGENET)
-    text = static_html(offline, [files["rgb"]])
+    text = static_view(offline, [files["rgb"]]).html
     assert text.count("bclib-warning") == 1 and "ImageNet weights were missing" in text
+
+
+def test_static_view_puts_each_decision_beside_the_truth(run_folder, files):
+    model = run_folder / "02_baseline_cnn" / "model.keras"
+    view = static_view(model, [files["rgb"], files["grayscale"]], threshold=0.0, truths=["IDC", "non-IDC"])
+    assert [prediction.decision for prediction in view.predictions] == ["IDC", "IDC"]  # threshold 0: all IDC
+    assert "<th>truth</th>" in view.html and view.html.count('class="bclib-truth"') == 2
+    text = static_text(view)
+    assert "of the 2 images whose class is known, 1 is called as labelled and 1 is not" in text
+    assert f"{files['grayscale'].name} (truth non-IDC, called IDC)" in text and "notebook 07" in text
+    assert "truth=non-IDC" in view.text and "decision=IDC" in view.text  # the text a text-only view shows
+    with pytest.raises(ValueError, match="truths"):
+        static_view(model, [files["rgb"]], truths=["IDC", "IDC"])
+
+
+def test_app_shows_a_sentence_where_widgets_cannot_render(run_folder, monkeypatch):
+    shown = []
+    monkeypatch.setattr("bclib.app.widgets.display", lambda bundle, raw=False: shown.append((bundle, raw)))
+    PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))._ipython_display_()
+    (bundle, raw), = shown
+    assert raw and bundle["text/plain"] == TEXT_FALLBACK and "application/vnd.jupyter.widget-view+json" in bundle
 
 
 def test_models_table_marks_only_missing_imagenet_weights(run_folder, tmp_path):
@@ -175,15 +204,23 @@ def test_sample_images_balanced_from_a_dataset(tmp_path):
     assert len(samples.paths) == 4 and all(p.is_file() for p in samples.paths)
     labels = [int(p.name[-5]) for p in samples.paths]
     assert sorted(labels) == [0, 0, 1, 1]
+    assert samples.labels == [["non-IDC", "IDC"][label] for label in labels]
+    assert samples.truth(samples.paths[0]) == samples.labels[0] and samples.truth("other.png") is None
     assert sample_images(None, dataset="idc", data_dir=tmp_path / "absent", n=2).paths == []
     app = PredictApp([], samples=samples)
     assert len(app.sample_picker.options) == 4
 
 
-def test_sample_picker_predicts(run_folder, files):
+def test_sample_picker_predicts_and_shows_the_sample_truth(run_folder, files):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent), samples=[files["rgb"]])
     app.sample_button.click()
-    assert len(app.predictions) == 1 and app.predictions[0].ok
+    assert len(app.predictions) == 1 and app.predictions[0].ok and "bclib-truth" not in app.output.value
+    samples = SampleSet([files["rgb"]], "one sample", ["IDC"])
+    app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent), samples=samples)
+    app.sample_button.click()
+    assert "Truth (from the dataset): IDC" in app.output.value
+    app.model_selector.value = 1  # predicted again with the other model, truth kept
+    assert "Truth (from the dataset): IDC" in app.output.value
 
 
 @pytest.mark.realdata
@@ -191,5 +228,5 @@ def test_real_idc_samples_are_predicted(real_idc, run_folder):
     samples = sample_images(None, dataset="idc", data_dir=real_idc, n=4)
     assert len(samples.paths) == 4 and samples.note
     assert all(Path(p).resolve().is_relative_to(real_idc.resolve()) for p in samples.paths)
-    text = static_html(run_folder / "02_baseline_cnn" / "model.keras", samples.paths)
-    assert text.count('class="bclib-result"') == 4 and "bclib-error" not in text
+    text = static_view(run_folder / "02_baseline_cnn" / "model.keras", samples.paths, truths=samples.labels).html
+    assert text.count('class="bclib-result"') == 4 and "bclib-error" not in text and text.count("bclib-truth") == 4

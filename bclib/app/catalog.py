@@ -14,10 +14,9 @@ import numpy as np
 
 from bclib import paths
 from bclib.app.predict import validation_auc
-from bclib.evaluation.modelcard import weights_description
 from bclib.data.datasets import DatasetIndex, scan
 from bclib.data.splits import make_split
-from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, read_card
+from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, read_card, weights_description
 
 NO_MODEL_MESSAGE = (
     "No trained model (model.keras with model_card.json) found under reports/. Run a training notebook first "
@@ -110,10 +109,16 @@ def best_model(choices: Sequence[ModelChoice]) -> ModelChoice | None:
 
 @dataclass
 class SampleSet:
-    """Sample image paths for the picker, and where they came from (said in the UI)."""
+    """Sample image paths for the picker, their classes in the dataset, and where they came from (said in the UI)."""
 
     paths: list[Path] = field(default_factory=list)
     note: str = ""
+    labels: list[str] = field(default_factory=list)
+
+    def truth(self, path: str | os.PathLike) -> str | None:
+        """The dataset's class of the sample at ``path`` (None for any other file)."""
+        known = dict(zip(map(str, self.paths), self.labels))
+        return known.get(str(path))
 
 
 def _balanced_pick(labels: np.ndarray, positions: np.ndarray, n: int, seed: int) -> list[int]:
@@ -128,20 +133,26 @@ def _balanced_pick(labels: np.ndarray, positions: np.ndarray, n: int, seed: int)
     return picked
 
 
-def _test_positions(index: DatasetIndex, card: dict | None) -> tuple[np.ndarray, str]:
-    """Row positions of the run's test split when it can be rebuilt, else the dataset's own test rows."""
+def _test_rows(index: DatasetIndex, card: dict | None) -> tuple[DatasetIndex, np.ndarray, str]:
+    """The run's data (its seeded subset, if any) and the row positions of its test split when it can be
+    rebuilt, else the dataset and its own test rows; and where they come from, in words."""
+    from bclib.session import subsample_patients
+
     split_info = (card or {}).get("split") or {}
+    seed = int(split_info.get("seed") or 0)
+    subset = subsample_patients(index, split_info.get("max_images"), seed)  # the run's seeded subset, if it used one
     try:
-        split = make_split(index, method=split_info.get("method", "patient"), seed=int(split_info.get("seed") or 0))
+        split = make_split(subset, method=split_info.get("method", "patient"), seed=seed)
     except ValueError:  # too few patients, no official split, a method this version does not know
         split = None
     expected_hash = split_info.get("patients_hash")
     if split is not None and (not expected_hash or split.patients_hash() == expected_hash):
-        return np.asarray(split.positions("test")), "the test split (patients the model never saw in training)"
+        return subset, np.asarray(split.positions("test")), "the test split (patients the model never saw in training)"
     frame = index.frame
     if "split" in frame.columns and (frame["split"] == "test").any():
-        return np.flatnonzero(frame["split"].to_numpy() == "test"), "the dataset's official test split"
-    return np.arange(len(frame)), "the dataset (the run's test split could not be rebuilt: the model may have seen these)"
+        return index, np.flatnonzero(frame["split"].to_numpy() == "test"), "the dataset's official test split"
+    return (index, np.arange(len(frame)),
+            "the dataset (the run's test split could not be rebuilt: the model may have seen these)")
 
 
 def sample_images(
@@ -172,18 +183,8 @@ def sample_images(
         return SampleSet([], f"no sample images: {error}")
     if len(index.frame) == 0:
         return SampleSet([], f"the {dataset!r} data at {root} holds no images")
-    positions, source = _test_positions(index, card)
-    picked = _balanced_pick(index.frame["label"].to_numpy(), positions, n, seed)
-    return SampleSet([Path(index.frame["path"].iloc[p]) for p in picked], f"{len(picked)} samples from {source}")
-
-
-__all__ = [
-    "ModelChoice",
-    "SampleSet",
-    "best_model",
-    "find_models",
-    "NO_MODEL_MESSAGE",
-    "latest_run_with_models",
-    "sample_images",
-    "sort_best_first",
-]
+    index, positions, source = _test_rows(index, card)
+    labels = index.frame["label"].to_numpy()
+    picked = _balanced_pick(labels, positions, n, seed)
+    return SampleSet([Path(index.frame["path"].iloc[p]) for p in picked], f"{len(picked)} samples from {source}",
+                     [index.class_names[int(labels[p])] for p in picked])

@@ -20,6 +20,8 @@ from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, rea
 from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, load_model
 
 DEFAULT_BATCH_SIZE = 64
+
+
 class PredictError(ValueError):
     """Inputs that cannot be predicted at all (no images found, bad threshold...)."""
 
@@ -278,35 +280,8 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path]
     return paths, problems
 
 
-def predict_paths(
-    model_path: str | os.PathLike,
-    inputs: Iterable[str | os.PathLike],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    threshold: float | None = None,
-) -> list[Prediction]:
-    """Load the model and predict every image file / folder in ``inputs`` (errors per file)."""
-    predictor = Predictor.load(model_path)
-    paths, problems = collect_image_paths(inputs)
-    return problems + list(predictor.predict_sources(paths, batch_size=batch_size, threshold=threshold))
-
-
 def check_threshold(threshold: float | None) -> float | None:
     """``threshold`` as a float in [0, 1] (None stays None: the card's threshold); raises :class:`PredictError`."""
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise PredictError(f"threshold must lie between 0 and 1, got {threshold}")
     return None if threshold is None else float(threshold)
-
-
-__all__ = [
-    "ModelLoadError",
-    "PredictError",
-    "Prediction",
-    "Predictor",
-    "check_threshold",
-    "class_probabilities",
-    "collect_image_paths",
-    "decide",
-    "predict_paths",
-    "prepare_image",
-    "validation_auc",
-]

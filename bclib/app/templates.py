@@ -33,6 +33,3 @@ def render(piece: str, **values: object) -> str:
     if piece not in pieces():
         raise ValueError(f"{TEMPLATE_FILE} has no piece {piece!r}; it has {sorted(pieces())}")
     return pieces()[piece].substitute(values)
-
-
-__all__ = ["TEMPLATE_FILE", "pieces", "render"]

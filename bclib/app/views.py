@@ -2,7 +2,8 @@
 
 The same HTML serves the static view (a papermill run and its HTML report) and the live app.
 For education and research, not for diagnosis: every view carries the disclaimer (the live app
-shows it once, in its header).
+shows it once, in its header). Grad-CAM explains the positive class's score of a two-class model
+(the predicted class's otherwise), whatever the decision.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import base64
 import html
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,14 +21,16 @@ from PIL import Image
 from bclib import DISCLAIMER
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, best_model, sort_best_first
 from bclib.app.predict import Prediction, Predictor, validation_auc
-from bclib.evaluation.modelcard import imagenet_missing, weights_description
 from bclib.app.templates import render
 from bclib.display import banner_html
 from bclib.evaluation.explain import grad_cam, overlay
+from bclib.evaluation.modelcard import imagenet_missing, weights_description
 
 #: Pixels of the images shown in a result card.
 DISPLAY_SIZE = 160
 GRADCAM_ALPHA = 0.45
+#: What a result card says instead of an all-blue overlay when no region raised the explained score.
+NO_REGION = "Grad-CAM: no region of this image raised {score}"
 POSITIVE_COLOUR = "#c0392b"
 OTHER_COLOUR = "#2e86c1"
 
@@ -63,6 +67,12 @@ def image_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def explained_score(predictor: Predictor) -> str:
+    """The score Grad-CAM explains: P(disease class) of a two-class model, else the predicted class's."""
+    binary = len(predictor.class_names) == 2
+    return f"P({predictor.class_names[predictor.positive_label]})" if binary else "the predicted class's score"
+
+
 def gradcam_overlays(predictor: Predictor, predictions: Sequence[Prediction]) -> list[tuple[np.ndarray | None, str | None]]:
     """``(overlay, message)`` per prediction: a Grad-CAM overlay, or why there is none."""
     usable = [i for i, p in enumerate(predictions) if p.ok and p.model_input is not None]
@@ -70,14 +80,14 @@ def gradcam_overlays(predictor: Predictor, predictions: Sequence[Prediction]) ->
     if not usable:
         return results
     batch = np.stack([predictions[i].model_input for i in usable]).astype(np.float32)
-    # binary models: explain the disease class (label 0 for BreastMNIST); others: the predicted class
     class_index = predictor.positive_label if len(predictor.class_names) == 2 else None
     try:
         heatmaps = grad_cam(predictor.model, batch, class_index=class_index)
     except Exception as error:  # a model Grad-CAM cannot explain must not break the prediction
         return [(None, f"Grad-CAM failed for this model: {error}")] * len(predictions)
     for heatmap, i in zip(heatmaps, usable):
-        results[i] = (overlay(predictions[i].model_input, heatmap, GRADCAM_ALPHA), None)
+        results[i] = ((overlay(predictions[i].model_input, heatmap, GRADCAM_ALPHA), None) if heatmap.max() > 0 else
+                      (None, NO_REGION.format(score=explained_score(predictor))))
     return results
 
 
@@ -104,6 +114,10 @@ def model_banner_html(predictor: Predictor, threshold: float) -> str:
     return banner
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _display_name(prediction: Prediction) -> str:
     return html.escape(Path(prediction.source).name or prediction.source)
 
@@ -112,14 +126,17 @@ def _colour(class_name: str, positive_name: str) -> str:
     return POSITIVE_COLOUR if class_name == positive_name else OTHER_COLOUR
 
 
-def _picture_html(image: np.ndarray, css_class: str, caption: str) -> str:
-    return render("picture", css_class=css_class, caption=caption, source=image_data_uri(image), width=DISPLAY_SIZE)
+def _picture_html(image: np.ndarray, css_class: str, caption: str, scale: str = "") -> str:
+    return render("picture", css_class=css_class, caption=caption, source=image_data_uri(image), width=DISPLAY_SIZE,
+                  scale=scale)
 
 
 def result_html(
-    prediction: Prediction, predictor: Predictor, overlay_image: np.ndarray | None = None, gradcam_message: str | None = None
+    prediction: Prediction, predictor: Predictor, overlay_image: np.ndarray | None = None,
+    gradcam_message: str | None = None, truth: str | None = None,
 ) -> str:
-    """One result card: image, Grad-CAM overlay, a bar per class, decision at the threshold (or the error)."""
+    """One result card: image, Grad-CAM overlay with its colour scale, a bar per class, decision at the threshold
+    and, when known, the truth (or the error)."""
     if not prediction.ok:
         return render("result-error", name=_display_name(prediction), error=html.escape(prediction.error or ""))
     pictures = ""
@@ -127,7 +144,8 @@ def result_html(
     if shown is not None:
         pictures += _picture_html(shown, "bclib-input", "as the model sees it")
     if overlay_image is not None:
-        pictures += _picture_html(overlay_image, "bclib-heatmap", "Grad-CAM: where the evidence was")
+        caption = f"Grad-CAM for {html.escape(explained_score(predictor))}"
+        pictures += _picture_html(overlay_image, "bclib-heatmap", caption, render("gradcam-scale", width=DISPLAY_SIZE))
     elif gradcam_message:
         pictures += render("gradcam-missing", width=DISPLAY_SIZE, message=html.escape(gradcam_message))
     positive_name = predictor.class_names[predictor.positive_label]
@@ -142,23 +160,28 @@ def result_html(
         "result", name=_display_name(prediction), pictures=pictures, probabilities=probabilities,
         rule=html.escape(rule), colour=_colour(prediction.decision or "", positive_name),
         decision=html.escape(prediction.decision or ""),
+        truth="" if truth is None else render("truth", truth=html.escape(truth)),
     )
 
 
-def results_table_html(predictions: Sequence[Prediction], class_names: Sequence[str]) -> str:
-    """A compact table of several results: one row per image, a column per class."""
-    header = "".join(render("table-header", name=html.escape(name)) for name in class_names)
+def results_table_html(predictions: Sequence[Prediction], class_names: Sequence[str],
+                       truths: Sequence[str | None] | None = None) -> str:
+    """A compact table of several results: one row per image, a column per class, the decision and, when any
+    is known, the truth."""
+    truths = list(truths) if truths is not None and any(truths) else None
+    header = "".join(render("table-header", name=html.escape(f"P({name})")) for name in class_names)
+    header += render("table-header", name="decision") + (render("table-header", name="truth") if truths else "")
     rows = []
-    for prediction in predictions:
+    for number, prediction in enumerate(predictions):
         if prediction.ok:
-            cells = "".join(
-                render("table-cell", value=f"{prediction.probabilities.get(name, float('nan')):.3f}") for name in class_names
-            )
-            rows.append(render("table-row", name=_display_name(prediction), cells=cells,
-                               decision=html.escape(prediction.decision or "")))
+            values = [f"{prediction.probabilities.get(name, float('nan')):.3f}" for name in class_names]
+            values.append(f"<b>{html.escape(prediction.decision or '')}</b>")
+            values += [html.escape(truths[number] or "unknown")] if truths else []
+            cells = "".join(render("table-cell", value=value) for value in values)
+            rows.append(render("table-row", name=_display_name(prediction), cells=cells))
         else:
-            rows.append(render("table-error-row", name=_display_name(prediction), span=len(class_names) + 1,
-                               error=html.escape(prediction.error or "")))
+            rows.append(render("table-error-row", name=_display_name(prediction),
+                               span=len(class_names) + 1 + bool(truths), error=html.escape(prediction.error or "")))
     return render("table", header=header, rows="".join(rows))
 
 
@@ -168,16 +191,18 @@ def view_html(
     threshold: float | None = None,
     overlays: Sequence[tuple[np.ndarray | None, str | None]] | None = None,
     with_disclaimer: bool = True,
+    truths: Sequence[str | None] | None = None,
 ) -> str:
     """The whole view: disclaimer, model banner, a table when several images, one card per image."""
     threshold = predictor.threshold if threshold is None else float(threshold)
     overlays = overlays if overlays is not None else gradcam_overlays(predictor, predictions)
+    truths = list(truths) if truths is not None else [None] * len(predictions)
     parts = [disclaimer_html()] if with_disclaimer else []
     parts.append(model_banner_html(predictor, threshold))
     if len(predictions) > 1:
-        parts.append(results_table_html(predictions, predictor.class_names))
-    for prediction, (overlay_image, message) in zip(predictions, overlays):
-        parts.append(result_html(prediction, predictor, overlay_image, message))
+        parts.append(results_table_html(predictions, predictor.class_names, truths))
+    for prediction, (overlay_image, message), truth in zip(predictions, overlays, truths):
+        parts.append(result_html(prediction, predictor, overlay_image, message, truth))
     return render("view", content="".join(parts))
 
 
@@ -190,29 +215,64 @@ def _predictor_for(models: ModelSource) -> Predictor | None:
     return Predictor.load(choice.path) if choice else None
 
 
-def static_html(models: ModelSource, images: Sequence[str | os.PathLike], threshold: float | None = None) -> str:
-    """The static view's HTML for image files, with the best model (or the one given)."""
+@dataclass
+class StaticView:
+    """What the static view showed: the model, one prediction per image, its Grad-CAM and the known truths."""
+
+    predictor: Predictor | None
+    predictions: list[Prediction]
+    overlays: list[tuple[np.ndarray | None, str | None]]
+    truths: list[str | None]
+    html: str
+
+    @property
+    def text(self) -> str:
+        """The view as plain text (one line per image: probabilities, decision, truth), for text-only views."""
+        lines = [prediction.to_line() + ("" if truth is None else f"\ttruth={truth}")
+                 for prediction, truth in zip(self.predictions, self.truths)]
+        return "\n".join([DISCLAIMER, *lines]) if lines else f"{DISCLAIMER} No prediction: see the HTML view."
+
+
+def static_view(models: ModelSource, images: Sequence[str | os.PathLike], threshold: float | None = None,
+                truths: Sequence[str | None] | None = None) -> StaticView:
+    """The static view of image files (``truths``: each image's known class, or None), with the best model of
+    ``models`` (or the one given)."""
     predictor = _predictor_for(models)
     if predictor is None:
-        return disclaimer_html() + banner_html(NO_MODEL_MESSAGE, "error")
+        return StaticView(None, [], [], [], disclaimer_html() + banner_html(NO_MODEL_MESSAGE, "error"))
     if not images:
-        return (
-            disclaimer_html() + model_banner_html(predictor, predictor.threshold)
-            + banner_html("No images to show: set images in the parameters cell or point data_dir at a dataset.", "note")
-        )
+        return StaticView(predictor, [], [], [], disclaimer_html() + model_banner_html(predictor, predictor.threshold)
+                          + banner_html("No images to show: set images in the parameters cell or point data_dir at a "
+                                        "dataset.", "note"))
+    truths = list(truths) if truths is not None else [None] * len(images)
+    if len(truths) != len(images):
+        raise ValueError(f"{len(truths)} truths for {len(images)} images")
     chosen = predictor.threshold if threshold is None else float(threshold)
     predictions = predictor.predict_named([(str(path), str(path)) for path in images], chosen)
-    return view_html(predictor, predictions, chosen)
+    overlays = gradcam_overlays(predictor, predictions)
+    return StaticView(predictor, predictions, overlays, truths,
+                      view_html(predictor, predictions, chosen, overlays, truths=truths))
 
 
-__all__ = [
-    "disclaimer_html",
-    "gradcam_overlays",
-    "image_data_uri",
-    "model_banner_html",
-    "models_table_html",
-    "result_html",
-    "results_table_html",
-    "static_html",
-    "view_html",
-]
+def static_text(view: StaticView) -> str:
+    """What the static view showed, against the truth where it is known: a sentence for ``conclude``."""
+    if view.predictor is None or not view.predictions:
+        return "no prediction to look at: the view above says what is missing."
+    predictor = view.predictor
+    done = [(p, t, o) for p, t, o in zip(view.predictions, view.truths, view.overlays) if p.ok]
+    text = (f"{predictor.model_name} ({weights_description(predictor.card)}) predicted {len(done)} of "
+            f"{_plural(len(view.predictions), 'image')} at threshold {done[0][0].threshold:.2f}" if done else
+            f"{predictor.model_name} could not predict any of the {len(view.predictions)} images")
+    known = [(p, t) for p, t, _ in done if t is not None]
+    if known:
+        wrong = [f"{Path(p.source).name} (truth {t}, called {p.decision})" for p, t in known if p.decision != t]
+        right = len(known) - len(wrong)
+        text += (f"; of the {_plural(len(known), 'image')} whose class is known, {right} "
+                 f"{'is' if right == 1 else 'are'} called as labelled"
+                 + (f" and {len(wrong)} {'is' if len(wrong) == 1 else 'are'} not: " + ", ".join(wrong) if wrong else ""))
+    empty = sum(message is not None and message.startswith(NO_REGION.split("{")[0]) for _, _, (_, message) in done)
+    text += (f". Grad-CAM explains {explained_score(predictor)} for every image, whatever the decision"
+             + (f"; for {empty} of them no region raised it, so no map is drawn" if empty else "")
+             + f". {_plural(len(view.predictions), 'image')} illustrate the model; they do not measure it: notebook "
+             "07 scores the whole test split, with intervals.")
+    return text

@@ -6,9 +6,8 @@ Two faces over the same views (:mod:`bclib.app.views`):
   widget state) still shows real predictions in its HTML report;
 * :class:`PredictApp` is the ipywidgets app (FileUpload, sample picker, model selector,
   threshold slider). Uploaded bytes are decoded in memory and the FileUpload value is cleared
-  right after processing, so no uploaded image is kept in widget state.
-
-For education and research, not for diagnosis.
+  right after processing, so no uploaded image is kept in widget state. Where no widget can
+  render (a text view of the notebook), it shows a line saying where to use it.
 """
 from __future__ import annotations
 
@@ -18,24 +17,35 @@ from typing import Any, Mapping, Sequence
 
 import ipywidgets
 import numpy as np
-from IPython.display import HTML, display
+from IPython.display import display
 
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, SampleSet, sort_best_first
 from bclib.app.predict import Prediction, Predictor
-from bclib.display import banner_html
-from bclib.app.views import ModelSource, disclaimer_html, gradcam_overlays, models_table_html, static_html, view_html
+from bclib.app.views import (
+    ModelSource, StaticView, disclaimer_html, gradcam_overlays, models_table_html, static_view, view_html,
+)
 from bclib.data.imageio import IMAGE_SUFFIXES
+from bclib.display import banner_html
 from bclib.evaluation.modelcard import ModelLoadError
 
 
 def show_models(models: Sequence[ModelChoice]) -> None:
-    """Display :func:`models_table_html` (a notebook output)."""
-    display(HTML(models_table_html(models)))
+    """Display :func:`models_table_html` (a notebook output; one line per model where HTML cannot render)."""
+    text = "\n".join(choice.label for choice in sort_best_first(models)) or NO_MODEL_MESSAGE
+    display({"text/html": models_table_html(models), "text/plain": text}, raw=True)
 
 
-def show_static(models: ModelSource, images: Sequence[str | os.PathLike], threshold: float | None = None) -> None:
-    """Display the static view for image files: what a papermill run and its HTML report show."""
-    display(HTML(static_html(models, images, threshold)))
+#: What a view that cannot render widgets shows instead of the app.
+TEXT_FALLBACK = ("The prediction app (upload, sample picker, model selector, threshold slider) appears here in "
+                 "JupyterLab or Voila, with a running kernel behind it.")
+
+
+def show_static(models: ModelSource, images: Sequence[str | os.PathLike], threshold: float | None = None,
+                truths: Sequence[str | None] | None = None) -> StaticView:
+    """Display the static view for image files (what a papermill run and its HTML report show) and return it."""
+    view = static_view(models, images, threshold, truths)
+    display({"text/html": view.html, "text/plain": view.text}, raw=True)
+    return view
 
 
 class PredictApp:
@@ -56,6 +66,7 @@ class PredictApp:
         self._predictors: dict[Path, Predictor] = {}
         self.predictions: list[Prediction] = []
         self._overlays: list[tuple[np.ndarray | None, str | None]] = []
+        self._truths: list[str | None] = []
         self.predictor: Predictor | None = None
 
         label_style = {"description_width": "70px"}
@@ -138,16 +149,19 @@ class PredictApp:
         """Predict the sample image file at ``path`` (the picker's value)."""
         if not path:
             return []
-        return self.predict_named([(Path(path).name, str(path))])
+        return self.predict_named([(Path(path).name, str(path))], [self.samples.truth(path)])
 
-    def predict_named(self, named: Sequence[tuple[str, Any]]) -> list[Prediction]:
-        """Decode in memory, predict, explain and render; never raises (errors are shown per file)."""
+    def predict_named(self, named: Sequence[tuple[str, Any]],
+                      truths: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Decode in memory, predict, explain and render; never raises (errors are shown per file).
+        ``truths``: each image's known class (a sample's), or None."""
         if self.predictor is None:
             self.status.value = banner_html(NO_MODEL_MESSAGE, "error")
             return []
         self.status.value = banner_html("Predicting…", "note")
         try:
             self.predictions = self.predictor.predict_named(named, self.threshold_slider.value)
+            self._truths = list(truths) if truths is not None else [None] * len(self.predictions)
             self._overlays = gradcam_overlays(self.predictor, self.predictions)
             self._render()
         except Exception as error:  # the UI stays alive whatever happens
@@ -155,29 +169,28 @@ class PredictApp:
             return []
         failed = sum(not prediction.ok for prediction in self.predictions)
         self.status.value = (
-            banner_html(f"{failed} of {len(self.predictions)} file(s) could not be predicted.", "error") if failed else ""
+            banner_html(f"{failed} of {len(self.predictions)} {'file' if len(self.predictions) == 1 else 'files'} "
+                        "could not be predicted.", "error") if failed else ""
         )
         return self.predictions
 
     def _predict_shown_again(self) -> None:
         """Predict the images on show with the model now selected."""
-        shown = [(prediction.source, prediction.image) for prediction in self.predictions if prediction.image is not None]
+        shown = [(prediction.source, prediction.image, truth)
+                 for prediction, truth in zip(self.predictions, self._truths) if prediction.image is not None]
         if shown:
-            self.predict_named(shown)
+            self.predict_named([(source, image) for source, image, _ in shown], [truth for _, _, truth in shown])
 
     def _render(self) -> None:
         if self.predictor is not None:
-            self.output.value = view_html(
-                self.predictor, self.predictions, self.threshold_slider.value, self._overlays, with_disclaimer=False,
-            )
+            self.output.value = view_html(self.predictor, self.predictions, self.threshold_slider.value, self._overlays,
+                                          with_disclaimer=False, truths=self._truths)
 
     def clear(self) -> None:
         """Forget every image (predictions, overlays and rendered results)."""
-        self.predictions, self._overlays = [], []
+        self.predictions, self._overlays, self._truths = [], [], []
         self.output.value = ""
 
     def _ipython_display_(self) -> None:
-        display(self.widget)
-
-
-__all__ = ["PredictApp", "show_models", "show_static"]
+        """Display the widget, with a sentence instead of its ``VBox(...)`` repr where widgets cannot render."""
+        display({**self.widget._repr_mimebundle_(), "text/plain": TEXT_FALLBACK}, raw=True)
