@@ -26,7 +26,6 @@ from IPython.display import display
 from bclib import __version__, paths, profiles
 from bclib.display import SYNTHETIC_BANNER, in_notebook, show_banner
 from bclib.data.datasets import DatasetIndex, scan
-from bclib.data.index import DatasetError
 
 INTERACTIVE_RUN_ID = "interactive"
 #: Set by ``bclib run`` for the kernels it starts: no interactive progress bars there.
@@ -42,21 +41,17 @@ def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None,
                              prefer_synthetic: bool = False) -> tuple[Path, bool]:
     """The data of ``dataset`` and whether it is the synthetic demo: ``(path, synthetic)``.
 
-    An explicit ``data_dir`` always wins and must exist (``FileNotFoundError``). Otherwise the folder
-    :func:`bclib.paths.find_dataset_dir` finds, unless ``prefer_synthetic``; for IDC with no data
-    anywhere the synthetic demo is generated. Other datasets without data: ``DatasetError``.
+    An explicit ``data_dir`` always wins and must exist (``FileNotFoundError``). Otherwise IDC is the
+    synthetic demo (generated once) when ``prefer_synthetic`` or when no real copy is found; any other
+    dataset is where :func:`bclib.data.datasets.locate` finds it.
     """
+    from bclib.data.datasets import locate
     from bclib.data.synthetic import ensure_demo_dataset, is_synthetic_folder
 
-    location = None if prefer_synthetic and data_dir is None else paths.find_dataset_dir(dataset, data_dir)
-    if location is not None:
-        return location, is_synthetic_folder(location, location.parent, location.parent.parent)
-    if dataset != "idc":
-        raise DatasetError(
-            f"no {dataset!r} data found (looked at BCLIB_DATA_{dataset.upper()}, BCLIB_DATA, data/); "
-            f"pass data_dir / --data, or see data/README.md (`bclib data download {dataset}`)"
-        )
-    return ensure_demo_dataset(), True
+    if dataset == "idc" and data_dir is None and (prefer_synthetic or paths.find_dataset_dir("idc") is None):
+        return ensure_demo_dataset(), True
+    location = locate(dataset, data_dir)
+    return location, is_synthetic_folder(location, location.parent, location.parent.parent)
 
 
 def subsample_patients(index: DatasetIndex, max_images: int | None, seed: int) -> DatasetIndex:

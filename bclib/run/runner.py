@@ -120,9 +120,8 @@ def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
                  log: Callable[[str], Any] = print) -> tuple[Path, bool]:
     """The data folder for a run and whether it is synthetic demo data.
 
-    An explicit ``data`` always wins (and must exist). Otherwise profile ``smoke`` uses the
-    synthetic IDC demo data, other profiles the dataset's folder, falling back to the synthetic
-    data for ``idc`` only.
+    An explicit ``data`` always wins (and must exist). Otherwise IDC runs on the synthetic demo
+    data with profile ``smoke``, or when no real copy is found (:func:`~bclib.session.resolve_dataset_location`).
     """
     location, synthetic = resolve_dataset_location(dataset, data, prefer_synthetic=profile == "smoke")
     if synthetic and data is None and profile != "smoke":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from typing import Any
 
 from bclib.data.index import DatasetError, DatasetIndex, Problem
@@ -12,17 +13,23 @@ from bclib.paths import find_dataset_dir
 DATASET_NAMES = ("idc", "breakhis", "breastmnist", "mias", "folder", "pcam")
 
 
-def scan(name: str, path: str | os.PathLike | None = None, **options: Any) -> DatasetIndex:
-    """Scan dataset ``name`` at ``path`` (or where :func:`bclib.paths.find_dataset_dir` finds it)."""
-    if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_NAMES)}")
+def locate(name: str, path: str | os.PathLike | None = None) -> Path:
+    """Where dataset ``name`` is (:func:`bclib.paths.find_dataset_dir`); a DatasetError saying how to
+    get it when it is nowhere."""
     location = find_dataset_dir(name, path)
     if location is None:
         raise DatasetError(
-            f"no {name!r} dataset found: pass --data PATH, set BCLIB_DATA, or see data/README.md "
-            f"for how to download it (`bclib data download {name}`)"
+            f"no {name!r} data found (looked at BCLIB_DATA_{name.upper()}, BCLIB_DATA, data/): pass --data PATH "
+            f"(notebooks: data_dir=PATH), or see data/README.md (`bclib data download {name}`)"
         )
-    return importlib.import_module(f"bclib.data.datasets.{name}").scan(location, **options)
+    return location
 
 
-__all__ = ["DATASET_NAMES", "DatasetError", "DatasetIndex", "Problem", "scan"]
+def scan(name: str, path: str | os.PathLike | None = None, **options: Any) -> DatasetIndex:
+    """Scan dataset ``name`` at ``path`` (or where :func:`locate` finds it)."""
+    if name not in DATASET_NAMES:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_NAMES)}")
+    return importlib.import_module(f"bclib.data.datasets.{name}").scan(locate(name, path), **options)
+
+
+__all__ = ["DATASET_NAMES", "DatasetError", "DatasetIndex", "Problem", "locate", "scan"]
