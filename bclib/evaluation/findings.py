@@ -113,8 +113,8 @@ def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> 
     A mean probability further than ``base_rate_tolerance`` from the positive share is a shifted base rate.
     """
     positive, intervals = table.attrs["positive_fraction"], table.attrs["change_intervals"]
-    changes = "; ".join(f"{name} {row['ece']:.3f} -> {row['ece_scaled']:.3f} (T = {row['temperature']:.2f}, "
-                        f"{'no interval' if intervals[name] is None else ci_text(*intervals[name])})"
+    changes = "; ".join(f"{name} {row['ece']:.3f} -> {row['ece_scaled']:.3f} (T = {row['temperature']:.2f}; change "
+                        f"{'without interval' if intervals[name] is None else ci_text(*intervals[name])})"
                         for name, row in table.iterrows())
     lowered = [str(name) for name in table.index if intervals[name] and intervals[name][1] < 0]
     raised = [str(name) for name in table.index if intervals[name] and intervals[name][0] > 0]
