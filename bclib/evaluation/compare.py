@@ -20,10 +20,10 @@ from bclib.evaluation.bootstrap import (
     _resample_weights, binary_metrics_with_ci, format_interval, paired_bootstrap_difference, patient_codes,
     percentile_interval,
 )
+from bclib.evaluation.conclusions import load_predictions
 from bclib.evaluation.experiment import Predictions
 
 SPLITS = ("val", "test")
-PREDICTIONS_FILE = "predictions.npz"
 #: The test-table metrics, each shown with its patient-bootstrap interval, and their column names.
 INTERVAL_METRICS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "balanced_accuracy": "balanced accuracy",
                     "sensitivity": "sensitivity", "specificity": "specificity"}
@@ -325,12 +325,14 @@ class RunComparison:
 
 def _stored_predictions(session: Any, card: dict, directory: Path) -> dict[str, Predictions] | None:
     """The predictions ``finish`` stored, when they are for exactly this session's images."""
-    stored = directory / PREDICTIONS_FILE
-    if not stored.exists() or card.get("split", {}).get("patients_hash") != session.split.patients_hash():
+    if card.get("split", {}).get("patients_hash") != session.split.patients_hash():
         return None
-    with np.load(stored, allow_pickle=False) as data:
-        predictions = {split: Predictions(split, data[f"{split}_labels"], data[f"{split}_probabilities"],
-                                          data[f"{split}_patients"].astype(str)) for split in SPLITS}
+    try:
+        stored = {split: load_predictions(directory, split) for split in SPLITS}
+    except FileNotFoundError:
+        return None
+    predictions = {split: Predictions(split, data["labels"], data["probabilities"], data["patients"].astype(str))
+                   for split, data in stored.items()}
     same = all(np.array_equal(predictions[split].labels, session.labels(split)) for split in SPLITS)
     return predictions if same else None
 
