@@ -156,3 +156,24 @@ def test_plot_history(trained):
         plot_history(history, metrics=("precision",))
     with pytest.raises(ValueError, match="empty"):
         plot_history(pd.DataFrame())
+
+
+def test_milliseconds_per_patch_warms_up_then_lets_the_networks_take_turns():
+    calls = []
+
+    class Network:
+        def __init__(self, name: str):
+            self.name = name
+
+        def predict(self, images, batch_size, verbose):
+            calls.append((self.name, len(images), batch_size))
+
+    times = train.milliseconds_per_patch({"a": (Network("a"), np.ones((6, 2))), "b": (Network("b"), np.ones((4, 2)))},
+                                            batch_size=2, repeats=3)
+    assert list(times) == ["a", "b"] and all(value >= 0 for value in times.values())
+    assert [name for name, _, _ in calls] == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then turns
+    assert {(name, size) for name, size, _ in calls} == {("a", 6), ("b", 4)} and {b for _, _, b in calls} == {2}
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert 0 < train.milliseconds_per_patch({"real": (network, np.ones((8, 4), "float32"))}, batch_size=4)["real"]
+    with pytest.raises(ValueError, match="repeats"):
+        train.milliseconds_per_patch({"real": (network, np.ones((8, 4), "float32"))}, batch_size=4, repeats=0)

@@ -10,7 +10,9 @@ import pytest
 
 from bclib.data.pipeline import make_dataset, resize_images
 from bclib.evaluation import modelcard
+from bclib.evaluation.metrics import roc_auc
 from bclib.models import builders, transfer
+from bclib.models.training import EpochTimer, predict_probabilities
 from bclib.models.weights import WeightsChoice
 from bclib.session import start
 
@@ -120,6 +122,7 @@ def test_speedup_table_times_both_ways_and_leaves_the_model_alone(session, phase
     assert (table["seconds per epoch"] > 0).all() and factor > 0
     assert table.index.name == "64 training patches"
     assert factor == pytest.approx(table["seconds per epoch"].iloc[0] / table["seconds per epoch"].iloc[1])
+    np.testing.assert_allclose(table["ms per patch"], 1000 * table["seconds per epoch"] / 64)
     for weight, saved in zip(model.get_weights(), before):
         np.testing.assert_array_equal(weight, saved)
     assert "faster" in transfer.speedup_text(table, 3.0) and "no faster" in transfer.speedup_text(table, 0.9)
@@ -131,9 +134,10 @@ def test_fine_tune_trains_the_top_with_batchnorm_frozen_then_keep_better_restore
     backbone = builders.get_backbone(model)
     bottom_kernel = backbone.get_layer("Conv1").get_weights()[0].copy()
     top_kernel = backbone.get_layer("Conv_1").get_weights()[0].copy()
+    timer = EpochTimer()
     fine = transfer.fine_tune(session, model, SIZE, epochs=1, learning_rate=1e-3, layers=10, batch_size=32,
-                              patience=1, max_images=64)
-    assert len(fine.history["val_auc"]) == 1
+                              patience=1, max_images=64, callbacks=[timer])
+    assert len(fine.history["val_auc"]) == 1 == len(timer.seconds)  # the extra callback ran
     assert (session.out_dir / "history.csv").is_file()
     norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and not any(layer.trainable for layer in norms)
@@ -162,14 +166,84 @@ def test_fine_tune_positions_are_a_seeded_sorted_subset(session):
     np.testing.assert_array_equal(transfer.fine_tune_positions(session, 10 ** 6), train)
 
 
-@pytest.mark.parametrize("phase1_auc, phase2_auc, kept, words", [
-    (0.80, 0.85, "phase 2", ("raised", "+0.050", "fine-tuned model is kept")),
-    (0.85, 0.80, "phase 1", ("lowered", "-0.050", "fine-tuned weights are dropped")),
-    (0.80, 0.80, "phase 2", ("left the validation AUC at 0.800",)),
+def comparison(a: float, b: float, ci: list | None) -> dict:
+    """A :func:`transfer.paired_auc` result, written by hand."""
+    return {"metric": "roc_auc", "a": a, "b": b, "difference": b - a, "ci": ci, "n_patients": 35,
+            "excludes_zero": ci is not None and (ci[0] > 0 or ci[1] < 0)}
+
+
+@pytest.mark.parametrize("result, kept, words", [
+    (comparison(0.80, 0.85, [0.01, 0.09]), "phase 2", ("raised", "+0.050", "excludes zero", "really differ",
+                                                       "fine-tuned model is kept")),
+    (comparison(0.85, 0.80, [-0.12, 0.02]), "phase 1", ("lowered", "-0.050", "includes zero", "coin toss",
+                                                        "phase-1 weights go back in")),
+    (comparison(0.8001, 0.8004, [-0.03, 0.03]), "phase 2", ("did not change", "+0.000", "cannot be told apart")),
+    (comparison(0.70, 0.75, None), "phase 2", ("no interval", "cannot be said")),
 ])
-def test_keep_better_text_follows_the_numbers(phase1_auc, phase2_auc, kept, words):
-    text = transfer.keep_better_text(phase1_auc, phase2_auc, kept)
-    assert all(word in text for word in words) and "validation numbers" in text
+def test_keep_better_text_follows_the_numbers_and_their_interval(result, kept, words):
+    text = transfer.keep_better_text(result, kept)
+    assert all(word in text for word in words), text
+    assert "same validation split" in text and "test split plays no part" in text
+
+
+def test_paired_auc_scores_both_models_on_the_same_validation_patients(session, phase1):
+    model = phase1[0]
+    probabilities = predict_probabilities(model, session.dataset("val", image_size=SIZE, batch_size=64))
+    labels = session.labels("val")
+    flipped = 1 - probabilities
+    result = transfer.paired_auc(session, probabilities, flipped)
+    assert result["a"] == pytest.approx(roc_auc(labels, probabilities)) and result["b"] == pytest.approx(1 - result["a"])
+    assert result["n_patients"] == len(set(session.patient_ids("val"))) and result["ci"][0] <= result["ci"][1]
+    same = transfer.paired_auc(session, probabilities, probabilities.reshape(-1, 1))  # (N,) or (N, 1): one model
+    assert same["difference"] == 0 and not same["excludes_zero"]
+    assert "+0.000" in transfer.paired_auc_text(same) and "no clear difference" in transfer.paired_auc_text(same)
+
+
+def test_the_conclusions_say_when_the_backbone_was_random(capsys):
+    missing = WeightsChoice(requested="imagenet", used="random", path=None)
+    assert "not transfer learning" in transfer.not_transfer_note(missing)
+    assert "ImageNet weights were missing" in transfer.not_transfer_note(missing)
+    assert "`weights = None`" in transfer.not_transfer_note(RANDOM)
+    assert transfer.not_transfer_note(WeightsChoice(requested="imagenet", used="imagenet", path="/w.h5")) == ""
+    transfer.conclude(missing, "first.", "", "second.")
+    shown = capsys.readouterr().out
+    assert shown.startswith("Conclusion: first. second.") and "not transfer learning" in shown
+
+
+def test_training_scores_score_the_head_like_validation(session, phase1):
+    model, _, train_features, _ = phase1
+    labels = session.labels("train")
+    scores = transfer.training_scores(model, train_features, labels)
+    probabilities = np.clip(builders.head_model(model).predict(train_features, verbose=0)[:, 0], 1e-7, 1 - 1e-7)
+    truth = (labels == 1).astype(float)
+    cross_entropy = -np.mean(truth * np.log(probabilities) + (1 - truth) * np.log(1 - probabilities))
+    assert scores["loss"] == pytest.approx(cross_entropy, rel=1e-3)  # no dropout, no class weights
+    assert scores["auc"] == pytest.approx(roc_auc(labels, probabilities), abs=0.02)
+
+
+def test_curves_text_explains_validation_above_training_from_the_log():
+    history = {"loss": [0.80, 0.70, 0.66], "val_loss": [0.65, 0.66, 0.64], "auc": [0.55, 0.60, 0.62],
+               "val_auc": [0.60, 0.64, 0.63], "val_accuracy": [0.40, 0.70, 0.55]}
+    text = transfer.curves_text(history, {0: 0.7, 1: 1.9}, {"loss": 0.60, "auc": 0.70},
+                                val_probabilities=np.array([0.45, 0.55, 0.9, 0.1]))
+    assert "below the training loss in 3 of 3 epochs" in text and "above the training AUC in 3" in text
+    assert "and with class weights" in text and "loss 0.600 and AUC 0.700, against 0.660 and 0.640" in text
+    assert "does better on its training patches" in text
+    assert "from 0.400 to 0.700" in text and "50 % of the validation patches" in text
+    harder = transfer.curves_text(history, None, {"loss": 0.70, "auc": 0.60})
+    assert "and with class weights" not in harder and "validation patients come out easier" in harder
+    assert "within 0.02" in transfer.curves_text(history, None, {"loss": 0.66, "auc": 0.65})
+    one_epoch = {"loss": [0.8], "val_loss": [0.7], "auc": [0.5], "val_auc": [0.55]}
+    assert transfer.curves_text(one_epoch).startswith("In its one epoch the validation loss was below the training one")
+    steady = {"loss": [0.5, 0.4], "val_loss": [0.6, 0.5], "auc": [0.7, 0.8], "val_auc": [0.6, 0.7],
+              "val_accuracy": [0.70, 0.72]}
+    assert transfer.curves_text(steady) == "" and transfer.curves_text({"auc": [0.5]}) == ""
+
+
+def test_at_half_text_reads_the_card():
+    card = {"metrics": {"val": {"at_0_5": {"sensitivity": 0.1734, "specificity": 0.9271}}}}
+    assert "sensitivity 0.173 and specificity 0.927" in transfer.at_half_text(card)
+    assert transfer.at_half_text({"metrics": {"val": {}}}) == ""
 
 
 def test_best_cnn_picks_the_highest_validation_auc_of_this_run(session):

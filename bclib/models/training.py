@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -138,6 +139,27 @@ class StepTimer(keras.callbacks.Callback):
         if self._last is not None and self._step > self.skip:
             self.intervals.append(now - self._last)
         self._last, self._step = now, self._step + 1
+
+
+def milliseconds_per_patch(networks: dict[Any, tuple[keras.Model, np.ndarray]], batch_size: int,
+                           repeats: int = 5) -> dict[Any, float]:
+    """Median milliseconds per image of each ``network.predict`` over its images, in batches of ``batch_size``.
+
+    ``networks``: ``{name: (network, images)}``. Each network makes one untimed call first (it traces the
+    graph); then the timed calls take turns, network by network, ``repeats`` times, so a spell of other
+    work on the machine slows them all alike instead of one of them.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for network, images in networks.values():
+        network.predict(np.asarray(images), batch_size=batch_size, verbose=0)
+    seconds: dict[str, list[float]] = {name: [] for name in networks}
+    for _ in range(repeats):
+        for name, (network, images) in networks.items():
+            started = time.perf_counter()
+            network.predict(np.asarray(images), batch_size=batch_size, verbose=0)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: 1000 * float(np.median(seconds[name])) / len(networks[name][1]) for name in networks}
 
 
 def predict_probabilities(model: keras.Model, data, batch_size: int = 256) -> np.ndarray:

@@ -3,10 +3,15 @@
 Phase 1: with the backbone frozen, its pooled features of a patch never change, so they are
 computed once (:func:`cached_features`, stored as ``.npy`` under a key of model, weights, size,
 data and rows) and the model's own head trains on them (:func:`train_head`). :func:`speedup_table`
-measures, in the run, an epoch on cached features against one through the frozen backbone.
+measures, in the run, an epoch on cached features against one through the frozen backbone, after a
+warm-up epoch and as the median of repeats, like ``training.milliseconds_per_patch`` for a forward pass.
 Phase 2 (:func:`fine_tune`): the top of the backbone is unfrozen with BatchNorm kept frozen,
 the model recompiled at a lower learning rate and trained end to end. :func:`keep_better` puts
-the phase-1 weights back when fine-tuning lowered the validation AUC.
+the phase-1 weights back when fine-tuning lowered the validation AUC; :func:`paired_auc` gives the
+paired patient-bootstrap interval of that difference.
+
+The ``*_text`` functions word the notebooks' conclusions from the numbers; :func:`conclude` shows
+them and, when the backbone started from random weights, says that this is not transfer learning.
 """
 from __future__ import annotations
 
@@ -23,9 +28,15 @@ import tensorflow as tf
 from bclib import paths
 from bclib.data.cache import mark_used
 from bclib.data.pipeline import encode_labels
+from bclib.evaluation.bootstrap import paired_bootstrap_difference
+from bclib.evaluation.conclusions import ci_text
+from bclib.evaluation.conclusions import conclude as show_conclusion
+from bclib.evaluation.metrics import positive_probability
+from bclib.evaluation.modelcard import weights_description
 from bclib.models.builders import (calibrate_batchnorm, compile_model, feature_extractor, get_backbone,
                                    head_model, output_classes, unfreeze_top)
 from bclib.models.training import EpochTimer, images_only, standard_callbacks
+from bclib.models.weights import WeightsChoice
 
 
 def features_cache_dir() -> Path:
@@ -89,19 +100,20 @@ def calibrate_random_backbone(session: Any, model: keras.Model, image_size: int,
     return calibrate_batchnorm(get_backbone(model), model.get_layer("preprocess")(images))
 
 
-def time_epochs(model: keras.Model, inputs, labels=None, batch_size: int = 128, epochs: int = 3,
+def time_epochs(model: keras.Model, inputs, labels=None, batch_size: int = 128, epochs: int = 6,
                 warmup: int = 1) -> float:
-    """Seconds of the fastest training epoch of a compiled model, after ``warmup`` epochs (tracing).
+    """Median seconds of a compiled model's training epochs after ``warmup`` untimed ones (tracing).
 
-    The fastest, not the mean: on a shared machine other work only ever adds time. ``inputs``: a
-    dataset, or an array with ``labels``. This trains ``model``: time a copy if its weights matter.
+    The median of several epochs, so one epoch slowed by other work on a shared machine does not
+    decide the number. ``inputs``: a dataset, or an array with ``labels``. This trains ``model``:
+    time a copy if its weights matter.
     """
     if epochs <= warmup:
         raise ValueError(f"epochs ({epochs}) must exceed warmup ({warmup})")
     timer = EpochTimer()
     model.fit(inputs, labels, batch_size=None if labels is None else batch_size, epochs=epochs,
               callbacks=[timer], verbose=0, shuffle=False)
-    return float(min(timer.seconds[warmup:]))
+    return float(np.median(timer.seconds[warmup:]))
 
 
 def speedup_table(session: Any, model: keras.Model, train_features: np.ndarray, image_size: int,
@@ -109,7 +121,8 @@ def speedup_table(session: Any, model: keras.Model, train_features: np.ndarray, 
     """Seconds per head-training epoch through the frozen backbone vs on cached features.
 
     Both time the same first ``images`` training patches (the profile's ``speedup_images``) on
-    copies, so ``model`` is unchanged. Returns the table and the speed-up factor.
+    copies, so ``model`` is unchanged; each is the median of five epochs after a warm-up epoch
+    (:func:`time_epochs`). Returns the table and the speed-up factor.
     """
     images = int(images or session.settings["speedup_images"])
     batches = max(1, images // batch_size)
@@ -125,7 +138,7 @@ def speedup_table(session: Any, model: keras.Model, train_features: np.ndarray, 
     factor = backbone_seconds / max(features_seconds, 1e-9)
     table = pd.DataFrame({
         "seconds per epoch": [backbone_seconds, features_seconds],
-        "images per second": [count / max(backbone_seconds, 1e-9), count / max(features_seconds, 1e-9)],
+        "ms per patch": [1000 * backbone_seconds / count, 1000 * features_seconds / count],
     }, index=pd.Index(["through the frozen backbone", "on cached features"], name=f"{count} training patches"))
     return table, factor
 
@@ -134,7 +147,7 @@ def speedup_text(table: pd.DataFrame, factor: float) -> str:
     """The conclusion of :func:`speedup_table`: how much faster phase 1 is on cached features."""
     backbone_seconds, features_seconds = table["seconds per epoch"]
     measured = (f"one epoch of head training on {table.index.name} took {features_seconds:.3f} s on cached features "
-                f"against {backbone_seconds:.2f} s through the frozen backbone")
+                f"against {backbone_seconds:.2f} s through the frozen backbone (medians of five epochs)")
     if factor <= 1:
         return (f"{measured}: no faster here, because with so few patches the fixed cost of each epoch dominates; "
                 "the gain appears with more patches.")
@@ -166,11 +179,12 @@ def train_head(session: Any, model: keras.Model, image_size: int, epochs: int, l
 
 def fine_tune(session: Any, model: keras.Model, image_size: int, epochs: int, learning_rate: float,
               layers: int, batch_size: int, patience: int, class_weight: dict | None = None,
-              max_images: int | None = None, verbose: int = 2):
+              max_images: int | None = None, verbose: int = 2, callbacks: list | None = None):
     """Phase 2 of notebook 05: unfreeze the top ``layers`` (BatchNorm frozen), recompile, train.
 
     ``max_images`` trains on a seeded subset of the training split; validation uses all of it.
-    Early stopping restores the best epoch; the epochs go to ``history.csv``. Returns the History.
+    Early stopping restores the best epoch; the epochs go to ``history.csv``; ``callbacks`` are added
+    (a timer, say). Returns the History.
     """
     trainable = unfreeze_top(model, int(layers))
     compile_model(model, learning_rate)
@@ -182,7 +196,7 @@ def fine_tune(session: Any, model: keras.Model, image_size: int, epochs: int, le
     return model.fit(
         train_ds, validation_data=session.dataset("val", image_size=image_size, batch_size=batch_size),
         epochs=epochs, class_weight=class_weight, verbose=verbose,
-        callbacks=standard_callbacks(None, session.out_dir, patience, verbose=min(verbose, 1)),
+        callbacks=standard_callbacks(None, session.out_dir, patience, verbose=min(verbose, 1)) + list(callbacks or []),
     )
 
 
@@ -198,7 +212,7 @@ def fine_tune_positions(session: Any, max_images: int | None) -> np.ndarray:
 def keep_better(model: keras.Model, phase1_weights: list, phase1_auc: float, phase2_auc: float) -> str:
     """Notebook 05's last step: back to the phase-1 weights when fine-tuning lowered the validation AUC.
 
-    ``phase1_weights``: ``model.get_weights()`` saved before phase 2. Returns the phase whose
+    ``phase1_weights``: ``model.get_weights()`` saved right after phase 1. Returns the phase whose
     weights the model now holds, ``"phase 1"`` or ``"phase 2"``.
     """
     if phase2_auc >= phase1_auc:
@@ -207,18 +221,135 @@ def keep_better(model: keras.Model, phase1_weights: list, phase1_auc: float, pha
     return "phase 1"
 
 
-def keep_better_text(phase1_auc: float, phase2_auc: float, kept: str) -> str:
-    """The conclusion of :func:`keep_better`: what fine-tuning did to validation AUC and which weights stay."""
-    change = phase2_auc - phase1_auc
-    if change == 0:
-        effect = f"left the validation AUC at {phase1_auc:.3f}"
-    else:
-        effect = (f"{'raised' if change > 0 else 'lowered'} the validation AUC from {phase1_auc:.3f} (after phase 1) "
-                  f"to {phase2_auc:.3f} ({change:+.3f})")
+def paired_auc(session: Any, probabilities_a, probabilities_b, split: str = "val") -> dict:
+    """ROC-AUC of two models' predictions of ``split``, and the paired patient-bootstrap interval of b - a.
+
+    Two classes: :func:`~bclib.evaluation.bootstrap.paired_bootstrap_difference` with the profile's
+    resamples. More classes: the macro one-vs-rest AUCs, without an interval (``ci`` is ``None``).
+    """
+    labels = session.labels(split)
+    if session.num_classes > 2:
+        from sklearn.metrics import roc_auc_score
+
+        a, b = (float(roc_auc_score(labels, np.asarray(p), multi_class="ovr")) for p in (probabilities_a, probabilities_b))
+        return {"metric": "roc_auc", "a": a, "b": b, "difference": b - a, "ci": None, "excludes_zero": False,
+                "n_patients": len(set(session.patient_ids(split)))}
+    positive = int(session.positive_label)
+    a, b = (positive_probability(np.asarray(p).reshape(len(labels), -1)[:, -1], positive)
+            for p in (probabilities_a, probabilities_b))
+    return paired_bootstrap_difference(labels, a, b, session.patient_ids(split), metric="roc_auc",
+                                       n_boot=int(session.settings["n_boot"]), seed=session.seed,
+                                       positive_label=positive)
+
+
+def paired_auc_text(result: dict) -> str:
+    """``0.646 -> 0.662 (+0.016, 95 % CI ... over 35 patients, includes zero: no clear difference)``.
+
+    The difference is printed from the rounded values shown beside it.
+    """
+    a, b = round(result["a"], 3), round(result["b"], 3)
+    text = f"{a:.3f} -> {b:.3f} ({b - a:+.3f}"
+    if result.get("ci") is None:
+        return text + ", no interval)"
+    verdict = "excludes zero: a real difference" if result["excludes_zero"] else "includes zero: no clear difference"
+    return text + f", {ci_text(*result['ci'])} over {result['n_patients']} patients, {verdict})"
+
+
+def keep_better_text(comparison: dict, kept: str) -> str:
+    """The conclusion of the keep-the-better step: what fine-tuning did, how sure that is, which weights stay.
+
+    ``comparison``: :func:`paired_auc` of phase 1 (a) against phase 2 (b) on validation.
+    """
+    a, b = round(comparison["a"], 3), round(comparison["b"], 3)
+    verb = "raised" if b > a else "lowered" if b < a else "did not change"
     reason = ("the fine-tuned model is kept" if kept == "phase 2" else
-              "the fine-tuned weights are dropped and the head trained on frozen features is kept")
-    return (f"fine-tuning {effect}, so {reason} ({kept} weights). These are validation numbers: choosing between "
-            "the two models on them is what the validation split is for; the test split plays no part in the choice.")
+              "the phase-1 weights go back in and the fine-tuned ones are dropped")
+    sure = ("The two phases really differ on these patients" if comparison["excludes_zero"] else
+            "On these patients the two phases cannot be told apart: the choice is close to a coin toss"
+            if comparison.get("ci") is not None else "Without an interval, how sure this is cannot be said")
+    return (f"fine-tuning {verb} the validation AUC: {paired_auc_text(comparison)}. {sure}, and {reason}. Both numbers "
+            "come from the same validation split, on which each phase's epoch had already been picked as its best, so "
+            "each flatters its own phase a little; the test split plays no part.")
+
+
+def not_transfer_note(weights: WeightsChoice) -> str:
+    """``""`` with pretrained weights; else a sentence saying the backbone was random, so not transfer learning."""
+    if weights.is_pretrained:
+        return ""
+    started = (weights_description({"weights": weights.to_card()}) if weights.requested is not None else
+               "random weights (`weights = None`)")
+    return f" The backbone started from {started}: this is not transfer learning."
+
+
+def conclude(weights: WeightsChoice, *sentences: str) -> None:
+    """Show a conclusion of a transfer notebook: the sentences, then :func:`not_transfer_note`."""
+    show_conclusion(" ".join(sentence.strip() for sentence in sentences if sentence) + not_transfer_note(weights))
+
+
+def training_scores(model: keras.Model, train_features: np.ndarray, labels) -> dict[str, float]:
+    """Loss and AUC of the model's head on its training features, scored like validation.
+
+    Inference mode (no dropout) and no class weights, with the head's current weights.
+    """
+    head = compile_model(head_model(model))   # the model's own head layers; compiling it leaves the model as it was
+    scores = head.evaluate(train_features, encode_labels(labels, output_classes(model)), verbose=0, return_dict=True)
+    return {"loss": float(scores["loss"]), "auc": float(scores["auc"])}
+
+
+def curves_text(history: Any, class_weight: dict | None = None, training_as_validation: dict | None = None,
+                val_probabilities=None) -> str:
+    """Why a transfer model's validation curves can look better than its training curves, from the log.
+
+    ``training_as_validation``: :func:`training_scores` at the restored epoch; ``val_probabilities``:
+    the model's validation P(positive class), to say how many lie near the log's threshold 0.5.
+    """
+    logs = pd.DataFrame(getattr(history, "history", history))
+    if not {"loss", "val_loss"} <= set(logs):
+        return ""
+    epochs = len(logs)
+    lower_loss = int((logs["val_loss"] < logs["loss"]).sum())
+    higher_auc = int((logs["val_auc"] > logs["auc"]).sum()) if {"auc", "val_auc"} <= set(logs) else 0
+    sentences = []
+    if lower_loss or higher_auc:
+        how = "with dropout active" + (" and with class weights" if class_weight else "")
+        seen = (f"The validation loss was below the training loss in {lower_loss} of {epochs} epochs, and the "
+                f"validation AUC above the training AUC in {higher_auc}" if epochs > 1 else
+                f"In its one epoch the validation {'loss was below' if lower_loss else 'AUC was above'} the training one")
+        sentences.append(f"{seen}: the training numbers are computed {how} and averaged over an epoch while the weights "
+                         "still change, the validation numbers without either, at the epoch's end.")
+    if training_as_validation and "val_auc" in logs:
+        best = int(np.nanargmax(logs["val_auc"].to_numpy(dtype=float)))
+        loss, auc = training_as_validation["loss"], training_as_validation["auc"]
+        val_loss, val_auc = float(logs["val_loss"].iloc[best]), float(logs["val_auc"].iloc[best])
+        verdict = ("on equal terms the model does better on its training patches, as expected" if auc > val_auc + 0.02
+                   else "even on equal terms the validation patients come out easier for this model than the training "
+                   "ones: a property of this split, not of training" if auc < val_auc - 0.02 else
+                   "on equal terms the two AUCs are within 0.02, so the gap in the log comes from how its numbers are "
+                   "computed")
+        sentences.append(f"Scored like validation (no dropout, no class weights) at the restored epoch, the training "
+                         f"patches give loss {loss:.3f} and AUC {auc:.3f}, against {val_loss:.3f} and {val_auc:.3f} on "
+                         f"validation: {verdict}.")
+    if "val_accuracy" in logs and epochs > 1:
+        low, high = float(logs["val_accuracy"].min()), float(logs["val_accuracy"].max())
+        if high - low >= 0.1:
+            text = (f"The log's accuracy is taken at the threshold 0.5, not at the threshold chosen later, and the "
+                    f"validation accuracy ranged from {low:.3f} to {high:.3f} over the epochs")
+            if val_probabilities is not None:
+                scores = np.asarray(val_probabilities, dtype=float).reshape(-1)
+                near = float(np.mean(np.abs(scores - 0.5) < 0.1))
+                text += (f": {near:.0%} of the validation patches get a probability between 0.4 and 0.6, so a small "
+                         "shift of the output moves many of them across 0.5").replace("%", " %")
+            sentences.append(text + ".")
+    return " ".join(sentences)
+
+
+def at_half_text(card: dict) -> str:
+    """The card's validation sensitivity and specificity at the fixed threshold 0.5, beside the chosen one's."""
+    at_half = card.get("metrics", {}).get("val", {}).get("at_0_5")
+    if not at_half:
+        return ""
+    return (f"At the fixed threshold 0.5 instead, the same probabilities give sensitivity {at_half['sensitivity']:.3f} "
+            f"and specificity {at_half['specificity']:.3f} (the model card keeps both under `at_0_5`).")
 
 
 #: The notebooks that train the CNN from scratch, in series order.
