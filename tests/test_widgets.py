@@ -128,6 +128,8 @@ def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch):
     monkeypatch.setattr(views, "grad_cam", lambda model, images, **kwargs: np.zeros(images.shape[:3], np.float32))
     app.handle_upload(upload_value([files["rgb"]]))
     assert "bclib-heatmap" not in app.output.value and "no region of this image raised P(IDC)" in app.output.value
+    view = static_view(run_folder / "02_baseline_cnn" / "model.keras", [files["rgb"]], threshold=0.0)
+    assert "for 1 of them (1 called IDC) no region raised it" in static_text(view)
 
     def unexplainable(*args, **kwargs):
         raise ValueError("no convolution to explain")

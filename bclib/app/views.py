@@ -270,9 +270,10 @@ def static_text(view: StaticView) -> str:
         text += (f"; of the {_plural(len(known), 'image')} whose class is known, {right} "
                  f"{'is' if right == 1 else 'are'} called as labelled"
                  + (f" and {len(wrong)} {'is' if len(wrong) == 1 else 'are'} not: " + ", ".join(wrong) if wrong else ""))
-    empty = sum(message is not None and message.startswith(NO_REGION.split("{")[0]) for _, _, (_, message) in done)
+    empty = [p.decision for p, _, (_, message) in done if message and message.startswith(NO_REGION.split("{")[0])]
+    called = ", ".join(f"{empty.count(name)} called {name}" for name in dict.fromkeys(empty))
     text += (f". Grad-CAM explains {explained_score(predictor)} for every image, whatever the decision"
-             + (f"; for {empty} of them no region raised it, so no map is drawn" if empty else "")
+             + (f"; for {len(empty)} of them ({called}) no region raised it, so no map is drawn" if empty else "")
              + f". {_plural(len(view.predictions), 'image')} illustrate the model; they do not measure it: notebook "
              "07 scores the whole test split, with intervals.")
     return text
