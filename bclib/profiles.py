@@ -49,8 +49,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "leakage_epochs": 3,
         "exercise_max_images": 3000,
         "exercise_epochs": 4,
-        "exercise_more_epochs": 20,
-        "exercise_more_patience": 5,
+        "exercise_more_epochs": 12,
+        "exercise_more_patience": 4,
     },
     # paper-scale settings for a GPU and the complete dataset
     "full": {

@@ -63,7 +63,7 @@ def test_install_then_imports_then_plain_parameters(path):
     assert {"run_id", "dataset", "profile", "data_dir"} <= set(names)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_parameter_values_are_the_quick_profile_for_idc(path):
     """The literals a student sees are what `bclib run --profile quick` would pass: comments stay true."""
     parameters = _code(path)[2]

@@ -67,7 +67,7 @@ def training_text(history: Any, epochs: int, monitor: str = "val_auc", parameter
                  f"({gap:+.3f} against validation)")
         if gap > 0.03:
             text += ": the model fits its training patients better than new ones"
-    if {"loss", "val_loss"} <= set(logs) and ran >= 3:
+    if {"loss", "val_loss"} <= set(logs) and ran >= 3 and best < ran - 1:
         losses = logs[["loss", "val_loss"]].to_numpy(dtype=float)
         if losses[-1, 0] < losses[-3, 0] and losses[-1, 1] > losses[-3, 1]:
             text += "; over the last epochs the validation loss rose while the training loss fell, a sign of overfitting"
@@ -157,7 +157,7 @@ def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
             n_boot=n_boot or int(session.settings["n_boot"]), seed=session.seed, positive_label=positive,
             threshold_a=previous_card["threshold"]["value"], threshold_b=card["threshold"]["value"],
         )
-        sentences.append(_difference_sentence(result))
+        sentences.append(difference_text(result))
     real = sum("excludes zero" in sentence for sentence in sentences)
     if not real:
         summary = f"{change} made no difference this run can tell from noise"
@@ -169,7 +169,8 @@ def compare_text(session: Any, card: dict, previous_notebook: str, change: str,
     return f"{summary}, {where}. " + " ".join(sentences)
 
 
-def _difference_sentence(result: dict) -> str:
+def difference_text(result: dict) -> str:
+    """One paired difference (:func:`~bclib.evaluation.bootstrap.paired_bootstrap_difference`) in words."""
     label = METRIC_LABELS.get(result["metric"], result["metric"])
     if result["difference"] is None:
         return f"{label} is undefined on these images for at least one model."
