@@ -179,6 +179,8 @@ def comparison(a: float, b: float, ci: list | None) -> dict:
                                                         "phase-1 weights go back in")),
     (comparison(0.8001, 0.8004, [-0.03, 0.03]), "phase 2", ("did not change", "+0.000", "cannot be told apart")),
     (comparison(0.70, 0.75, None), "phase 2", ("no interval", "cannot be said")),
+    (comparison(0.719, 0.731, [0.0002, 0.023]), "phase 2", ("0.000 to 0.023", "excludes zero only just",
+                                                             "differ on these patients, but only just")),
 ])
 def test_keep_better_text_follows_the_numbers_and_their_interval(result, kept, words):
     text = transfer.keep_better_text(result, kept)

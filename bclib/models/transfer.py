@@ -251,8 +251,15 @@ def paired_auc_text(result: dict) -> str:
     text = f"{a:.3f} -> {b:.3f} ({b - a:+.3f}"
     if result.get("ci") is None:
         return text + ", no interval)"
-    verdict = "excludes zero: a real difference" if result["excludes_zero"] else "includes zero: no clear difference"
+    verdict = ("includes zero: no clear difference" if not result["excludes_zero"] else
+               "excludes zero only just, its near end rounding to 0.000: a real but borderline difference"
+               if borderline(result) else "excludes zero: a real difference")
     return text + f", {ci_text(*result['ci'])} over {result['n_patients']} patients, {verdict})"
+
+
+def borderline(result: dict) -> bool:
+    """True when an interval excludes zero but its end nearer zero rounds to 0.000."""
+    return bool(result["excludes_zero"]) and min(abs(bound) for bound in result["ci"]) < 0.0005
 
 
 def keep_better_text(comparison: dict, kept: str) -> str:
@@ -264,7 +271,8 @@ def keep_better_text(comparison: dict, kept: str) -> str:
     verb = "raised" if b > a else "lowered" if b < a else "did not change"
     reason = ("the fine-tuned model is kept" if kept == "phase 2" else
               "the phase-1 weights go back in and the fine-tuned ones are dropped")
-    sure = ("The two phases really differ on these patients" if comparison["excludes_zero"] else
+    sure = ("The two phases differ on these patients, but only just" if comparison["excludes_zero"] and
+            borderline(comparison) else "The two phases really differ on these patients" if comparison["excludes_zero"] else
             "On these patients the two phases cannot be told apart: the choice is close to a coin toss"
             if comparison.get("ci") is not None else "Without an interval, how sure this is cannot be said")
     return (f"fine-tuning {verb} the validation AUC: {paired_auc_text(comparison)}. {sure}, and {reason}. Both numbers "
