@@ -86,7 +86,7 @@ def test_discovery_and_selection(project):
     assert runner.declared_parameters(found[0]) == {"run_id", "profile", "dataset", "data_dir", "message"}
 
 
-def test_run_writes_notebooks_html_manifest_and_summary(project):
+def test_run_writes_notebooks_html_manifest_and_summary(project, capfd):
     messages: list[str] = []
     result = _run(project, run_id="first", notebooks=["01", "02"], parameters={"message": "hello", "unused": 1},
                   profile="smoke", log=messages.append)
@@ -97,6 +97,7 @@ def test_run_writes_notebooks_html_manifest_and_summary(project):
         assert "<html" in (folder / f"{name}.html").read_text(encoding="utf-8").lower()
     assert not (folder / "03_maybe_fail.ipynb").exists()
     assert (folder / "second.txt").read_text() == "ok"
+    assert "TCP" not in capfd.readouterr().err  # kernels talk over local sockets, quietly
 
     injected = json.loads((folder / "01_train" / "params.json").read_text())
     assert injected.pop("prefix") == sys.prefix  # the kernel runs in this venv

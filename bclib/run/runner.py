@@ -114,6 +114,20 @@ def declared_parameters(notebook: str | Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook)).keys())
 
 
+
+def local_kernel_manager() -> type:
+    """The kernel manager class of a run's kernels (jupyter_client is imported only when a run starts)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LocalKernelManager(AsyncKernelManager):
+        """A kernel reached over local (IPC) sockets, not TCP: no port open to the network, no warning about it."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return LocalKernelManager
+
 # --------------------------------------------------------------------------- data
 
 def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
@@ -306,6 +320,7 @@ def run_series(
         error: BaseException | None = None
         try:
             papermill.execute_notebook(str(path), str(output), parameters=injected, kernel_name=kernel_name,
+                                       kernel_manager_class=local_kernel_manager(),
                                        cwd=str(path.parent), progress_bar=False, log_output=False)
         except KeyboardInterrupt:
             state.update(status="interrupted", seconds=round(time.perf_counter() - clock, 2), finished=_now())
@@ -353,3 +368,4 @@ def run_series(
         log(f"*** {SYNTHETIC_BANNER} ***")
     log(f"run {run_id} completed: {result.summary_markdown}")
     return result
+
