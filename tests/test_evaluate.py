@@ -133,6 +133,18 @@ def test_clear_errors(saved_model, synthetic_idc, tmp_path):
         evaluate.evaluate_model(saved_model, "idc", tmp_path / "no_data_here")
 
 
+def test_a_card_whose_positive_label_contradicts_its_classes_is_refused(saved_model, synthetic_idc, tmp_path):
+    import shutil
+
+    folder = tmp_path / "flipped"
+    folder.mkdir()
+    shutil.copy(saved_model, folder / "model.keras")
+    card = json.loads((saved_model.parent / modelcard.CARD_FILE).read_text())
+    (folder / modelcard.CARD_FILE).write_text(json.dumps({**card, "positive_label": 0}))
+    with pytest.raises(modelcard.ModelLoadError, match="field 'positive_label' must be 1 \\('IDC', the disease class"):
+        evaluate.evaluate_model(folder / "model.keras", "idc", synthetic_idc, n_boot=0)
+
+
 def test_cli_table_json_and_errors(saved_model, synthetic_idc, capsys):
     from bclib.run.cli import main
 

@@ -233,6 +233,31 @@ def test_cli_bad_threshold_and_models(model_path, odd_files, tmp_path, capsys):
     assert code == 2 and "corrupt" in err
 
 
+@pytest.mark.parametrize("overrides, words", [
+    ({"threshold": {"value": float("nan")}}, "field 'threshold.value' must be a number between 0 and 1, got nan"),
+    ({"threshold": {"value": 7}}, "field 'threshold.value' must be a number between 0 and 1, got 7"),
+    ({"threshold": {"value": -1}}, "field 'threshold.value' must be a number between 0 and 1, got -1"),
+    ({"positive_label": 0, "dataset": {"name": "idc"}}, "field 'positive_label' must be 1 ('IDC'"),
+    ({"class_names": ["IDC", "non-IDC"], "dataset": {"name": "idc"}}, "field 'class_names' must be idc's classes"),
+])
+def test_cli_refuses_a_card_with_bad_values_naming_the_field(model_path, odd_files, tmp_path, capsys, overrides, words):
+    import shutil
+
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    shutil.copy(model_path, folder / "model.keras")
+    (folder / "model_card.json").write_text(json.dumps(tiny_card(**overrides)))  # NaN as the JSON token NaN
+    code, out, err = _cli(["predict", "--model", str(folder / "model.keras"), "--json", str(odd_files["rgb"])], capsys)
+    assert code == 2 and out == "" and words in err and "model_card.json" in err
+
+
+def test_cli_json_lines_are_strict_json(model_path, odd_files, capsys, monkeypatch):
+    monkeypatch.setattr(Predictor, "predict_batch", lambda self, batch: np.full((len(batch), 2), np.nan))
+    code, out, _ = _cli(["predict", "--model", str(model_path), "--json", str(odd_files["rgb"])], capsys)
+    record = json.loads(out, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+    assert record["probabilities"] == {"non-IDC": None, "IDC": None}
+
+
 def test_unsafe_lambda_model_is_refused(tmp_path, odd_files, capsys):
     import keras
 

@@ -140,6 +140,23 @@ def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch):
     assert "Grad-CAM failed for this model: no convolution to explain" in app.output.value
 
 
+def test_a_card_with_a_bad_threshold_is_not_offered_and_not_loaded(tmp_path):
+    import json
+
+    from bclib.app.catalog import ModelChoice
+
+    run = tmp_path / "reports" / "run-bad"
+    model = save_tiny_model(run / "02_baseline_cnn")
+    card_path = model.parent / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "threshold": {"value": float("nan")}}))
+    assert find_models(run_id=run.name, reports_root=run.parent) == []
+    with pytest.raises(ModelLoadError, match="'threshold.value' must be a number between 0 and 1, got nan"):
+        find_models(model_path=model)
+    app = PredictApp([ModelChoice(model, card)])  # a choice listed before the card was damaged
+    assert app.predictor is None and "threshold.value" in app.status.value
+
+
 def test_app_without_models_stays_usable():
     app = PredictApp([])
     assert app.upload.disabled and "No trained model" in app.status.value

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, read_image
-from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, load_model
+from bclib.evaluation.modelcard import MODEL_FILE, load_model, validate_card
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -117,7 +117,7 @@ class Predictor:
 
     def __init__(self, model: Any, card: dict, path: str | os.PathLike | None = None):
         self.model = model
-        self.card = card
+        self.card = validate_card(card)
         self.path = Path(path) if path is not None else None
         self.class_names: list[str] = list(card["class_names"])
         stored = card.get("positive_label")  # None for multi-class cards: no single disease class
@@ -126,8 +126,6 @@ class Predictor:
         self.input_size: int = int(card["input_size"])
         pack = card.get("pack_size")
         self.pack_size: int | None = int(pack) if pack else None
-        if not 0 <= self.positive_label < len(self.class_names):
-            raise ModelLoadError(f"card positive_label {self.positive_label} is not a label of {self.class_names}")
 
     @classmethod
     def load(cls, model_path: str | os.PathLike) -> "Predictor":

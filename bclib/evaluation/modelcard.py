@@ -5,6 +5,7 @@ typed by hand, and every decision uses the card's validation-chosen ``threshold`
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -42,9 +43,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def json_text(data: Any, indent: int | None = 2) -> str:
-    """``data`` as JSON: numpy values as numbers, paths as text, NaN and infinities as null."""
-    return json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=indent)
+def json_text(data: Any, indent: int | None = 2, ensure_ascii: bool = True) -> str:
+    """``data`` as strict JSON: numpy values as numbers, paths as text, NaN and infinities as null."""
+    plain = _clean(json.loads(json.dumps(data, default=_json_default)))
+    return json.dumps(plain, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
 
 
 def write_json(data: Any, path: str | Path) -> Path:
@@ -57,17 +59,69 @@ def write_json(data: Any, path: str | Path) -> Path:
     return path
 
 
-def validate_card(card: dict) -> dict:
-    """Check the keys and types a card needs; return it unchanged or raise ModelLoadError."""
+def _field_error(source: str, field: str, problem: str, value: Any) -> ModelLoadError:
+    return ModelLoadError(f"{source}: field {field!r} {problem}, got {value!r}; retrain the model or restore its card")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dataset_classes(name: Any) -> tuple[list[str], int] | None:
+    """The fixed class names and disease label of a registered dataset, or None when its classes vary."""
+    from bclib.data.datasets import DATASET_NAMES
+
+    if name not in DATASET_NAMES:
+        return None
+    module = importlib.import_module(f"bclib.data.datasets.{name}")
+    names = getattr(module, "CLASS_NAMES", None)
+    return (list(names), int(getattr(module, "POSITIVE_LABEL", 1))) if names else None
+
+
+def validate_card(card: Any, source: str = "model card") -> dict:
+    """Check what every reader of a card relies on; return it unchanged or raise ModelLoadError naming the field.
+
+    Names: a list of distinct class names; ``positive_label``: a label of them (None: label 1 of two
+    classes); ``threshold.value``: finite, in [0, 1]; sizes: positive integers; for a dataset with fixed
+    classes, the names and disease label must be that dataset's (swapped names flip every decision).
+    """
+    if not isinstance(card, dict):
+        raise ModelLoadError(f"{source}: expected a JSON object, got {type(card).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in card]
     if missing:
-        raise ModelLoadError(f"model card lacks {missing}")
+        raise ModelLoadError(f"{source} lacks {missing}")
     names = card["class_names"]
-    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
-        raise ModelLoadError(f"model card class_names must be a list of >= 2 names, got {names!r}")
+    if (not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names)
+            or len(set(names)) != len(names)):
+        raise _field_error(source, "class_names", "must be a list of at least two distinct names", names)
+    positive = card.get("positive_label")
+    if positive is not None and not (_is_whole(positive) and 0 <= positive < len(names)):
+        raise _field_error(source, "positive_label", f"must be a label of {names} (0 to {len(names) - 1})", positive)
     threshold = card["threshold"]
-    if not isinstance(threshold, dict) or not isinstance(threshold.get("value"), (int, float)):
-        raise ModelLoadError("model card threshold must be an object with a numeric 'value'")
+    if not isinstance(threshold, dict):
+        raise _field_error(source, "threshold", "must be an object with a 'value'", threshold)
+    value = threshold.get("value")
+    if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise _field_error(source, "threshold.value", "must be a number between 0 and 1", value)
+    for key in ("input_size", "pack_size"):
+        size = card.get(key)
+        if (size is not None or key == "input_size") and not (_is_whole(size) and size > 0):
+            raise _field_error(source, key, "must be a positive whole number of pixels", size)
+    dataset = card.get("dataset")
+    expected = _dataset_classes(dataset.get("name")) if isinstance(dataset, dict) else None
+    if expected is not None and len(names) == 2:
+        expected_names, expected_positive = expected
+        if names != expected_names:
+            raise _field_error(source, "class_names", f"must be {dataset['name']}'s classes {expected_names} "
+                               "in label order", names)
+        if (1 if positive is None else positive) != expected_positive:
+            raise _field_error(source, "positive_label", f"must be {expected_positive} "
+                               f"({expected_names[expected_positive]!r}, the disease class of {dataset['name']})",
+                               positive)
     return card
 
 
@@ -90,8 +144,8 @@ def weights_description(card: dict) -> str:
 
 
 def write_card(card: dict, directory: str | Path) -> Path:
-    """Validate and write ``card`` as ``<directory>/model_card.json``."""
-    validate_card(card)
+    """Validate ``card`` as its readers will see it, then write it as ``<directory>/model_card.json``."""
+    validate_card(json.loads(json_text(card)), f"model card for {str(directory)!r}")
     return write_json(card, Path(directory) / CARD_FILE)
 
 
@@ -108,7 +162,7 @@ def read_card(model_path: str | Path) -> dict:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"model card {str(path)!r} is not valid JSON: {error}") from None
-    return validate_card(card)
+    return validate_card(card, f"model card {str(path)!r}")
 
 
 def load_model(model_path: str | Path):

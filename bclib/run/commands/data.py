@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 
 from bclib import paths
 from bclib.data.index import DatasetIndex
+from bclib.evaluation.modelcard import json_text
 from bclib.run.cli import CommandError
 
 DEFAULT_DATASET = "idc"
@@ -87,7 +87,7 @@ def _scan(args: argparse.Namespace) -> DatasetIndex:
 
 
 def _print_json(data: dict) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    print(json_text(data, ensure_ascii=False))
 
 
 def run_info(args: argparse.Namespace) -> int:

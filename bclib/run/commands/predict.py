@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from bclib import DISCLAIMER
-from bclib.evaluation.modelcard import weights_description
+from bclib.evaluation.modelcard import json_text, weights_description
 from bclib.app.predict import DEFAULT_BATCH_SIZE, Predictor, check_threshold, collect_image_paths
 
 
@@ -42,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {prediction.source}: {prediction.error}", file=sys.stderr)
             if not args.json:
                 return
-        print(json.dumps(prediction.to_dict(), ensure_ascii=False) if args.json else prediction.to_line(), flush=False)
+        print(json_text(prediction.to_dict(), indent=None, ensure_ascii=False) if args.json else prediction.to_line(),
+              flush=False)
 
     for problem in problems:
         emit(problem)
