@@ -101,6 +101,29 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         breastmnist.scan(not_npz)
 
 
+def damaged_copy(path: Path, how: str) -> Path:
+    """``path`` cut in half (an interrupted copy), or with bytes overwritten inside its first array."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[200:260] = b"\xff" * 60
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "overwritten"])
+def test_a_damaged_npz_is_a_dataset_error_saying_what_to_do(tmp_path: Path, how: str) -> None:
+    npz = tmp_path / "breastmnist" / "breastmnist.npz"
+    np.savez_compressed(write_npz(npz), **dict(np.load(npz)))  # compressed, as MedMNIST publishes it
+    damaged_copy(npz, how)
+    with pytest.raises(DatasetError) as caught:
+        breastmnist.scan(npz.parent)
+    message = str(caught.value)
+    assert str(npz) in message and "damaged or incomplete" in message
+    assert "download it again (bclib data download breastmnist" in message
+
+
 def test_mismatched_lengths_and_bad_labels(tmp_path: Path) -> None:
     short = write_npz(tmp_path / "a.npz", train_labels=np.zeros((2, 1), np.uint8))
     with pytest.raises(DatasetError, match="train_images has shape"):

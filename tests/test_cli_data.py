@@ -92,6 +92,16 @@ def test_errors_are_one_line_without_traceback(capsys, tmp_path):
     assert code == 2
 
 
+def test_a_truncated_breastmnist_file_is_one_line_in_info_and_check(capsys, tmp_path):
+    from test_breastmnist import damaged_copy, write_npz
+
+    npz = damaged_copy(write_npz(tmp_path / "breastmnist" / "breastmnist.npz"), "truncated")
+    for command in ("info", "check"):
+        code, out, err = run(capsys, "data", command, "--dataset", "breastmnist", "--data", str(npz.parent))
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: {npz} is not a readable npz file") and "download it again" in err
+
+
 def test_download_calls_the_downloader_lazily(capsys, tmp_path, monkeypatch):
     calls = []
 

@@ -145,6 +145,22 @@ def test_a_card_whose_positive_label_contradicts_its_classes_is_refused(saved_mo
         evaluate.evaluate_model(folder / "model.keras", "idc", synthetic_idc, n_boot=0)
 
 
+def test_damaged_data_and_model_files_say_so(saved_model, tmp_path):
+    from test_breastmnist import damaged_copy, write_npz
+
+    npz = damaged_copy(write_npz(tmp_path / "breastmnist" / "breastmnist.npz"), "truncated")
+    with pytest.raises(DatasetError, match="damaged or incomplete.*download it again"):
+        evaluate.evaluate_model(saved_model, "breastmnist", npz.parent, n_boot=0)
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    data = saved_model.read_bytes()
+    (folder / "model.keras").write_bytes(data[: len(data) // 2])
+    (folder / modelcard.CARD_FILE).write_bytes((saved_model.parent / modelcard.CARD_FILE).read_bytes())
+    with pytest.raises(modelcard.ModelLoadError, match="exists but is damaged") as caught:
+        evaluate.evaluate_model(folder / "model.keras", "idc", tmp_path, n_boot=0)
+    assert "not found" not in str(caught.value).lower()
+
+
 def test_cli_table_json_and_errors(saved_model, synthetic_idc, capsys):
     from bclib.run.cli import main
 

@@ -231,6 +231,10 @@ def test_cli_bad_threshold_and_models(model_path, odd_files, tmp_path, capsys):
     write_card(tiny_card(), corrupt)
     code, _, err = _cli(["predict", "--model", str(corrupt / "model.keras"), image], capsys)
     assert code == 2 and "corrupt" in err
+    data = Path(model_path).read_bytes()
+    (corrupt / "model.keras").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    code, out, err = _cli(["predict", "--model", str(corrupt / "model.keras"), image], capsys)
+    assert code == 2 and out == "" and "exists but is damaged" in err and "not found" not in err.lower()
 
 
 @pytest.mark.parametrize("overrides, words", [

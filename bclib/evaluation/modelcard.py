@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -179,20 +180,24 @@ def load_model(model_path: str | Path):
     if model_path.suffix != ".keras":
         raise ModelLoadError(f"{str(model_path)!r} is not a .keras model file")
     card = read_card(model_path)
+    if not zipfile.is_zipfile(model_path):
+        raise ModelLoadError(
+            f"model file {str(model_path)!r} exists but is damaged: it is not a complete .keras (zip) archive, as an "
+            "interrupted copy or download leaves it (corrupt or truncated); copy it again or retrain the model"
+        )
     import keras
 
     import bclib.models.builders  # noqa: F401  (registers the custom preprocessing layers)
 
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except ValueError as error:
-        message = str(error)
-        if "safe_mode" in message or "unsafe" in message.lower() or "lambda" in message.lower():
+    except Exception as error:  # unsafe layers, and the zip, h5 or config errors of a damaged file
+        message = str(error).lower()
+        if isinstance(error, ValueError) and ("safe_mode" in message or "unsafe" in message or "lambda" in message):
             raise ModelLoadError(
                 f"{str(model_path)!r} contains layers that run arbitrary code and was refused by Keras "
                 "safe mode; only load models you trust"
             ) from None
-        raise ModelLoadError(f"could not load {str(model_path)!r}: {message}") from None
-    except Exception as error:  # zip errors, h5 errors, truncated files
-        raise ModelLoadError(f"could not load {str(model_path)!r} (corrupt or not a Keras model): {error}") from None
+        raise ModelLoadError(f"model file {str(model_path)!r} exists but could not be loaded (corrupt or not a Keras "
+                             f"model): {type(error).__name__}: {error}") from None
     return model, card

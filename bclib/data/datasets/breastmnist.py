@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,12 @@ def _load(path: str, size: int, modified_ns: int) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: np.asarray(data[name]) for name in data.files}
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"{path} is not a readable npz file ({error}); {EXPECTED_LAYOUT}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DatasetError(
+            f"{path} is not a readable npz file ({type(error).__name__}: {error}): it is damaged or incomplete, "
+            "as an interrupted download or copy leaves it; delete it and download it again "
+            f"(bclib data download breastmnist --dest {Path(path).parent} --force)"
+        ) from None
 
 
 def load_arrays(npz_path: str | os.PathLike) -> dict[str, np.ndarray]:
