@@ -3,6 +3,10 @@ resume, parameter injection, data resolution and the CLI (7 notebook executions 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from bclib.run import reports
 from bclib.run import quality, runner
 from bclib.run.cli import main as cli_main
 from bclib.run.commands.run import parse_parameter
+from bclib.run.lock import LOCK_FILE, RunLockedError
 
 FAIL_SWITCH = "BCLIB_TEST_NOTEBOOK_FAIL"
 
@@ -180,6 +185,55 @@ def test_cli_refuses_existing_run_id_and_bad_parameters(project, capsys):
         cli_main(["run", "-p", "no-equals-sign"])
     code = cli_main(["run", "--data", str(project / "data"), "-p", "run_id=x", "--no-progress"])
     assert code != 0 and "run_id" in capsys.readouterr().err
+
+
+def test_one_writer_per_run_folder_and_completed_only_when_every_notebook_is(project, monkeypatch, capsys):
+    monkeypatch.setenv(FAIL_SWITCH, "1")
+    with pytest.raises(runner.RunFailed):
+        _run(project, run_id="shared", notebooks=["02", "03"])
+    folder = reports.run_dir("shared")
+    lock = folder / LOCK_FILE
+    assert not lock.exists()  # released however the run ended
+    monkeypatch.setenv(FAIL_SWITCH, "0")
+
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "since": "earlier"}))
+    before = (folder / "manifest.json").read_text()
+    with pytest.raises(RunLockedError, match=f"in use by process {os.getppid()} on {socket.gethostname()}"):
+        _run(project, resume="shared")
+    code = cli_main(["run", "--resume", "shared", "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2 and "wait for that run to finish; if that process is gone, delete" in error
+    assert (folder / "manifest.json").read_text() == before and lock.exists()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # a process that is gone
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "earlier"}))
+    messages: list[str] = []
+    resumed = _run(project, resume="shared", notebooks=["02"], log=messages.append)
+    assert resumed.skipped == ["02_second"] and resumed.executed == []
+    assert f"taking over the stale lock of process {dead.pid} (no longer running) in {folder}" in messages
+    assert "run shared is incomplete: 03_maybe_fail not completed yet; continue with `bclib run --resume shared`" \
+        in messages
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "incomplete" and manifest["notebooks"]["03_maybe_fail"]["status"] == "failed"
+    assert not lock.exists()
+
+
+def test_sigterm_marks_the_run_interrupted_with_the_resume_hint(project):
+    nbformat.write(_notebook("run_id = None", "import signal, time\nos.kill(os.getppid(), signal.SIGTERM)\ntime.sleep(20)"),
+                   project / "notebooks" / "04_terminated.ipynb")
+    environment = {**os.environ, "BCLIB_ROOT": str(project)}
+    finished = subprocess.run([sys.executable, "-m", "bclib", "run", "--data", str(project / "data"), "--run-id",
+                               "stopped", "--notebooks", "02,04", "--no-progress"], env=environment,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 130, finished.stderr
+    assert "terminated by signal 15: continue with `bclib run --resume stopped`" in finished.stdout
+    folder = reports.run_dir("stopped")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert [manifest["notebooks"][name]["status"] for name in ("02_second", "04_terminated")] == [
+        "completed", "interrupted"]
+    assert not (folder / LOCK_FILE).exists()
 
 
 def test_export_html_survives_empty_widget_metadata(tmp_path):

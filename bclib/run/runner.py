@@ -3,10 +3,12 @@
 Each run gets ``reports/<run_id>/`` with ``manifest.json`` (versions, git commit, data,
 parameters, per-notebook status and timing), every executed notebook as ``.ipynb`` and
 ``.html``, and ``summary.md/json``. A failing notebook stops the run (:class:`RunFailed`);
-``resume=<run_id>`` continues it, skipping the notebooks already completed.
+``resume=<run_id>`` continues it, skipping the notebooks already completed. One process writes a
+run folder at a time (:mod:`bclib.run.lock`), and SIGTERM stops a run as Ctrl-C does.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any, Callable, Iterable
 from bclib import DISCLAIMER, paths, profiles
 from bclib.display import SYNTHETIC_BANNER
 from bclib.run import reports
+from bclib.run.lock import hold_run_lock, sigterm_as_interrupt
 from bclib.run.quality import check_notebook, export_html, notebook_completed
 from bclib.evaluation.modelcard import write_json
 from bclib.session import BATCH_ENVIRONMENT, library_versions, resolve_dataset_location
@@ -112,7 +115,6 @@ def declared_parameters(notebook: str | Path) -> set[str]:
     import papermill
 
     return set(papermill.inspect_notebook(str(notebook)).keys())
-
 
 
 def local_kernel_manager() -> type:
@@ -219,7 +221,10 @@ def run_series(
     overrides, passed only to the notebooks whose ``parameters`` cell declares them.
     ``resume=<run_id>`` reopens that run with its original profile, dataset, data and
     parameters (``parameters`` given here are merged on top) and skips the notebooks it
-    completed. Raises :class:`RunFailed` at the first failing notebook.
+    completed. The run is
+    "completed" once every notebook it requested is, else "incomplete". Raises :class:`RunFailed`
+    at the first failing notebook, :class:`~bclib.run.lock.RunLockedError` while another live
+    process writes the run folder.
     """
     import papermill
     from tqdm.auto import tqdm
@@ -233,139 +238,151 @@ def run_series(
     if not available:
         raise FileNotFoundError(f"no numbered notebooks ({NOTEBOOK_PATTERN}) in {notebooks_dir}")
 
-    if resume is not None:
-        if run_id is not None and run_id != resume:
-            raise ValueError(f"--run-id {run_id!r} and --resume {resume!r} disagree: give only --resume")
-        directory = reports.run_dir(resume)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"cannot resume: run folder {str(directory)!r} does not exist")
-        manifest = reports.read_manifest(directory)
-        if not manifest:
-            raise ValueError(f"{directory} has no readable {reports.MANIFEST_FILE}: it is not a run folder to resume")
-        run_id = resume
-        for name, value, default in (("profile", profile, DEFAULT_PROFILE), ("dataset", dataset, DEFAULT_DATASET)):
-            if value not in (manifest.get(name), default):
-                log(f"warning: resume keeps the run's {name} {manifest.get(name)!r}, not {value!r}")
-        profile, dataset = manifest["profile"], manifest["dataset"]
-        if data is not None and str(Path(data).expanduser().resolve()) != manifest.get("data_dir"):
-            raise ValueError(f"cannot resume with other data: the run used {manifest.get('data_dir')!r}")
-        parameters = {**manifest.get("parameters", {}), **parameters}
-        selection_names = manifest.get("selection") or [p.stem for p in available]
-        selected = select_notebooks(available, selection_names if notebooks is None else notebooks)
-        data_location = Path(manifest["data_dir"])
-        synthetic = bool(manifest.get("synthetic"))
-        if not data_location.exists():
-            raise FileNotFoundError(f"cannot resume: the run's data {str(data_location)!r} is gone")
-        manifest.setdefault("resumed", []).append(_now())
-        manifest["parameters"] = parameters
-        log(f"resuming run {run_id} in {directory}")
-    else:
-        if profile not in profiles.PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; choose one of {list(profiles.PROFILES)}")
-        from bclib.data.datasets import DATASET_NAMES
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        if resume is not None:
+            if run_id is not None and run_id != resume:
+                raise ValueError(f"--run-id {run_id!r} and --resume {resume!r} disagree: give only --resume")
+            directory = reports.run_dir(resume)
+            if not directory.is_dir():
+                raise FileNotFoundError(f"cannot resume: run folder {str(directory)!r} does not exist")
+            held.enter_context(hold_run_lock(directory, log))
+            manifest = reports.read_manifest(directory)
+            if not manifest:
+                raise ValueError(f"{directory} has no readable {reports.MANIFEST_FILE}: it is not a run folder to resume")
+            run_id = resume
+            for name, value, default in (("profile", profile, DEFAULT_PROFILE), ("dataset", dataset, DEFAULT_DATASET)):
+                if value not in (manifest.get(name), default):
+                    log(f"warning: resume keeps the run's {name} {manifest.get(name)!r}, not {value!r}")
+            profile, dataset = manifest["profile"], manifest["dataset"]
+            if data is not None and str(Path(data).expanduser().resolve()) != manifest.get("data_dir"):
+                raise ValueError(f"cannot resume with other data: the run used {manifest.get('data_dir')!r}")
+            parameters = {**manifest.get("parameters", {}), **parameters}
+            selection_names = manifest.get("selection") or [p.stem for p in available]
+            selected = select_notebooks(available, selection_names if notebooks is None else notebooks)
+            data_location = Path(manifest["data_dir"])
+            synthetic = bool(manifest.get("synthetic"))
+            if not data_location.exists():
+                raise FileNotFoundError(f"cannot resume: the run's data {str(data_location)!r} is gone")
+            manifest.setdefault("resumed", []).append(_now())
+            manifest["parameters"] = parameters
+            log(f"resuming run {run_id} in {directory}")
+        else:
+            if profile not in profiles.PROFILES:
+                raise ValueError(f"unknown profile {profile!r}; choose one of {list(profiles.PROFILES)}")
+            from bclib.data.datasets import DATASET_NAMES
 
-        if dataset not in DATASET_NAMES:
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASET_NAMES)}")
-        selected = select_notebooks(available, notebooks)
-        data_location, synthetic = resolve_data(dataset, data, profile, log)
-        run_id = run_id or reports.new_run_id()
-        directory = reports.create_run_dir(run_id)
-        manifest = {
-            "run_id": run_id, "disclaimer": DISCLAIMER, "status": "running", "started": _now(), "finished": None,
-            "command": " ".join(sys.argv), "profile": profile, "dataset": dataset, "data_dir": str(data_location),
-            "synthetic": synthetic, "data_note": SYNTHETIC_BANNER if synthetic else None,
-            "data": data_fingerprint(dataset, data_location), "parameters": parameters, "kernel_name": kernel_name,
-            "notebooks_dir": str(notebooks_dir.resolve()), "selection": [path.stem for path in selected],
-            "versions": library_versions(), "git": git_state(), "platform": platform.platform(), "notebooks": {},
-        }
-        log(f"run {run_id}: {directory}")
-    if synthetic:
-        log(f"*** {SYNTHETIC_BANNER} ***")
+            if dataset not in DATASET_NAMES:
+                raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASET_NAMES)}")
+            selected = select_notebooks(available, notebooks)
+            data_location, synthetic = resolve_data(dataset, data, profile, log)
+            run_id = run_id or reports.new_run_id()
+            directory = reports.create_run_dir(run_id)
+            held.enter_context(hold_run_lock(directory, log))
+            manifest = {
+                "run_id": run_id, "disclaimer": DISCLAIMER, "status": "running", "started": _now(), "finished": None,
+                "command": " ".join(sys.argv), "profile": profile, "dataset": dataset, "data_dir": str(data_location),
+                "synthetic": synthetic, "data_note": SYNTHETIC_BANNER if synthetic else None,
+                "data": data_fingerprint(dataset, data_location), "parameters": parameters, "kernel_name": kernel_name,
+                "notebooks_dir": str(notebooks_dir.resolve()), "selection": [path.stem for path in selected],
+                "versions": library_versions(), "git": git_state(), "platform": platform.platform(), "notebooks": {},
+            }
+            log(f"run {run_id}: {directory}")
+        if synthetic:
+            log(f"*** {SYNTHETIC_BANNER} ***")
 
-    if dataset == DEFAULT_DATASET if solutions is None else solutions:
-        selected = selected + matching_solutions(notebooks_dir, selected)
-    declared = {run_name(path): declared_parameters(path) for path in selected}
-    for path in selected:
-        if not declared[run_name(path)]:
-            log(f"warning: {path.name} has no cell tagged 'parameters'; it runs with its own defaults")
-    unused = sorted(key for key in parameters if not any(key in names for names in declared.values()))
-    if unused:
-        log(f"warning: no selected notebook declares parameter(s) {unused}; they are ignored")
+        if dataset == DEFAULT_DATASET if solutions is None else solutions:
+            selected = selected + matching_solutions(notebooks_dir, selected)
+        declared = {run_name(path): declared_parameters(path) for path in selected}
+        for path in selected:
+            if not declared[run_name(path)]:
+                log(f"warning: {path.name} has no cell tagged 'parameters'; it runs with its own defaults")
+        unused = sorted(key for key in parameters if not any(key in names for names in declared.values()))
+        if unused:
+            log(f"warning: no selected notebook declares parameter(s) {unused}; they are ignored")
 
-    run_values = {"run_id": run_id, "profile": profile, "dataset": dataset, "data_dir": str(data_location)}
-    os.environ[BATCH_ENVIRONMENT] = "1"  # inherited by the kernels: plain-text progress, no widgets
-    states = manifest.setdefault("notebooks", {})
-    for path in selected:
-        states.setdefault(run_name(path), {"status": "pending", "seconds": None})
-    manifest["status"] = "running"
-    write_manifest(directory, manifest)
-
-    result = RunResult(run_id=run_id, run_dir=directory, manifest=manifest)
-    started = time.perf_counter()
-    for path in tqdm(selected, desc="notebooks", unit="nb", disable=not progress):
-        name = run_name(path)
-        output = directory / f"{name}.ipynb"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        state = states[name]
-        if resume is not None and state.get("status") == "completed" and notebook_completed(output):
-            log(f"{name}: already completed, skipped")
-            result.skipped.append(name)
-            continue
-        values = {**profiles.notebook_values(profile, dataset, path.stem), **run_values, **parameters}
-        injected = {key: value for key, value in values.items() if key in declared[name]}
-        state.update(status="running", started=_now(), finished=None, error=None, parameters=injected)
+        run_values = {"run_id": run_id, "profile": profile, "dataset": dataset, "data_dir": str(data_location)}
+        os.environ[BATCH_ENVIRONMENT] = "1"  # inherited by the kernels: plain-text progress, no widgets
+        states = manifest.setdefault("notebooks", {})
+        for path in selected:
+            states.setdefault(run_name(path), {"status": "pending", "seconds": None})
+        manifest["status"] = "running"
         write_manifest(directory, manifest)
-        log(f"{name}: running")
-        clock = time.perf_counter()
-        error: BaseException | None = None
+
+        result = RunResult(run_id=run_id, run_dir=directory, manifest=manifest)
+        started = clock = time.perf_counter()
+        held.enter_context(sigterm_as_interrupt())
         try:
-            papermill.execute_notebook(str(path), str(output), parameters=injected, kernel_name=kernel_name,
-                                       kernel_manager_class=local_kernel_manager(),
-                                       cwd=str(path.parent), progress_bar=False, log_output=False)
-        except KeyboardInterrupt:
-            state.update(status="interrupted", seconds=round(time.perf_counter() - clock, 2), finished=_now())
+            for path in tqdm(selected, desc="notebooks", unit="nb", disable=not progress):
+                name = run_name(path)
+                output = directory / f"{name}.ipynb"
+                output.parent.mkdir(parents=True, exist_ok=True)
+                state = states[name]
+                if resume is not None and state.get("status") == "completed" and notebook_completed(output):
+                    log(f"{name}: already completed, skipped")
+                    result.skipped.append(name)
+                    continue
+                values = {**profiles.notebook_values(profile, dataset, path.stem), **run_values, **parameters}
+                injected = {key: value for key, value in values.items() if key in declared[name]}
+                state.update(status="running", started=_now(), finished=None, error=None, parameters=injected)
+                write_manifest(directory, manifest)
+                log(f"{name}: running")
+                clock = time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    papermill.execute_notebook(str(path), str(output), parameters=injected, kernel_name=kernel_name,
+                                               kernel_manager_class=local_kernel_manager(),
+                                               cwd=str(path.parent), progress_bar=False, log_output=False)
+                except Exception as caught:  # noqa: BLE001 - any failure stops the series, reported below
+                    error = caught
+                state["seconds"] = round(time.perf_counter() - clock, 2)
+                state["finished"] = _now()
+                html = None
+                if output.is_file():
+                    try:
+                        html = export_html(output)
+                    except Exception as export_error:  # noqa: BLE001 - the .ipynb is still there
+                        log(f"{name}: HTML export failed: {type(export_error).__name__}: {export_error}")
+                state["output"] = f"{name}.ipynb" if output.is_file() else None
+                state["html"] = f"{name}.html" if html else None
+                if error is not None:
+                    ename, evalue, cell_index = _failure(error)
+                    state.update(status="failed", error=f"{ename}: {evalue}", cell_index=cell_index)
+                    manifest.update(status="failed", finished=_now())
+                    write_manifest(directory, manifest)
+                    try:  # the summary of a failed run, without hiding the notebook's error
+                        reports.write_summary(directory, manifest)
+                    except Exception as summary_error:  # noqa: BLE001
+                        log(f"could not write the summary: {type(summary_error).__name__}: {summary_error}")
+                    raise RunFailed(name, ename, evalue, directory, html or (output if output.is_file() else None),
+                                    cell_index) from error
+                state["status"] = "completed"
+                result.executed.append(name)
+                write_manifest(directory, manifest)
+                log(f"{name}: completed in {state['seconds']:.1f} s")
+                lesson = path.parent.name != SOLUTIONS_FOLDER and name < "08"
+                state["problems"] = check_notebook(output, needs_exercises=lesson)
+                for problem in state["problems"]:
+                    log(f"  check: {problem}")
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated
+            for state in states.values():
+                if state.get("status") == "running":
+                    state.update(status="interrupted", seconds=round(time.perf_counter() - clock, 2), finished=_now())
             manifest.update(status="interrupted", finished=_now())
             write_manifest(directory, manifest)
-            log(f"interrupted: continue with `bclib run --resume {run_id}`")
+            log(f"{stop or 'interrupted'}: continue with `bclib run --resume {run_id}`")
             raise
-        except Exception as caught:  # noqa: BLE001 - any failure stops the series, reported below
-            error = caught
-        state["seconds"] = round(time.perf_counter() - clock, 2)
-        state["finished"] = _now()
-        html = None
-        if output.is_file():
-            try:
-                html = export_html(output)
-            except Exception as export_error:  # noqa: BLE001 - the .ipynb is still there
-                log(f"{name}: HTML export failed: {type(export_error).__name__}: {export_error}")
-        state["output"] = f"{name}.ipynb" if output.is_file() else None
-        state["html"] = f"{name}.html" if html else None
-        if error is not None:
-            ename, evalue, cell_index = _failure(error)
-            state.update(status="failed", error=f"{ename}: {evalue}", cell_index=cell_index)
-            manifest.update(status="failed", finished=_now())
-            write_manifest(directory, manifest)
-            try:  # the summary of a failed run, without hiding the notebook's error
-                reports.write_summary(directory, manifest)
-            except Exception as summary_error:  # noqa: BLE001
-                log(f"could not write the summary: {type(summary_error).__name__}: {summary_error}")
-            raise RunFailed(name, ename, evalue, directory, html or (output if output.is_file() else None),
-                            cell_index) from error
-        state["status"] = "completed"
-        result.executed.append(name)
-        write_manifest(directory, manifest)
-        log(f"{name}: completed in {state['seconds']:.1f} s")
-        lesson = path.parent.name != SOLUTIONS_FOLDER and name < "08"
-        state["problems"] = check_notebook(output, needs_exercises=lesson)
-        for problem in state["problems"]:
-            log(f"  check: {problem}")
 
-    manifest.update(status="completed", finished=_now())
-    manifest["seconds"] = round(time.perf_counter() - started, 2)
-    write_manifest(directory, manifest)
-    result.summary_markdown = reports.write_summary(directory, manifest)[0]
-    if synthetic:
-        log(f"*** {SYNTHETIC_BANNER} ***")
-    log(f"run {run_id} completed: {result.summary_markdown}")
-    return result
+        pending = [name for name, state in states.items() if state.get("status") != "completed"]
+        manifest.update(status="incomplete" if pending else "completed", finished=_now())
+        manifest["seconds"] = round(time.perf_counter() - started, 2)
+        write_manifest(directory, manifest)
+        result.summary_markdown = reports.write_summary(directory, manifest)[0]
+        if synthetic:
+            log(f"*** {SYNTHETIC_BANNER} ***")
+        if pending:
+            log(f"run {run_id} is incomplete: {', '.join(pending)} not completed yet; "
+                f"continue with `bclib run --resume {run_id}`")
+        else:
+            log(f"run {run_id} completed: {result.summary_markdown}")
+        return result
 
