@@ -187,6 +187,26 @@ def test_cli_refuses_existing_run_id_and_bad_parameters(project, capsys):
     assert code != 0 and "run_id" in capsys.readouterr().err
 
 
+def test_parameter_types_are_checked_before_anything_runs(project, capsys):
+    nbformat.write(_notebook("run_id = None\nepochs = 8\nrate = 1e-3\nnames = []\naugment = True\nweights = None"),
+                   project / "notebooks" / "04_typed.ipynb")
+    code = cli_main(["run", "--data", str(project / "data"), "--run-id", "typed", "--notebooks", "01",
+                     "-p", "epochs=abc", "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2 and not reports.run_dir("typed").exists()
+    assert error.strip() == ("error: -p epochs='abc': notebook 04_typed declares epochs = 8, so epochs takes a whole "
+                             "number (int), not a str; nothing was run")
+    for bad in ("epochs=2.5", "epochs=true", "rate=fast", "names=3", "augment=1", 'message=["x"]'):
+        with pytest.raises(ValueError, match=f"-p {bad.partition('=')[0]}="):
+            _run(project, run_id="typed", parameters=dict([parse_parameter(bad)]))
+    assert not reports.run_dir("typed").exists()
+    from bclib.run.parameters import check_parameter_types
+
+    notebooks = runner.discover_notebooks(project / "notebooks")
+    check_parameter_types({"epochs": 3, "rate": 1, "names": ["a"], "augment": False, "weights": "x.h5",
+                           "message": "hi", "max_images": None, "epochs_unknown": "anything"}, notebooks)
+
+
 def test_one_writer_per_run_folder_and_completed_only_when_every_notebook_is(project, monkeypatch, capsys):
     monkeypatch.setenv(FAIL_SWITCH, "1")
     with pytest.raises(runner.RunFailed):

@@ -23,6 +23,7 @@ from bclib import DISCLAIMER, paths, profiles
 from bclib.display import SYNTHETIC_BANNER
 from bclib.run import reports
 from bclib.run.lock import hold_run_lock, sigterm_as_interrupt
+from bclib.run.parameters import check_parameter_types, parameter_defaults
 from bclib.run.quality import check_notebook, export_html, notebook_completed
 from bclib.evaluation.modelcard import write_json
 from bclib.session import BATCH_ENVIRONMENT, library_versions, resolve_dataset_location
@@ -112,9 +113,7 @@ def select_notebooks(available: list[Path], selection: Iterable[str] | str | Non
 
 def declared_parameters(notebook: str | Path) -> set[str]:
     """Names assigned in the notebook's ``parameters`` cell (empty when it has none)."""
-    import papermill
-
-    return set(papermill.inspect_notebook(str(notebook)).keys())
+    return set(parameter_defaults(notebook))
 
 
 def local_kernel_manager() -> type:
@@ -221,7 +220,7 @@ def run_series(
     overrides, passed only to the notebooks whose ``parameters`` cell declares them.
     ``resume=<run_id>`` reopens that run with its original profile, dataset, data and
     parameters (``parameters`` given here are merged on top) and skips the notebooks it
-    completed. The run is
+    completed. ``-p`` values must have the type of the notebooks' declared defaults. The run is
     "completed" once every notebook it requested is, else "incomplete". Raises :class:`RunFailed`
     at the first failing notebook, :class:`~bclib.run.lock.RunLockedError` while another live
     process writes the run folder.
@@ -237,6 +236,8 @@ def run_series(
     available = discover_notebooks(notebooks_dir)
     if not available:
         raise FileNotFoundError(f"no numbered notebooks ({NOTEBOOK_PATTERN}) in {notebooks_dir}")
+
+    check_parameter_types(parameters, available + discover_notebooks(notebooks_dir / SOLUTIONS_FOLDER))
 
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
         if resume is not None:
