@@ -9,6 +9,7 @@ tables, a conclusion after every result, an exercises section.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,12 +57,18 @@ def _check_run(run_dir, dataset_name: str, solutions: bool = False) -> dict:
     return manifest
 
 
-def test_smoke_series_on_synthetic_data(tmp_path, monkeypatch):
+def test_smoke_series_on_synthetic_data(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("BCLIB_DATA", raising=False)
     monkeypatch.delenv("BCLIB_DATA_IDC", raising=False)
     assert main(["run", "--profile", "smoke", "--run-id", "smoke-synthetic", "--no-progress"]) == 0
     run_dir = reports_run_dir("smoke-synthetic")
     manifest = _check_run(run_dir, "idc", solutions=True)
+    patch = next(iter(sorted(Path(manifest["data_dir"]).rglob("*.png"))))
+    for name in TRAINING_NOTEBOOKS:  # every model a notebook wrote loads in `bclib predict`
+        capsys.readouterr()
+        assert main(["predict", "--model", str(run_dir / name / "model.keras"), str(patch), "--json"]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        assert len(lines) == 1 and lines[0]["decision"] in ("IDC", "non-IDC"), (name, lines)
     assert manifest["synthetic"] is True
     assert "SYNTHETIC DEMO DATA" in (run_dir / "summary.md").read_text()
     baseline = json.loads((run_dir / "02_baseline_cnn" / "model_card.json").read_text())
