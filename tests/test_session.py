@@ -161,6 +161,8 @@ def test_first_model_conclusion_compares_with_chance_and_the_majority_answer():
     assert "find 90 % of the positive patches" in text and "specificity 0.710" in text
     card["metrics"]["val"]["ci"]["roc_auc"] = [0.45, 0.9]
     assert "not distinguishable from chance" in conclusions.first_model_text(card)
+    card["metrics"]["val"]["ci"]["accuracy"] = [0.55, 0.72]  # the interval holds the majority answer's 0.700
+    assert "cannot be told from the 0.700 of always answering" in conclusions.first_model_text(card)
 
 
 def test_compare_conclusion_uses_paired_intervals_on_the_same_images(smoke_session, finished_card):

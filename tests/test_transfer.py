@@ -173,13 +173,14 @@ def comparison(a: float, b: float, ci: list | None) -> dict:
 
 
 @pytest.mark.parametrize("result, kept, words", [
-    (comparison(0.80, 0.85, [0.01, 0.09]), "phase 2", ("raised", "+0.050", "excludes zero", "really differ",
+    (comparison(0.80, 0.85, [0.01, 0.09]), "phase 2", ("raised", "+0.050", "+0.010 to +0.090", "excludes zero", "really differ",
                                                        "fine-tuned model is kept")),
-    (comparison(0.85, 0.80, [-0.12, 0.02]), "phase 1", ("lowered", "-0.050", "includes zero", "coin toss",
+    (comparison(0.85, 0.80, [-0.12, 0.02]), "phase 1", ("did not change the validation AUC beyond noise", "-0.050",
+                                                        "includes zero", "coin toss",
                                                         "phase-1 weights go back in")),
     (comparison(0.8001, 0.8004, [-0.03, 0.03]), "phase 2", ("did not change", "+0.000", "cannot be told apart")),
     (comparison(0.70, 0.75, None), "phase 2", ("no interval", "cannot be said")),
-    (comparison(0.719, 0.731, [0.0002, 0.023]), "phase 2", ("0.000 to 0.023", "excludes zero only just",
+    (comparison(0.719, 0.731, [0.0002, 0.023]), "phase 2", ("+0.0002 to +0.023", "excludes zero only just",
                                                              "differ on these patients, but only just")),
 ])
 def test_keep_better_text_follows_the_numbers_and_their_interval(result, kept, words):

@@ -31,9 +31,14 @@ def conclude(text: str) -> None:
     show_banner(f"Conclusion: {text}", "conclusion")
 
 
-def ci_text(low: float, high: float) -> str:
-    """``95 % CI low to high``."""
-    return f"95 % CI {low:.3f} to {high:.3f}"
+def ci_text(low: float, high: float, signed: bool = False) -> str:
+    """``95 % CI low to high``; ``signed`` for the interval of a difference (an end that rounds to zero
+    gets a fourth decimal, so an interval that excludes zero never prints 0.000)."""
+    def number(value: float) -> str:
+        if not signed:
+            return f"{value:.3f}"
+        return f"{value:+.4f}" if 0 < abs(value) < 0.0005 else f"{value:+.3f}"
+    return f"95 % CI {number(low)} to {number(high)}"
 
 
 def training_conclusion(history: Any, epochs: int, monitor: str = "val_auc", parameter: str = "epochs") -> None:
@@ -96,14 +101,22 @@ def first_model_text(card: dict) -> str:
         parts.append(
             f"at threshold {threshold.get('value', float('nan')):.3f}, chosen on validation by the rule "
             f"'{_rule_words(threshold.get('method', ''))}', sensitivity is {values.get('sensitivity'):.3f} and "
-            f"specificity {values.get('specificity'):.3f}; accuracy, {accuracy:.3f}, is "
-            f"{'below' if accuracy < majority else 'above'} the {majority:.3f} of always answering the majority class"
-            + (": a threshold low enough to find the rare class calls many common patches positive too, and accuracy "
-               "counts every common patch" if accuracy < majority else "")
+            f"specificity {values.get('specificity'):.3f}; accuracy, {accuracy:.3f}, "
+            + _against_majority(accuracy, majority, (values.get("ci") or {}).get("accuracy"))
             + f". That is why this series ranks models by AUC and balanced accuracy ({values.get('balanced_accuracy'):.3f} "
             "here, 0.5 for any constant answer)"
         )
     return "; ".join(parts) + "."
+
+
+def _against_majority(accuracy: float, majority: float, interval: list | None) -> str:
+    """Accuracy against always answering the majority class, judged by the accuracy's interval."""
+    if interval is not None and interval[0] <= majority <= interval[1]:
+        return (f"cannot be told from the {majority:.3f} of always answering the majority class (its "
+                f"{ci_text(*interval)} contains it)")
+    text = f"is {'below' if accuracy < majority else 'above'} the {majority:.3f} of always answering the majority class"
+    return text + (": a threshold low enough to find the rare class calls many common patches positive too, and "
+                   "accuracy counts every common patch" if accuracy < majority else "")
 
 
 def _rule_words(method: str) -> str:
@@ -180,4 +193,4 @@ def difference_text(result: dict) -> str:
         return text + ", no interval: too few patients, or a class missing from every resample)."
     low, high = result["ci"]
     verdict = "excludes zero: a real change" if result["excludes_zero"] else "includes zero: no clear change"
-    return text + f", {ci_text(low, high)}, {verdict})."
+    return text + f", {ci_text(low, high, signed=True)}, {verdict})."

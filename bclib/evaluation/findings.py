@@ -47,18 +47,19 @@ def models_text(table: pd.DataFrame) -> str:
     """The models of the run and the validation choice (``table`` from ``RunComparison.models_table``)."""
     best, runner_up = table.attrs["best"], table.attrs["runner_up"]
     text = (f"{_plural(len(table), 'model')} in this run: {started_from_text(table['started from'])}. "
-            f"{best} has the highest validation ROC-AUC ({table.loc[best, 'validation ROC-AUC']:.4f})")
+            f"{best} has the highest validation ROC-AUC ({table.loc[best, 'validation ROC-AUC']:.3f})")
     if runner_up is None:
         return text + "; it is the only model."
     second = table.index[1]
-    gap = f"{second} is {-runner_up['difference']:.4f} behind"
+    behind = -runner_up["difference"]
+    gap = f"{second} is {behind:.3f} behind" if behind >= 0.0005 else f"{second} is less than 0.001 behind"
     if runner_up["ci"] is None:
         text += f"; {gap} (no interval: too few validation patients)"
     elif runner_up["excludes_zero"]:
-        text += f"; {gap}, beyond noise ({ci_text(*runner_up['ci'])})"
+        text += f"; {gap}, beyond noise ({ci_text(*runner_up['ci'], signed=True)})"
     else:
         near = "a near-tie: " if abs(runner_up["difference"]) < 0.005 else ""
-        text += (f"; {near}{gap} and the paired interval of the difference ({ci_text(*runner_up['ci'])} over "
+        text += (f"; {near}{gap} and the paired interval of the difference ({ci_text(*runner_up['ci'], signed=True)} over "
                  f"{table.attrs['val_patients']} validation patients) includes zero, so the choice between them "
                  "is close to a coin toss")
     return text + f". Where one model is needed below, it is {best}, chosen without looking at test."
@@ -114,7 +115,7 @@ def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> 
     """
     positive, intervals = table.attrs["positive_fraction"], table.attrs["change_intervals"]
     changes = "; ".join(f"{name} {row['ece']:.3f} -> {row['ece_scaled']:.3f} (T = {row['temperature']:.2f}; change "
-                        f"{'without interval' if intervals[name] is None else ci_text(*intervals[name])})"
+                        f"{'without interval' if intervals[name] is None else ci_text(*intervals[name], signed=True)})"
                         for name, row in table.iterrows())
     lowered = [str(name) for name in table.index if intervals[name] and intervals[name][1] < 0]
     raised = [str(name) for name in table.index if intervals[name] and intervals[name][0] > 0]
@@ -264,11 +265,11 @@ def leakage_text(difference: dict, epochs: int) -> str:
             f"copy scores {difference['a']:.3f}: a gap of {gap:+.3f} ")
     if interval is None:
         return text + "(no interval: too few patients). It is a lesson, never a result."
-    text += f"({ci_text(*interval)} over {difference['n_patients']} patients). "
+    text += f"({ci_text(*interval, signed=True)} over {difference['n_patients']} patients). "
     if not difference["excludes_zero"]:
         return text + ("The interval includes zero: with this little training the leak cannot be told from noise "
-                       "here. A model that trains longer memorises more of each patient (try exercise 2); an "
-                       "image-level split's optimism is hidden, not absent.")
+                       "here. Whether longer training, which lets a model memorise more of each patient, opens a gap "
+                       "is exercise 2; this run does not show one.")
     return text + ("Seeing the test patients flattered the model: an image-level split would overstate its AUC by "
                    "about this much, by rewarding it for recognising patients rather than the disease. " if gap > 0 else
                    "The leaky copy scored lower, beyond noise: at this length of training the patches it gave up were "

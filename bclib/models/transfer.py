@@ -252,13 +252,13 @@ def paired_auc_text(result: dict) -> str:
     if result.get("ci") is None:
         return text + ", no interval)"
     verdict = ("includes zero: no clear difference" if not result["excludes_zero"] else
-               "excludes zero only just, its near end rounding to 0.000: a real but borderline difference"
+               "excludes zero only just: a real but borderline difference"
                if borderline(result) else "excludes zero: a real difference")
-    return text + f", {ci_text(*result['ci'])} over {result['n_patients']} patients, {verdict})"
+    return text + f", {ci_text(*result['ci'], signed=True)} over {result['n_patients']} patients, {verdict})"
 
 
 def borderline(result: dict) -> bool:
-    """True when an interval excludes zero but its end nearer zero rounds to 0.000."""
+    """True when an interval excludes zero but its end nearer zero is within 0.0005 of it."""
     return bool(result["excludes_zero"]) and min(abs(bound) for bound in result["ci"]) < 0.0005
 
 
@@ -268,14 +268,16 @@ def keep_better_text(comparison: dict, kept: str) -> str:
     ``comparison``: :func:`paired_auc` of phase 1 (a) against phase 2 (b) on validation.
     """
     a, b = round(comparison["a"], 3), round(comparison["b"], 3)
-    verb = "raised" if b > a else "lowered" if b < a else "did not change"
+    changed = b != a and (comparison.get("ci") is None or bool(comparison["excludes_zero"]))
+    verb = ("raised" if b > a else "lowered") if changed else "did not change"
+    noise = " beyond noise" if b != a and not changed else ""
     reason = ("the fine-tuned model is kept" if kept == "phase 2" else
               "the phase-1 weights go back in and the fine-tuned ones are dropped")
     sure = ("The two phases differ on these patients, but only just" if comparison["excludes_zero"] and
             borderline(comparison) else "The two phases really differ on these patients" if comparison["excludes_zero"] else
             "On these patients the two phases cannot be told apart: the choice is close to a coin toss"
             if comparison.get("ci") is not None else "Without an interval, how sure this is cannot be said")
-    return (f"fine-tuning {verb} the validation AUC: {paired_auc_text(comparison)}. {sure}, and {reason}. Both numbers "
+    return (f"fine-tuning {verb} the validation AUC{noise}: {paired_auc_text(comparison)}. {sure}, and {reason}. Both numbers "
             "come from the same validation split, on which each phase's epoch had already been picked as its best, so "
             "each flatters its own phase a little; the test split plays no part.")
 
