@@ -327,3 +327,10 @@ def test_data_fingerprint_of_real_idc(real_idc):
     first = runner.data_fingerprint("idc", real_idc)
     assert first["images"] > 10_000 and first["patients"] > 100
     assert runner.data_fingerprint("idc", real_idc)["content_hash"] == first["content_hash"]
+
+
+def test_kernels_of_a_run_listen_on_their_own_local_sockets():
+    manager_class = runner.local_kernel_manager()
+    first, second = manager_class(kernel_name="python3"), manager_class(kernel_name="python3")
+    assert first.transport == second.transport == "ipc"
+    assert first.ip != second.ip and first.connection_file != second.connection_file

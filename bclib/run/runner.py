@@ -118,13 +118,23 @@ def declared_parameters(notebook: str | Path) -> set[str]:
 
 def local_kernel_manager() -> type:
     """The kernel manager class of a run's kernels (jupyter_client is imported only when a run starts)."""
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
 
     class LocalKernelManager(AsyncKernelManager):
-        """A kernel reached over local (IPC) sockets, not TCP: no port open to the network, no warning about it."""
+        """A kernel reached over local (IPC) sockets, not TCP: no port open to the network, no warning about it.
+
+        Each kernel gets its own connection file, and so its own socket files: kernels started at the same
+        time by other processes (``bclib sweep``) never share a socket.
+        """
 
         def __init__(self, **kwargs: Any) -> None:
             kwargs.setdefault("transport", "ipc")
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            kwargs.setdefault("connection_file", str(runtime / f"kernel-bclib-{uuid.uuid4().hex[:12]}.json"))
             super().__init__(**kwargs)
 
     return LocalKernelManager
