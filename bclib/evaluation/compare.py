@@ -216,8 +216,8 @@ class RunComparison:
                             for key, label in INTERVAL_METRICS.items()},
                          "Brier": result["brier"], "threshold": entry.threshold, "started from": entry.started_from})
         print(f"test split: {len(truth):,} images from {len(np.unique(patients))} patients; positive class "
-              f"{self.positive_name!r}; each model at its own threshold, chosen on validation; each cell: the "
-              "value and its 95 % interval over patients")
+              f"{self.positive_name!r}; each model at its own threshold, chosen on validation; each metric "
+              "cell: the value and its 95 % interval over patients (the Brier score and the threshold: value only)")
         return self._attrs(pd.DataFrame(rows).set_index("model"), values=pd.DataFrame(values).T,
                            intervals=intervals, rules=sorted({entry.threshold_rule for entry in self.models}))
 
