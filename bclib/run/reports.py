@@ -50,9 +50,9 @@ def validate_run_id(run_id: str) -> str:
 
 
 def new_run_id(prefix: str = "run") -> str:
-    """A fresh id such as ``run-20250101-120000-3fa2`` whose folder does not exist yet."""
+    """A fresh id such as ``run-20250101-120000-3fa2b7c1`` whose folder does not exist yet."""
     while True:
-        run_id = f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        run_id = f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
         if not run_dir(run_id).exists():
             return run_id
 
