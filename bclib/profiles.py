@@ -6,75 +6,35 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Each knob in the three profiles: ``smoke`` checks on a CPU that the whole series runs (tiny data,
+#: short epochs, small images); ``quick`` runs the real data at hand with CPU-sized epochs; ``full``
+#: has paper-scale settings for a GPU and the complete dataset.
+KNOBS: dict[str, tuple[Any, Any, Any]] = {
+    #                           smoke   quick   full
+    "max_images":              (480,    None,   None),
+    "image_size":              (32,     50,     50),
+    "transfer_image_size":     (32,     96,     96),
+    "epochs":                  (2,      8,      40),
+    "fine_tune_epochs":        (1,      2,      10),
+    "batch_size":              (32,     128,    256),
+    "learning_rate":           (1e-3,   1e-3,   1e-3),
+    "fine_tune_learning_rate": (1e-4,   1e-4,   1e-5),
+    "patience":                (1,      3,      6),
+    "n_boot":                  (50,     500,    1000),
+    "speedup_images":          (128,    512,    4096),
+    "gradcam_examples":        (2,      4,      6),
+    "fine_tune_layers":        (10,     20,     40),
+    "fine_tune_blocks":        (1,      1,      3),  # notebook 06: ResNet50 residual blocks unfrozen
+    "fine_tune_max_images":    (3000,   3000,   None),
+    "leakage_epochs":          (1,      3,      10),
+    "exercise_max_images":     (480,    3000,   None),
+    "exercise_epochs":         (2,      4,      10),
+    "exercise_more_epochs":    (3,      12,     40),  # notebook 04's solutions: the longer run of exercise 4
+    "exercise_more_patience":  (1,      4,      10),
+}
 PROFILES: dict[str, dict[str, Any]] = {
-    # tiny data, two short epochs, small images: checks that the whole series runs, on a CPU
-    "smoke": {
-        "max_images": 480,
-        "image_size": 32,
-        "transfer_image_size": 32,
-        "epochs": 2,
-        "fine_tune_epochs": 1,
-        "batch_size": 32,
-        "learning_rate": 1e-3,
-        "fine_tune_learning_rate": 1e-4,
-        "patience": 1,
-        "n_boot": 50,
-        "speedup_images": 128,
-        "gradcam_examples": 2,
-        "fine_tune_layers": 10,
-        "fine_tune_blocks": 1,  # notebook 06: ResNet50 residual blocks unfrozen
-        "leakage_epochs": 1,
-        "exercise_max_images": 480,
-        "exercise_epochs": 2,
-        "exercise_more_epochs": 3,  # notebook 04's solutions: the longer run of exercise 4
-        "exercise_more_patience": 1,
-    },
-    # the real data at hand with CPU-sized epochs
-    "quick": {
-        "max_images": None,
-        "image_size": 50,
-        "transfer_image_size": 96,
-        "epochs": 8,
-        "fine_tune_epochs": 2,
-        "batch_size": 128,
-        "learning_rate": 1e-3,
-        "fine_tune_learning_rate": 1e-4,
-        "patience": 3,
-        "n_boot": 500,
-        "speedup_images": 512,
-        "gradcam_examples": 4,
-        "fine_tune_layers": 20,
-        "fine_tune_blocks": 1,
-        "fine_tune_max_images": 3000,
-        "leakage_epochs": 3,
-        "exercise_max_images": 3000,
-        "exercise_epochs": 4,
-        "exercise_more_epochs": 12,
-        "exercise_more_patience": 4,
-    },
-    # paper-scale settings for a GPU and the complete dataset
-    "full": {
-        "max_images": None,
-        "image_size": 50,
-        "transfer_image_size": 96,
-        "epochs": 40,
-        "fine_tune_epochs": 10,
-        "batch_size": 256,
-        "learning_rate": 1e-3,
-        "fine_tune_learning_rate": 1e-5,
-        "patience": 6,
-        "n_boot": 1000,
-        "speedup_images": 4096,
-        "gradcam_examples": 6,
-        "fine_tune_layers": 40,
-        "fine_tune_blocks": 3,
-        "fine_tune_max_images": None,
-        "leakage_epochs": 10,
-        "exercise_max_images": None,
-        "exercise_epochs": 10,
-        "exercise_more_epochs": 40,
-        "exercise_more_patience": 10,
-    },
+    name: {knob: values[column] for knob, values in KNOBS.items()}
+    for column, name in enumerate(("smoke", "quick", "full"))
 }
 
 #: Pixel size each dataset is packed at (patches smaller are padded, larger downscaled).
