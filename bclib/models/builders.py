@@ -212,15 +212,18 @@ def output_classes(model: keras.Model) -> int:
     return 2 if units == 1 else int(units)
 
 
-def calibrate_batchnorm(network: keras.Model, images) -> int:
-    """Set every BatchNorm layer's moving statistics to those of ``images`` (already preprocessed).
+def calibrate_batchnorm(network: keras.Model, images, trainable_only: bool = False) -> int:
+    """Set the BatchNorm layers' moving statistics to those of ``images`` (already preprocessed).
 
-    A randomly initialised backbone in inference mode (moving mean 0, variance 1) lets the
-    activations vanish through the network, so every image gets the same features; one forward
-    pass in training mode with momentum 0 gives data-matched statistics instead. No weight is
-    trained. Used only when ImageNet weights are missing. Returns the number of layers set.
+    One forward pass in training mode with momentum 0; no weight is trained. A randomly initialised
+    backbone in inference mode (moving mean 0, variance 1) lets the activations vanish, so every image
+    gets the same features: this gives it data-matched statistics. ``trainable_only`` leaves frozen
+    BatchNorm layers as they are. Returns the number of layers set.
     """
-    norms = [layer for layer in network._flatten_layers() if isinstance(layer, layers.BatchNormalization)]
+    norms = [layer for layer in network._flatten_layers()
+             if isinstance(layer, layers.BatchNormalization) and (layer.trainable or not trainable_only)]
+    if not norms:
+        return 0
     saved = [(layer, layer.momentum, layer.trainable) for layer in norms]
     network_trainable = network.trainable
     network.trainable = True

@@ -6,7 +6,6 @@ computes class weights with scikit-learn; :func:`balanced_class_weights` is that
 """
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bclib.models.builders import calibrate_batchnorm
+
 HISTORY_FILE = "history.csv"
 
 
 def set_seeds(seed: int = 0) -> None:
-    """Seed Python, NumPy and Keras/TensorFlow."""
-    random.seed(seed)
-    np.random.seed(seed)
+    """Seed Python, NumPy and TensorFlow (``keras.utils.set_random_seed`` seeds all three)."""
     keras.utils.set_random_seed(seed)
 
 
@@ -49,45 +48,25 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 
     BatchNorm's moving averages trail the weights: after a few hundred steps they still carry
     their initial values, and in inference mode the model then gives nearly the same output for
-    every image (validation AUC reads as chance although the ranking is learnt). One forward pass
-    in training mode over a fixed sample of training images, with momentum 0, replaces the moving
-    statistics by the current ones ("precise BatchNorm"); no weight is trained by it.
+    every image (validation AUC reads as chance although the ranking is learnt). ``calibrate_batchnorm``
+    on a fixed sample of training images replaces them by the current ones ("precise BatchNorm").
     """
 
     def __init__(self, train_dataset: tf.data.Dataset, max_images: int = 512):
         super().__init__()
-        batches, count = [], 0
-        for images in images_only(train_dataset):
-            batches.append(images)
-            count += int(images.shape[0])
-            if count >= max_images:
-                break
-        self.images = tf.concat(batches, axis=0)[:max_images]
+        self.images = next(iter(images_only(train_dataset).unbatch().batch(max_images)))
         self.validated = False
-
-    def _calibrate(self) -> None:
-        norms = [layer for layer in self.model._flatten_layers()
-                 if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
-        momenta = [layer.momentum for layer in norms]
-        try:
-            for layer in norms:
-                layer.momentum = 0.0
-            if norms:
-                self.model(self.images, training=True)
-        finally:
-            for layer, momentum in zip(norms, momenta):
-                layer.momentum = momentum
 
     def on_train_begin(self, logs=None):
         self.validated = False
 
     def on_test_begin(self, logs=None):
         self.validated = True
-        self._calibrate()
+        calibrate_batchnorm(self.model, self.images, trainable_only=True)
 
     def on_train_end(self, logs=None):
         if not self.validated:  # no validation data: calibrate the final weights once
-            self._calibrate()
+            calibrate_batchnorm(self.model, self.images, trainable_only=True)
 
 
 def standard_callbacks(train_dataset: tf.data.Dataset | None, out_dir: str | Path | None, patience: int,
