@@ -153,9 +153,6 @@ def test_more_classes_score_the_last_class_against_the_rest():
     three = SimpleNamespace(num_classes=3, positive_label=None)
     assert compare.scored_label(three) == 2
     assert compare.scored_label(SimpleNamespace(num_classes=2, positive_label=0)) == 0
-    softmax = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
-    assert compare.positive_scores(softmax, 2).tolist() == [0.5, 0.1]
-    assert compare.positive_scores(np.array([0.9, 0.2]), 0).tolist() == pytest.approx([0.1, 0.8])
 
 
 def test_leaky_positions_differ_only_in_whose_patches_train():

@@ -46,7 +46,7 @@ def test_threshold_metrics_match_sklearn(scored):
     assert result["confusion_matrix"] == skm.confusion_matrix(y, predicted).tolist()
     assert result["positive_class"] == "IDC"
     assert result["n_images"] == 400 and result["n_patients"] == 40
-    assert set(metrics.METRIC_NAMES) <= set(result)
+    assert {"roc_auc", "pr_auc", "brier", "threshold", "n_images", "n_patients", "confusion_matrix"} <= set(result)
 
 
 def test_hand_computed_case_with_positive_label_zero():
@@ -98,8 +98,10 @@ def test_bad_inputs_raise_helpful_errors():
 def test_positive_probability_shapes():
     assert np.allclose(metrics.positive_probability(np.array([[0.2], [0.9]]), 0), [0.8, 0.1])
     assert np.allclose(metrics.positive_probability(np.array([[0.3, 0.7]]), 1), [0.7])
-    with pytest.raises(ValueError):
-        metrics.positive_probability(np.zeros((2, 3)))
+    softmax = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    assert metrics.positive_probability(softmax, 2).tolist() == [0.5, 0.1]
+    with pytest.raises(ValueError, match="label 3"):
+        metrics.positive_probability(softmax, 3)
 
 
 def test_choose_threshold_reaches_target_sensitivity(scored):

@@ -4,51 +4,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from bclib.evaluation import mosaic
 
 
-def _synthetic_slide(tmp_path=None):
+def _synthetic_slide():
     """Five 50x50 patches with distinct colours on a 3x4 grid starting at (1001, 2001)."""
     cells = [(0, 0), (0, 3), (1, 1), (2, 0), (2, 3)]
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 200, 0), (0, 120, 120)]
-    rows = []
-    images = []
-    for (row, column), colour in zip(cells, colours):
-        x, y = 1001 + 50 * column, 2001 + 50 * row
-        patch = np.zeros((50, 50, 3), dtype=np.uint8)
-        patch[:] = colour
-        images.append(patch)
-        record = {"x": x, "y": y, "label": int(row % 2), "patient_id": "p1"}
-        if tmp_path is not None:
-            path = tmp_path / f"p1_idx5_x{x}_y{y}_class{row % 2}.png"
-            Image.fromarray(patch).save(path)
-            record["path"] = str(path)
-        rows.append(record)
-    return pd.DataFrame(rows), np.stack(images), cells, colours
+    rows = [{"x": 1001 + 50 * column, "y": 2001 + 50 * row, "label": int(row % 2), "patient_id": "p1"}
+            for row, column in cells]
+    images = np.stack([np.full((50, 50, 3), colour, dtype=np.uint8) for colour in colours])
+    return pd.DataFrame(rows), images, cells, colours
 
 
-def test_patches_land_at_their_coordinates(tmp_path):
-    frame, images, cells, colours = _synthetic_slide(tmp_path)
-    canvas, extent = mosaic.build_mosaic(frame, patch_size=50)  # read from the files
+def test_patches_land_at_their_coordinates():
+    frame, images, cells, colours = _synthetic_slide()
+    canvas, extent = mosaic.build_mosaic(frame, images, patch_size=50)
     assert canvas.shape == (150, 200, 3) and canvas.dtype == np.uint8
     assert extent == (1001.0, 1201.0, 2151.0, 2001.0)
     for (row, column), colour in zip(cells, colours):
         block = canvas[row * 50:(row + 1) * 50, column * 50:(column + 1) * 50]
         assert (block == colour).all()
     assert (canvas[0:50, 50:100] == 255).all()  # no patch there: white background
-    from_arrays, _ = mosaic.build_mosaic(frame.drop(columns="path"), images=images)
-    assert np.array_equal(from_arrays, canvas)
-
-
-def test_scaled_mosaic_keeps_layout():
-    frame, images, cells, colours = _synthetic_slide()
-    canvas, extent = mosaic.build_mosaic(frame, images=images, scale=0.2)
-    assert canvas.shape == (30, 40, 3)
-    assert extent == (1001.0, 1201.0, 2151.0, 2001.0)
-    row, column = cells[2]
-    assert (canvas[row * 10 + 5, column * 10 + 5] == colours[2]).all()
+    edge, _ = mosaic.build_mosaic(frame, [image[:30, :20] for image in images])  # smaller patches at slide edges
+    assert (edge[:30, :20] == colours[0]).all() and (edge[30:50, :50] == 255).all()
 
 
 def test_label_and_probability_maps_share_the_grid():
@@ -72,8 +52,8 @@ def test_clear_errors():
         mosaic.label_map(two_patients)
     with pytest.raises(ValueError, match="lacks"):
         mosaic.label_map(frame.drop(columns="x"))
-    with pytest.raises(ValueError, match="images="):
-        mosaic.build_mosaic(frame)
+    with pytest.raises(ValueError, match="4 images for 5 rows"):
+        mosaic.build_mosaic(frame, images[:4])
 
 
 @pytest.mark.realdata
@@ -84,14 +64,15 @@ def test_real_patient_10253(real_idc):
     index = idc.scan(real_idc)
     patient = index.subset(np.flatnonzero(index.frame["patient_id"].to_numpy() == "10253"))
     assert len(patient) > 100
-    canvas, extent = mosaic.build_mosaic(patient, scale=1.0)
-    truth = mosaic.label_map(patient)
-    rows, columns, shape, grid_extent = mosaic.grid_cells(patient)
+    frame = patient.frame
+    canvas, extent = mosaic.build_mosaic(frame, [patient.load_image(position) for position in range(len(frame))])
+    truth = mosaic.label_map(frame)
+    rows, columns, shape, grid_extent = mosaic.grid_cells(frame)
     assert extent == grid_extent and canvas.shape[:2] == (shape[0] * 50, shape[1] * 50)
     assert np.isfinite(truth).sum() == len(patient)  # one cell per patch, none overwritten
     assert set(np.unique(truth[np.isfinite(truth)])) <= {0.0, 1.0}
     for position in (0, len(patient) // 2, len(patient) - 1):
-        image = read_image(patient.frame["path"].iloc[position])
+        image = read_image(frame["path"].iloc[position])
         top, left = rows[position] * 50, columns[position] * 50
         assert np.array_equal(canvas[top:top + image.shape[0], left:left + image.shape[1]], image)
 
@@ -102,7 +83,7 @@ def test_slide_view_figure():
     from bclib.plots.evaluation import slide_view
 
     frame, images, _, _ = _synthetic_slide()
-    canvas, extent = mosaic.build_mosaic(frame, images=images)
+    canvas, extent = mosaic.build_mosaic(frame, images)
     fig = slide_view(canvas, extent, mosaic.label_map(frame), mosaic.probability_map(frame, np.full(5, 0.3)), "p1")
     assert len(fig.axes) == 4  # mosaic, truth, probability, colour bar
     assert fig.axes[0].get_images()[0].get_extent() == list(extent)

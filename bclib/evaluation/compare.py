@@ -21,7 +21,7 @@ from bclib.evaluation.bootstrap import (
     percentile_interval,
 )
 from bclib.evaluation.conclusions import load_predictions
-from bclib.evaluation.experiment import Predictions
+from bclib.evaluation.experiment import Predictions, predict_split
 
 SPLITS = ("val", "test")
 #: The test-table metrics, each shown with its patient-bootstrap interval, and their column names.
@@ -35,14 +35,6 @@ PATIENT_COLUMNS = ["patient_id", "n", "n_positive", "true_fraction", "predicted_
 def scored_label(session: Any) -> int:
     """The label scored as positive: the dataset's disease class, else (more classes) the last one."""
     return session.num_classes - 1 if session.positive_label is None else int(session.positive_label)
-
-
-def positive_scores(probabilities: np.ndarray, positive_label: int) -> np.ndarray:
-    """P(positive class) from a model's outputs: one sigmoid unit, two softmax units, or one unit per class."""
-    probabilities = np.asarray(probabilities)
-    if probabilities.ndim == 2 and probabilities.shape[1] > 2:
-        return probabilities[:, positive_label].astype(np.float64)
-    return metrics.positive_probability(probabilities, positive_label)
 
 
 def value_with_interval(value: float | None, interval: Any) -> str:
@@ -153,7 +145,7 @@ class RunComparison:
 
     def scores(self, name: str, split: str) -> np.ndarray:
         """Model ``name``'s P(positive class) for each image of ``split``, in split order."""
-        return positive_scores(self.entry(name).predictions[split].probabilities, self.positive_label)
+        return metrics.positive_probability(self.entry(name).predictions[split].probabilities, self.positive_label)
 
     def threshold(self, name: str) -> float:
         """Model ``name``'s decision threshold, chosen on validation."""
@@ -342,8 +334,6 @@ def _entry(session: Any, directory: Path, positive_label: int) -> ModelEntry:
     entry = ModelEntry(name=card["model_name"], card=card, directory=directory, predictions={})
     predictions = _stored_predictions(session, card, directory)
     if predictions is None:
-        from bclib.evaluation.experiment import predict_split
-
         print(f"{entry.name}: trained on other patients or data; predicting this session's splits again")
         predictions = {split: predict_split(session, entry.model(), split, entry.input_size) for split in SPLITS}
     entry.predictions = predictions
@@ -351,8 +341,8 @@ def _entry(session: Any, directory: Path, positive_label: int) -> ModelEntry:
         entry.threshold = float(card["threshold"]["value"])
     else:  # the card's decision is the arg-max class: choose a one-vs-rest threshold on validation
         validation = predictions["val"]
-        entry.threshold, info = metrics.choose_threshold((validation.labels == positive_label).astype(int),
-                                                         positive_scores(validation.probabilities, positive_label))
+        scores = metrics.positive_probability(validation.probabilities, positive_label)
+        entry.threshold, info = metrics.choose_threshold((validation.labels == positive_label).astype(int), scores)
         card["threshold"] = {**card["threshold"], "method": info["method"]}
     return entry
 

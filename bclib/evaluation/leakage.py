@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from bclib.evaluation.bootstrap import paired_bootstrap_difference
-from bclib.evaluation.compare import positive_scores, scored_label
+from bclib.evaluation.compare import scored_label
+from bclib.evaluation.metrics import positive_probability
 
 LEAKY = "image-level (leaky)"
 HONEST = "patient-level"
@@ -104,7 +105,7 @@ def lesson(session: Any, epochs: int, image_size: int, batch_size: int, learning
     for name, train_positions in ((LEAKY, leaky), (HONEST, honest)):
         probabilities, seconds = _train_and_predict(session, train_positions, held, int(epochs), int(image_size),
                                                     int(batch_size), learning_rate)
-        scores[name] = positive_scores(probabilities, positive)
+        scores[name] = positive_probability(probabilities, positive)
         rows.append({
             "training set": name,
             "test ROC-AUC": roc_auc(truth.astype(int), scores[name]),

@@ -17,11 +17,6 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-#: The flat keys of :func:`binary_metrics` (docs/ARCHITECTURE.md, "Metric names").
-METRIC_NAMES = (
-    "roc_auc", "pr_auc", "brier", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-    "precision", "f1", "threshold", "n_images", "n_patients", "positive_class", "confusion_matrix",
-)
 #: Metrics that depend on the decision threshold.
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1")
 
@@ -66,18 +61,16 @@ def checked_scores(scores, n_images: int, name: str = "prob") -> np.ndarray:
 
 
 def positive_probability(probs, positive_label: int = 1) -> np.ndarray:
-    """P(positive class) per image from model outputs.
-
-    ``probs`` is ``(N,)`` or ``(N, 1)`` (one sigmoid unit: P(label 1)) or ``(N, 2)`` (softmax).
-    """
+    """P(positive class) per image from model outputs: ``(N,)`` or ``(N, 1)`` (one sigmoid unit: P(label 1)),
+    or ``(N, C)`` softmax outputs (one column per class)."""
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = p[:, 0]
     if p.ndim == 1:
         return p if positive_label == 1 else 1.0 - p
-    if p.ndim == 2 and p.shape[1] == 2:
+    if p.ndim == 2 and 0 <= positive_label < p.shape[1]:
         return p[:, int(positive_label)]
-    raise ValueError(f"expected (N,), (N, 1) or (N, 2) binary outputs, got shape {p.shape}")
+    raise ValueError(f"expected (N,), (N, 1) or (N, C) outputs with label {positive_label} among C, got shape {p.shape}")
 
 
 def _warn_if_hard(p: np.ndarray, notes: list[str] | None = None) -> None:
@@ -141,7 +134,7 @@ def threshold_metrics_from_counts(tp, fp, fn, tn) -> dict[str, np.ndarray]:
 
 def binary_metrics(y_true, prob_positive, threshold: float = 0.5, positive_label: int = 1,
                    class_names: Sequence[str] | None = None, patient_ids=None) -> dict:
-    """Every binary metric (keys in :data:`METRIC_NAMES`, plus ``n_positive``, ``n_negative``, ``notes``).
+    """Every binary metric (the keys of docs/ARCHITECTURE.md's "Metric names", ``n_positive``, ``n_negative``, ``notes``).
 
     ``prob_positive`` is P(positive class); ``positive_label`` names which label that is, and
     ``class_names[positive_label]`` becomes ``positive_class``. Undefined metrics are ``None``.

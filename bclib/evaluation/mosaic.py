@@ -10,25 +10,16 @@ no patch (background that the dataset authors dropped). All three share one ``ex
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
-from bclib.data.imageio import read_image
 
 
-def _frame_of(frame_or_index) -> tuple[pd.DataFrame, Callable[[int], np.ndarray] | None]:
-    """The frame, and the index's own image reader when a DatasetIndex is given."""
-    if hasattr(frame_or_index, "frame") and hasattr(frame_or_index, "load_image"):
-        return frame_or_index.frame, frame_or_index.load_image
-    if isinstance(frame_or_index, pd.DataFrame):
-        return frame_or_index.reset_index(drop=True), None
-    raise ValueError(f"expected a DataFrame or a DatasetIndex, got {type(frame_or_index).__name__}")
-
-
-def _check_frame(frame: pd.DataFrame) -> None:
+def _checked_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """One patient's rows with ``x`` and ``y`` coordinates, renumbered 0..n-1."""
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"expected a DataFrame of one patient's patches, got {type(frame).__name__}")
     missing = [column for column in ("x", "y") if column not in frame.columns]
     if missing:
         raise ValueError(f"a slide view needs the IDC patch coordinates; the frame lacks {missing}")
@@ -39,16 +30,16 @@ def _check_frame(frame: pd.DataFrame) -> None:
             f"the frame holds {frame['patient_id'].nunique()} patients; select one patient's rows "
             "(frame[frame.patient_id == ...]) — coordinates of different slides overlap"
         )
+    return frame.reset_index(drop=True)
 
 
-def grid_cells(frame, patch_size: int = 50) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float, float, float]]:
+def grid_cells(frame: pd.DataFrame, patch_size: int = 50
+               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float, float, float]]:
     """Each patch's (row, column) on the patch grid, the grid shape, and its extent in slide pixels."""
-    frame, _ = _frame_of(frame)
-    _check_frame(frame)
+    frame = _checked_frame(frame)
     if patch_size < 1:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
-    x = frame["x"].to_numpy(dtype=np.int64)
-    y = frame["y"].to_numpy(dtype=np.int64)
+    x, y = frame["x"].to_numpy(dtype=np.int64), frame["y"].to_numpy(dtype=np.int64)
     x0, y0 = int(x.min()), int(y.min())
     columns = np.rint((x - x0) / patch_size).astype(int)
     rows = np.rint((y - y0) / patch_size).astype(int)
@@ -57,77 +48,54 @@ def grid_cells(frame, patch_size: int = 50) -> tuple[np.ndarray, np.ndarray, tup
     return rows, columns, shape, extent
 
 
-def build_mosaic(frame, images: np.ndarray | None = None, patch_size: int = 50, scale: float = 1.0,
+def build_mosaic(frame: pd.DataFrame, images, patch_size: int = 50,
                  background: int = 255) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Paste every patch at its x/y; return ``(rgb uint8 mosaic, extent)``.
 
-    ``frame`` is one patient's rows (a DataFrame with ``x``, ``y`` and ``path``, or a
-    DatasetIndex); ``images`` (optional, aligned with the rows) avoids reading the files.
-    ``scale`` < 1 shrinks the mosaic (a large slide at 0.2 is 5x smaller per side).
+    ``frame`` is one patient's rows (``x``, ``y``); ``images`` the patches in the same order.
     Patches smaller than ``patch_size`` (slide edges) are pasted as they are.
     """
-    data, reader = _frame_of(frame)
-    _check_frame(data)
-    if not 0 < scale <= 4:
-        raise ValueError(f"scale must lie in (0, 4], got {scale}")
-    if images is not None and len(images) != len(data):
+    data = _checked_frame(frame)
+    if len(images) != len(data):
         raise ValueError(f"{len(images)} images for {len(data)} rows")
-    if images is None and reader is None and "path" not in data.columns:
-        raise ValueError("pass images= or a frame with a 'path' column")
-    x = data["x"].to_numpy(dtype=np.int64)
-    y = data["y"].to_numpy(dtype=np.int64)
-    x0, y0 = int(x.min()), int(y.min())
     _, _, shape, extent = grid_cells(data, patch_size)
-    height = int(round(shape[0] * patch_size * scale))
-    width = int(round(shape[1] * patch_size * scale))
+    height, width = shape[0] * patch_size, shape[1] * patch_size
     canvas = np.full((height, width, 3), background, dtype=np.uint8)
-    for position in range(len(data)):
-        if images is not None:
-            patch = np.asarray(images[position], dtype=np.uint8)
-        elif reader is not None:
-            patch = reader(position)
-        else:
-            patch = read_image(data["path"].iloc[position])
-        if scale != 1.0:
-            size = (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale)))
-            patch = np.asarray(Image.fromarray(patch).resize(size, Image.Resampling.BILINEAR))
-        top = int(round((y[position] - y0) * scale))
-        left = int(round((x[position] - x0) * scale))
-        patch = patch[: max(0, height - top), : max(0, width - left)]
+    tops = data["y"].to_numpy(dtype=np.int64) - int(extent[3])
+    lefts = data["x"].to_numpy(dtype=np.int64) - int(extent[0])
+    for top, left, patch in zip(tops, lefts, images):
+        patch = np.asarray(patch, dtype=np.uint8)[: height - top, : width - left]
         canvas[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
     return canvas, extent
 
 
-def _cell_map(frame, values: np.ndarray, patch_size: int) -> np.ndarray:
+def _cell_map(frame: pd.DataFrame, values: np.ndarray, patch_size: int) -> np.ndarray:
     rows, columns, shape, _ = grid_cells(frame, patch_size)
     grid = np.full(shape, np.nan, dtype=np.float64)
     grid[rows, columns] = values
     return grid
 
 
-def label_map(frame, patch_size: int = 50) -> np.ndarray:
+def label_map(frame: pd.DataFrame, patch_size: int = 50) -> np.ndarray:
     """The ground truth on the patch grid: 1.0 IDC, 0.0 non-IDC, ``NaN`` where no patch."""
-    data, _ = _frame_of(frame)
-    if "label" not in data.columns:
+    if "label" not in frame.columns:
         raise ValueError("the frame has no 'label' column")
-    return _cell_map(data, data["label"].to_numpy(dtype=np.float64), patch_size)
+    return _cell_map(frame, frame["label"].to_numpy(dtype=np.float64), patch_size)
 
 
-def probability_map(frame, probs, patch_size: int = 50) -> np.ndarray:
+def probability_map(frame: pd.DataFrame, probs, patch_size: int = 50) -> np.ndarray:
     """Predicted probabilities on the same grid as :func:`label_map` (``NaN`` where no patch)."""
-    data, _ = _frame_of(frame)
     values = np.asarray(probs, dtype=np.float64).reshape(-1)
-    if len(values) != len(data):
-        raise ValueError(f"{len(values)} probabilities for {len(data)} patches")
-    return _cell_map(data, values, patch_size)
+    if len(values) != len(frame):
+        raise ValueError(f"{len(values)} probabilities for {len(frame)} patches")
+    return _cell_map(frame, values, patch_size)
 
 
 def slides(run: Any, name: str, patients: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
     """Model ``name`` of ``run`` (a :class:`~bclib.evaluation.compare.RunComparison`) on whole slides:
     mosaic | truth | predicted probability for each requested patient in the data, and a table of each
     shown patient's split, patches and within-slide ROC-AUC."""
-    from bclib.evaluation.compare import positive_scores
-    from bclib.evaluation.metrics import roc_auc
+    from bclib.evaluation.metrics import positive_probability, roc_auc
     from bclib.models.training import predict_probabilities
     from bclib.plots.evaluation import slide_view
 
@@ -149,7 +117,7 @@ def slides(run: Any, name: str, patients: list[str]) -> tuple[dict[str, Any], pd
         positions = np.flatnonzero(patient_ids == patient)
         patient_frame = frame.iloc[positions].reset_index(drop=True)
         data = session.dataset("test", image_size=entry.input_size, training=False, positions=positions)
-        scores = positive_scores(predict_probabilities(entry.model(), data), run.positive_label)
+        scores = positive_probability(predict_probabilities(entry.model(), data), run.positive_label)
         truth = np.asarray(session.cache.labels)[positions] == run.positive_label
         canvas, extent = build_mosaic(patient_frame, images=session.cache.images[positions],
                                       patch_size=session.pack_size)
