@@ -29,7 +29,7 @@ def make_index(patients_labels: dict[str, list[int]], name: str = "folder", clas
 
 
 def assert_partition(split, index) -> None:
-    all_positions = np.concatenate([split.positions(n) for n in split.names])
+    all_positions = np.concatenate([split.positions(n) for n in split.assignment])
     assert len(all_positions) == len(set(all_positions.tolist()))
     assert set(all_positions.tolist()) <= set(range(len(index)))
 
@@ -42,12 +42,12 @@ def synthetic_index(synthetic_idc):
 def test_patient_split_is_disjoint_complete_and_deterministic(synthetic_index):
     split = make_split(synthetic_index, "patient", seed=3)
     assert_partition(split, synthetic_index)
-    assert sum(len(split.positions(n)) for n in split.names) == len(synthetic_index)
+    assert sum(len(split.positions(n)) for n in split.assignment) == len(synthetic_index)
     sets = [set(split.patients(n)) for n in ("train", "val", "test")]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     assert split.overlapping_patients() == []
     again = make_split(synthetic_index, "patient", seed=3)
-    for name in split.names:
+    for name in split.assignment:
         np.testing.assert_array_equal(split.positions(name), again.positions(name))
     assert split.patients_hash() == again.patients_hash()
     other_seeds = {make_split(synthetic_index, "patient", seed=s).patients_hash() for s in range(4, 9)}
@@ -97,7 +97,7 @@ def test_patient_split_warns_when_a_class_is_too_rare():
     with pytest.warns(UserWarning, match="holds no 'positive' images"):
         split = make_split(index, seed=0)
     assert any("too few" in note for note in split.warnings)
-    assert sum(len(split.positions(n)) for n in split.names) == len(index)
+    assert sum(len(split.positions(n)) for n in split.assignment) == len(index)
 
 
 def test_multiclass_split_stratifies_majority_class():
@@ -123,7 +123,7 @@ def test_image_split_warns_about_leakage(synthetic_index):
     with pytest.warns(LeakageWarning, match="leaks patients"):
         split = make_split(synthetic_index, "image", seed=0)
     assert_partition(split, synthetic_index)
-    assert sum(len(split.positions(n)) for n in split.names) == len(synthetic_index)
+    assert sum(len(split.positions(n)) for n in split.assignment) == len(synthetic_index)
     assert len(split.overlapping_patients()) > 0
     assert any("leak" in note for note in split.warnings)
     sizes = split.summary()["images"]
@@ -151,7 +151,7 @@ def test_official_idc_split_reports_missing_patients():
     assert split.patients("train") == sorted(IDC_TRAIN_PATIENTS[:5], key=int)
     assert len(split.missing_patients) == 162 - 9
     assert any(note.startswith("47 of the 49 official 'test' patients") for note in split.warnings)
-    assert "77777" not in sum((split.patients(n) for n in split.names), [])
+    assert "77777" not in sum((split.patients(n) for n in split.assignment), [])
     assert any("no official list" in note for note in split.warnings)
 
 

@@ -35,7 +35,8 @@ def _check_strength(name: str, value: float) -> float:
 
 class _RandomImageLayer(keras.layers.Layer):
     """What the augmentation layers share: float32 compute, a seeded generator, the input shape kept,
-    and a config holding the seed and each name of ``settings``."""
+    a config holding the seed and each name of ``settings``, and the identity when not training or
+    when every setting is 0. Subclasses write ``augment(inputs, batch_size)``."""
 
     settings: tuple[str, ...] = ()
 
@@ -45,10 +46,13 @@ class _RandomImageLayer(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def check_batch(self, inputs: Any) -> None:
+    def call(self, inputs, training=True):
+        if not training or (self.settings and not any(getattr(self, name) for name in self.settings)):
+            return inputs
         if len(inputs.shape) != 4 or inputs.shape[-1] != 3:
             raise ValueError(f"{type(self).__name__} expects RGB batches (batch, height, width, 3), "
                              f"got shape {inputs.shape}")
+        return self.augment(inputs, ops.shape(inputs)[0])
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -66,11 +70,7 @@ class RandomDihedral(_RandomImageLayer):
     only mirrored (a transpose would change their shape).
     """
 
-    def call(self, inputs, training=True):
-        if not training:
-            return inputs
-        self.check_batch(inputs)
-        batch = ops.shape(inputs)[0]
+    def augment(self, inputs, batch):
         coins = keras.random.uniform((3, batch, 1, 1, 1), seed=self.seed_generator) < 0.5
         images = inputs
         if inputs.shape[1] is not None and inputs.shape[1] == inputs.shape[2]:
@@ -110,14 +110,10 @@ class RandomZoomCrop(_RandomImageLayer):
         super().__init__(seed, **kwargs)
         self.zoom = _check_strength("zoom", zoom)
 
-    def call(self, inputs, training=True):
-        if not training or self.zoom == 0.0:
-            return inputs
-        self.check_batch(inputs)
+    def augment(self, inputs, batch):
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:
             raise ValueError("RandomZoomCrop needs a known image height and width")
-        batch = ops.shape(inputs)[0]
         side = keras.random.uniform((batch,), 1.0 - self.zoom, 1.0, seed=self.seed_generator)
         corner = keras.random.uniform((batch, 2), 0.0, 1.0, seed=self.seed_generator) * (1.0 - side[:, None])
         rows = bilinear_weights(corner[:, 0] * height, side * height, height, height)
@@ -162,11 +158,7 @@ class RandomStainJitter(_RandomImageLayer):
         super().__init__(seed, **kwargs)
         self.strength = _check_strength("strength", strength)
 
-    def call(self, inputs, training=True):
-        if not training or self.strength == 0.0:
-            return inputs
-        self.check_batch(inputs)
-        batch = ops.shape(inputs)[0]
+    def augment(self, inputs, batch):
         scale = keras.random.uniform((batch, 3), 1.0 - self.strength, 1.0 + self.strength, seed=self.seed_generator)
         shift = keras.random.uniform((batch, 3), -self.strength, self.strength, seed=self.seed_generator)
         return ops.cast(jitter_stains(inputs, scale, shift), inputs.dtype)
@@ -187,11 +179,7 @@ class RandomBrightnessContrast(_RandomImageLayer):
         self.brightness = _check_strength("brightness", brightness)
         self.contrast = _check_strength("contrast", contrast)
 
-    def call(self, inputs, training=True):
-        if not training or (self.brightness == 0.0 and self.contrast == 0.0):
-            return inputs
-        self.check_batch(inputs)
-        batch = ops.shape(inputs)[0]
+    def augment(self, inputs, batch):
         images = ops.cast(inputs, "float32")
         factor = keras.random.uniform((batch, 1, 1, 1), 1.0 - self.contrast, 1.0 + self.contrast,
                                       seed=self.seed_generator)

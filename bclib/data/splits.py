@@ -32,12 +32,9 @@ class LeakageWarning(UserWarning):
     """A split puts images of one patient into more than one split."""
 
 
-def _patient_sort_key(patient: str) -> tuple:
-    return (0, int(patient), "") if patient.isdigit() else (1, 0, patient)
-
-
 def _sorted_patients(patients) -> list[str]:
-    return sorted(patients, key=_patient_sort_key)
+    """Numeric ids in numeric order, then the others alphabetically."""
+    return sorted(patients, key=lambda patient: (0, int(patient), "") if patient.isdigit() else (1, 0, patient))
 
 
 @dataclass(eq=False)
@@ -54,10 +51,6 @@ class Split:
     def __post_init__(self) -> None:
         ids = self.index.frame["patient_id"].to_numpy()
         self._patients = {name: _sorted_patients(pd.unique(ids[rows])) for name, rows in self.assignment.items()}
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.assignment)
 
     def _checked(self, name: str) -> str:
         if name not in self.assignment:
@@ -220,14 +213,10 @@ def _patient_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarray
     has_class = table[class_columns].to_numpy() > 0
     owner = _deal(len(order), _targets(len(order)))
     _repair_classes(has_class, table["images"].to_numpy(), owner)
-    notes = []
-    for split in range(len(SPLIT_NAMES)):
-        for label, class_name in enumerate(index.class_names):
-            if has_class[:, label].any() and not has_class[owner == split, label].any():
-                notes.append(
-                    f"split {SPLIT_NAMES[split]!r} holds no {class_name!r} images: only "
-                    f"{int(has_class[:, label].sum())} patient(s) have that class, too few to reach every split"
-                )
+    notes = [f"split {split_name!r} holds no {class_name!r} images: only {int(has_class[:, label].sum())} "
+             "patient(s) have that class, too few to reach every split"
+             for split, split_name in enumerate(SPLIT_NAMES) for label, class_name in enumerate(index.class_names)
+             if has_class[:, label].any() and not has_class[owner == split, label].any()]
     split_of_patient = dict(zip(order, owner.tolist()))
     split_of_row = index.frame["patient_id"].map(split_of_patient).to_numpy(dtype=int)
     return {name: np.flatnonzero(split_of_row == i) for i, name in enumerate(SPLIT_NAMES)}, notes
@@ -277,9 +266,7 @@ def _official_split(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[st
     assignment = {name: np.flatnonzero((official == name).to_numpy(dtype=bool, na_value=False)) for name in SPLIT_NAMES}
     for name, positions in assignment.items():
         if len(positions) == 0:
-            listed = "its images"
-            if index.name == "idc":
-                listed = f"its {len(IDC_OFFICIAL_SPLITS[name])} patients (Janowczyk & Madabhushi 2016)"
+            listed = f"its {len(IDC_OFFICIAL_SPLITS[name])} patients" if index.name == "idc" else "its images"
             raise DatasetError(
                 f"the official {name!r} split is empty: none of {listed} are in the {index.name!r} data at "
                 f"{str(index.root)!r}.{hint} Use the patient split instead (split='patient', `--split patient`)."
