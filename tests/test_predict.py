@@ -121,10 +121,10 @@ def odd_files(tmp_path_factory) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- preparation and decisions
 
-def test_prepare_pads_small_patches_like_the_cache_then_resizes():
+def test_prepare_pads_small_patches_like_the_cache():
     patch = np.zeros((30, 40, 3), np.uint8)
     prepared = prepare_image(patch, input_size=32, pack_size=50)
-    assert prepared.shape == (32, 32, 3) and prepared.dtype == np.uint8
+    assert prepared.shape == (50, 50, 3) and prepared.dtype == np.uint8  # the model's resize comes later
     assert prepared[-1, -1].min() == 255  # white padding bottom/right, as the cache pads
     assert prepared[0, 0].max() == 0  # the patch stays top-left, never stretched
     assert prepare_image(np.zeros((500, 250, 3), np.uint8), 32).shape == (32, 32, 3)

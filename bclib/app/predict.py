@@ -3,7 +3,7 @@
 One preparation path (:func:`prepare_image`) is shared by ``bclib predict`` and the notebook-08
 widget, so both see exactly what the model saw: decode with :func:`bclib.data.imageio.read_image`,
 pad small patches like the training cache did (``pack_size`` from the card), resize to the
-model's ``input_size``. Bad files give a per-file error message; the others are still predicted.
+model's ``input_size`` with the training pipeline's resize. Bad files give a per-file error message; the others are still predicted.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, read_image
 from bclib.evaluation.modelcard import MODEL_FILE, load_model, validate_card
@@ -27,23 +26,17 @@ class PredictError(ValueError):
 
 
 def prepare_image(image: np.ndarray, input_size: int, pack_size: int | None = None) -> np.ndarray:
-    """Make a decoded RGB ``uint8`` image the model's ``input_size x input_size x 3`` input.
+    """A decoded RGB ``uint8`` image placed in a square exactly as the training cache packed it.
 
-    Patches are first placed in a ``pack_size`` square exactly as the training cache packed
-    them (padded bottom/right with white, or downscaled keeping the aspect ratio), then resized
-    to ``input_size`` (bilinear). Without ``pack_size`` the image is fitted to ``input_size``.
-    Returns ``uint8`` raw RGB values 0..255: preprocessing lives inside the model.
+    The square is ``pack_size`` (padded bottom/right with white, or downscaled keeping the aspect
+    ratio), or ``input_size`` without one. :meth:`Predictor.predict_batch` then resizes it to the
+    model's input with training's own :func:`~bclib.data.pipeline.resize_batch`.
     """
     if not isinstance(input_size, (int, np.integer)) or input_size < 1:
         raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
     if pack_size is not None and (not isinstance(pack_size, (int, np.integer)) or pack_size < 1):
         raise ValueError(f"pack_size must be a positive integer or None, got {pack_size!r}")
-    square = fit_to_square(image, int(pack_size or input_size))
-    if square.shape[0] != input_size:
-        square = np.asarray(
-            Image.fromarray(square).resize((int(input_size), int(input_size)), Image.Resampling.BILINEAR)
-        )
-    return np.ascontiguousarray(square, dtype=np.uint8)
+    return fit_to_square(image, int(pack_size or input_size))
 
 
 def class_probabilities(output: np.ndarray, num_classes: int) -> np.ndarray:
@@ -144,11 +137,13 @@ class Predictor:
         return prepare_image(image, self.input_size, self.pack_size)
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, S, S, 3)`` prepared images -> ``(N, C)`` class probabilities."""
+        """``(N, S, S, 3)`` prepared images -> ``(N, C)`` class probabilities (resized to the model's input here)."""
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[0] == 0:
             raise PredictError(f"expected a non-empty (N, S, S, 3) batch, got shape {batch.shape}")
-        output = self.model.predict_on_batch(batch.astype(np.float32))
+        from bclib.data.pipeline import resize_batch
+
+        output = self.model.predict_on_batch(resize_batch(batch, self.input_size))
         return class_probabilities(np.asarray(output), len(self.class_names))
 
     def result(self, source: str, probabilities: np.ndarray, threshold: float | None = None) -> Prediction:

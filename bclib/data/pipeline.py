@@ -96,23 +96,25 @@ def make_dataset(
         # On a CPU in order, so the augmenter's seeded draws repeat from run to run; a GPU needs the parallel feed.
         parallel = {"num_parallel_calls": AUTOTUNE, "deterministic": True} if tf.config.list_physical_devices("GPU") else {}
         dataset = dataset.map(lambda images, labels: (augmenter(images, training=True), labels), **parallel)
-    size = None if image_size is None or (int(image_size) == height == width) else int(image_size)
-    if size is not None:
-        antialias = size < max(height, width)
-        dataset = dataset.map(
-            lambda images, labels: (tf.image.resize(images, (size, size), method="bilinear", antialias=antialias), labels),
-            num_parallel_calls=AUTOTUNE, deterministic=True,
-        )
+    if image_size is not None and not int(image_size) == height == width:
+        dataset = dataset.map(lambda images, labels: (resize_batch(images, int(image_size)), labels),
+                              num_parallel_calls=AUTOTUNE, deterministic=True)
     return dataset.prefetch(AUTOTUNE)
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Images resized to ``size`` x ``size`` in RAM, as float32 0..255 (the models' input).
+def resize_batch(images, size: int) -> tf.Tensor:
+    """A batch ``(N, H, W, 3)`` as the model's float32 0..255 input, ``size`` x ``size``.
 
-    Same interpolation as :func:`make_dataset` (bilinear, antialiased when shrinking).
+    The one resize used by training, evaluation, ``bclib predict`` and Grad-CAM (bilinear,
+    antialiased when shrinking), so a model sees the same pixels wherever its input comes from.
     """
-    images = np.asarray(images, dtype=np.float32)
-    if images.shape[1] == size and images.shape[2] == size:
+    images = tf.cast(images, tf.float32)
+    height, width = int(images.shape[1]), int(images.shape[2])
+    if height == width == size:
         return images
-    antialias = size < max(images.shape[1], images.shape[2])
-    return tf.image.resize(images, (size, size), method="bilinear", antialias=antialias).numpy()
+    return tf.image.resize(images, (size, size), method="bilinear", antialias=size < max(height, width))
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """:func:`resize_batch` in RAM: a numpy batch in, a float32 numpy batch out."""
+    return resize_batch(np.asarray(images), size).numpy()

@@ -32,20 +32,20 @@ def predict_index(model, index, image_size: int, batch_size: int = 256, progress
     """Probabilities for every row of ``index``, in row order.
 
     Each image is decoded and placed in an ``image_size`` square as the training cache packs it
-    (:func:`~bclib.data.imageio.fit_to_square`), then resized to the model's input as the training
-    pipeline does; the next batch decodes while the current one is predicted. Returns ``(N,)``
-    P(label 1) for a one-sigmoid model, ``(N, C)`` otherwise.
+    (:func:`~bclib.data.imageio.fit_to_square`), then resized to the model's input by training's
+    :func:`~bclib.data.pipeline.resize_batch`; the next batch decodes while the current one is
+    predicted. Returns ``(N,)`` P(label 1) for a one-sigmoid model, ``(N, C)`` otherwise.
     """
     import tensorflow as tf
     from tqdm.auto import tqdm
+
+    from bclib.data.pipeline import resize_batch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if len(index) == 0:
         raise ValueError("the index holds no images to predict")
     target = model_input_size(model)
-    resize = target is not None and target != (image_size, image_size)
-    antialias = bool(target and max(target) < image_size)
     batches = [range(start, min(start + batch_size, len(index))) for start in range(0, len(index), batch_size)]
     outputs = []
     with ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool, ThreadPoolExecutor(1) as prefetch, \
@@ -55,9 +55,7 @@ def predict_index(model, index, image_size: int, batch_size: int = 256, progress
             batch = pending.result()
             if number + 1 < len(batches):
                 pending = prefetch.submit(_decode_batch, index, batches[number + 1], image_size, pool)
-            tensor = tf.convert_to_tensor(batch, dtype=tf.float32)
-            if resize:
-                tensor = tf.image.resize(tensor, target, method="bilinear", antialias=antialias)
+            tensor = resize_batch(batch, target[0]) if target else tf.convert_to_tensor(batch, tf.float32)
             outputs.append(np.asarray(model(tensor, training=False), dtype=np.float32))
             bar.update(len(batch))
     probabilities = np.concatenate(outputs)

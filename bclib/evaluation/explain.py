@@ -255,6 +255,8 @@ def grad_cam(model, images: np.ndarray, class_index: int | None = None, layer_na
     """
     import tensorflow as tf
 
+    from bclib.data.pipeline import resize_batch
+
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
@@ -276,7 +278,7 @@ def grad_cam(model, images: np.ndarray, class_index: int | None = None, layer_na
     for start in range(0, len(images), batch_size):
         batch = tf.convert_to_tensor(images[start:start + batch_size], dtype=tf.float32)
         if input_size is not None and input_size != (height, width):
-            batch = tf.image.resize(batch, input_size)
+            batch = resize_batch(batch, input_size[0])
         cam = forward.cam(batch, class_index)
         cam = tf.image.resize(cam, (height, width), method="bilinear")[..., 0].numpy()
         peak = cam.reshape(len(cam), -1).max(axis=1)

@@ -292,6 +292,7 @@ def folder_throughput(model_path: str | os.PathLike, folder: str | os.PathLike, 
     ``model.predict`` on the same prepared images in RAM, both warmed up."""
     from bclib.app.predict import Predictor, collect_image_paths
     from bclib.data.imageio import read_image
+    from bclib.data.pipeline import resize_images
 
     predictor = Predictor.load(model_path)
     image_paths, _ = collect_image_paths([folder])
@@ -301,8 +302,8 @@ def folder_throughput(model_path: str | os.PathLike, folder: str | os.PathLike, 
     start = time.perf_counter()
     results = list(predictor.predict_sources(image_paths, batch_size=batch_size))
     path_seconds = time.perf_counter() - start
-    arrays = np.stack([predictor.prepare(read_image(path)) for path, result in zip(image_paths, results)
-                       if result.ok]).astype(np.float32)
+    arrays = resize_images(np.stack([predictor.prepare(read_image(path)) for path, result in zip(image_paths, results)
+                                     if result.ok]), predictor.input_size)
     predictor.model.predict(arrays[:batch_size], batch_size=batch_size, verbose=0)  # traces predict once
     start = time.perf_counter()
     predictor.model.predict(arrays, batch_size=batch_size, verbose=0)
