@@ -110,8 +110,8 @@ def test_file_in_keras_cache_is_used(fake_backbone_files, tmp_path, monkeypatch,
     model = models.build_model("mobilenetv2", input_size=SIZE, weights="imagenet", allow_random_weights=False)
     assert model.bclib_weights.used == "imagenet" and model.bclib_weights.is_pretrained
     assert model.bclib_weights.banner == ""
-    assert models.weights_record(model) == {"requested": "imagenet", "used": "imagenet",
-                                            "note": "ImageNet weights from the Keras cache"}
+    assert model.bclib_weights.to_card() == {"requested": "imagenet", "used": "imagenet",
+                                             "note": "ImageNet weights from the Keras cache"}
     _assert_same_weights(model, expected)
 
 

@@ -1,17 +1,10 @@
-"""Library copies of the models the notebooks write out in their cells.
+"""Library copies of the models notebooks 02 and 05 write out; tests check that both copies agree.
 
-Notebook 02 writes the baseline CNN (:func:`baseline_cnn`) and its ``compile`` (:func:`compile_model`);
-notebook 05 writes the transfer model (:func:`transfer_model`), its head on cached features
-(:func:`head_model`) and the fine-tuning unfreeze (:func:`unfreeze_top`). Later notebooks, the
-leakage lesson, the benchmark and the tests build the same things from here; tests check that
-each notebook's cell and its copy here give the same layers.
-
-Every model takes raw RGB values 0..255 and preprocesses inside, so a saved ``model.keras``
-needs nothing else. Two classes: one sigmoid unit, P(label 1); more: a softmax. Transfer models
-nest the keras.applications backbone as a layer named ``"backbone"``, called with
-``training=False`` (its BatchNorm layers stay in inference mode, also when fine-tuning).
-Layer names used by feature extraction and Grad-CAM: ``"preprocess"``, ``"backbone"``,
-``"pool"``, ``"head_dropout"``, ``"head_output"``.
+Every model takes raw RGB values 0..255 and preprocesses inside, so a saved ``model.keras`` needs
+nothing else. Two classes: one sigmoid unit, P(label 1); more: a softmax. Transfer models nest the
+keras.applications backbone as a layer named ``"backbone"``, called with ``training=False`` (its
+BatchNorm layers stay in inference mode, also when fine-tuning). Layer names used by feature
+extraction and Grad-CAM: ``"preprocess"``, ``"backbone"``, ``"pool"``, ``"head_dropout"``, ``"head_output"``.
 """
 from __future__ import annotations
 
@@ -25,7 +18,6 @@ TRANSFER_MODELS = ("mobilenetv2", "resnet50")
 DEFAULT_INPUT_SIZE = {"baseline_cnn": 50, "mobilenetv2": 96, "resnet50": 96}
 #: ImageNet channel means in BGR order, subtracted by the "caffe" preprocessing of ResNet50.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-MIN_TRANSFER_INPUT = 32
 
 
 @keras.saving.register_keras_serializable(package="bclib")
@@ -110,8 +102,6 @@ def backbone(name: str, input_size: int, weights: WeightsChoice) -> keras.Model:
     key = _check_name(name)
     if key not in TRANSFER_MODELS:
         raise ValueError(f"{name!r} has no pretrained backbone; transfer models are {list(TRANSFER_MODELS)}")
-    if input_size < MIN_TRANSFER_INPUT:
-        raise ValueError(f"{name} needs input_size >= {MIN_TRANSFER_INPUT}, got {input_size}")
     application = keras.applications.MobileNetV2 if key == "mobilenetv2" else keras.applications.ResNet50
     network = application(input_shape=(input_size, input_size, 3), include_top=False, weights=None, name="backbone")
     if weights.path is not None:
@@ -154,14 +144,6 @@ def build_model(name: str, num_classes: int = 2, input_size: int | None = None, 
             return model
         choice = resolve_weights(key, weights, allow_random=allow_random_weights, input_size=size, announce=False)
         return transfer_model(key, size, num_classes, choice, dropout)
-
-
-def weights_record(model: keras.Model) -> dict:
-    """The model card's ``weights`` entry for a model built here."""
-    choice = getattr(model, "bclib_weights", None)
-    if choice is None:
-        return {"requested": None, "used": "unknown", "note": "model not built by bclib.models.build_model"}
-    return choice.to_card()
 
 
 def get_backbone(model: keras.Model) -> keras.Model:
