@@ -15,8 +15,10 @@ import shutil
 import socket
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from bclib.display import show_banner
 
 #: Backbones with ImageNet weights, and where keras.applications downloads them from.
 BASE_URLS = {
@@ -27,8 +29,6 @@ BASE_URLS = {
 MOBILENETV2_SIZES = (96, 128, 160, 192, 224)
 #: md5 of the ResNet50 no-top file, as keras.applications checks it.
 RESNET50_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
-
-BANNER_RULE = "=" * 88
 
 
 class WeightsError(ValueError):
@@ -55,16 +55,11 @@ class WeightsChoice:
 
     def to_card(self) -> dict:
         """The ``weights`` entry of a model card."""
-        note = self.banner.replace(BANNER_RULE, "").strip() if self.banner else ""
-        if not note:
-            note = {
-                "imagenet": "ImageNet weights from the Keras cache",
-                "random": "randomly initialised (trained from scratch)",
-            }.get(self.used, f"weights loaded from {self.path}")
+        note = self.banner or {
+            "imagenet": "ImageNet weights from the Keras cache",
+            "random": "randomly initialised (trained from scratch)",
+        }.get(self.used, f"weights loaded from {self.path}")
         return {"requested": self.requested, "used": self.used, "note": note}
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def keras_home() -> Path:
@@ -98,19 +93,14 @@ def weights_file_name(backbone: str, input_size: int = 96, alpha: float = 1.0) -
 
 
 def _banner(backbone: str, file_name: str, reason: str) -> str:
-    cache = weights_cache_dir()
-    return "\n".join(
-        [
-            BANNER_RULE,
-            "NO IMAGENET WEIGHTS: backbone randomly initialised; results are NOT transfer learning.",
-            f"Backbone {backbone}: {reason}",
-            "To fix: on a machine with internet, download",
-            f"    {BASE_URLS[backbone]}{file_name}",
-            f"and copy it into {cache}/ (the Keras cache, $KERAS_HOME/models),",
-            "or pass weights=<path to that .h5 file> (notebook parameter `weights`).",
-            BANNER_RULE,
-        ]
-    )
+    return "\n".join([
+        "NO IMAGENET WEIGHTS: backbone randomly initialised; results are NOT transfer learning.",
+        f"Backbone {backbone}: {reason}",
+        "To fix: on a machine with internet, download",
+        f"    {BASE_URLS[backbone]}{file_name}",
+        f"and copy it into {weights_cache_dir()}/ (the Keras cache, $KERAS_HOME/models),",
+        "or pass weights=<path to that .h5 file> (notebook parameter `weights`).",
+    ])
 
 
 def _download(backbone: str, file_name: str, timeout: float) -> Path:
@@ -157,12 +147,8 @@ def resolve_weights(
     """
     choice = _choose(backbone, weights, allow_random, input_size, alpha, download, timeout)
     if announce:
-        from bclib.display import show_banner
-
-        if choice.banner:
-            show_banner(choice.banner.replace(BANNER_RULE, "").strip(), "warning")
-        else:
-            show_banner(f"{backbone} weights: {choice.to_card()['note']}", "note")
+        show_banner(choice.banner or f"{backbone} weights: {choice.to_card()['note']}",
+                    "warning" if choice.banner else "note")
     return choice
 
 
@@ -237,16 +223,14 @@ def load_weights_file(model, path: str | os.PathLike) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             _load(model, path)
-        skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
-        if skipped:
-            raise WeightsError(
-                f"{str(path)!r} only partly fits {model.name} ({len(skipped)} parts left at their random "
-                "initialisation): is it the no-top file of the same backbone?"
-            )
-    except WeightsError:
-        raise
     except Exception as error:
         raise WeightsError(
             f"could not load weights from {str(path)!r} into {model.name}: {error} (is it the no-top file of "
             "the same backbone?)"
         ) from None
+    skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
+    if skipped:
+        raise WeightsError(
+            f"{str(path)!r} only partly fits {model.name} ({len(skipped)} parts left at their random "
+            "initialisation): is it the no-top file of the same backbone?"
+        )
