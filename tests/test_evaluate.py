@@ -202,7 +202,9 @@ def test_confusion_and_reliability_figures():
     plt.close("all")
 
 
-def test_patient_scatter_figure():
+def test_patients_figure_labels_the_worst_patients():
+    import types
+
     import matplotlib.pyplot as plt
 
     from bclib.evaluation import metrics
@@ -210,8 +212,8 @@ def test_patient_scatter_figure():
 
     y, prob = _scores()
     table = metrics.patient_level_table(y, prob, np.arange(200) % 10, threshold=0.5)
-    fig = figures.patient_scatter(table)
-    assert len(fig.axes) == 1 and "Pearson" in fig.axes[0].get_title()
-    with pytest.raises(ValueError, match="column"):
-        figures.patient_scatter(table, column="n")
+    fig = figures.patients(types.SimpleNamespace(patient_table=lambda name: table), "cnn")
+    assert len(fig.axes) == 1 and fig.axes[0].get_title().startswith("cnn: Patients (Pearson r = ")
+    labelled = {text.get_text() for text in fig.axes[0].texts}
+    assert labelled == set(metrics.worst_patients(table)["patient_id"].astype(str)) and len(labelled) == 5
     plt.close("all")

@@ -18,8 +18,8 @@ GRADCAM_COLORMAP = "jet"
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], positive_label: int | None = 1,
-                     normalize: bool = False, title: str | None = None, ax=None,
-                     xlabel: str = "predicted", vmax: float | None = None) -> matplotlib.figure.Figure:
+                     title: str | None = None, ax=None, xlabel: str = "predicted",
+                     vmax: float | None = None) -> matplotlib.figure.Figure:
     """The confusion matrix (rows = truth, columns = prediction) with named classes.
 
     ``matrix`` is in label order (as :func:`bclib.evaluation.metrics.binary_metrics` gives it for binary
@@ -37,22 +37,21 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
         # binary metrics order the matrix negative first, positive second
         ordered = [names[1 - positive_label], names[positive_label]]
         names = [ordered[0], f"{ordered[1]} (positive)"]
-    shown = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
     if ax is None:
         size = max(3.6, 1.1 * len(names) + 1.5)
         fig, ax = plt.subplots(figsize=(size, size * 0.9))
     else:
         fig = ax.figure
-    darkest = (1.0 if normalize else vmax) or shown.max() or 1
-    ax.imshow(shown, cmap="Blues", vmin=0, vmax=darkest)
+    darkest = vmax or counts.max() or 1
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=darkest)
     for row in range(len(names)):
         for column in range(len(names)):
-            text = f"{shown[row, column]:.2f}" if normalize else f"{int(counts[row, column]):,}"
-            dark = shown[row, column] > 0.6 * darkest
-            ax.text(column, row, text, ha="center", va="center", color="white" if dark else "black")
+            dark = counts[row, column] > 0.6 * darkest
+            ax.text(column, row, f"{int(counts[row, column]):,}", ha="center", va="center",
+                    color="white" if dark else "black")
     ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel=xlabel, ylabel="truth", title=title or ("Confusion matrix" + (" (row-normalised)" if normalize else "")))
+    ax.set(xlabel=xlabel, ylabel="truth", title=title or "Confusion matrix")
     fig.tight_layout()
     return fig
 
@@ -94,47 +93,36 @@ def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | Non
     return fig
 
 
-def patient_scatter(table: pd.DataFrame, column: str = "mean_probability",
-                    annotate: int = 5) -> matplotlib.figure.Figure:
-    """True positive fraction vs predicted (mean probability or share called positive), one dot per patient.
+def patients(run: Any, name: str) -> matplotlib.figure.Figure:
+    """Model ``name``'s test patients, one dot each: the share of patches called positive against the true share.
 
-    Dot size grows with the patient's image count (a legend gives three sizes); the ``annotate``
-    patients furthest from the diagonal are labelled.
+    Dot size grows with the patient's image count (a legend gives three sizes); the five patients
+    furthest from the diagonal (:func:`~bclib.evaluation.metrics.worst_patients`) are labelled.
     """
-    from bclib.evaluation.metrics import fraction_correlation
+    from bclib.evaluation.metrics import fraction_correlation, worst_patients
 
-    labels = {"mean_probability": "mean predicted probability",
-              "predicted_fraction": "share of patches called positive"}
-    if column not in labels:
-        raise ValueError(f"column must be one of {list(labels)}, got {column!r}")
+    table = run.patient_table(name)
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
     largest = max(1, int(table["n"].max()))
 
     def size(count):
         return 15 + 85 * np.asarray(count) / largest
 
-    ax.scatter(table["true_fraction"], table[column], s=size(table["n"]), alpha=0.6, edgecolor="k", linewidth=0.4)
+    ax.scatter(table["true_fraction"], table["predicted_fraction"], s=size(table["n"]), alpha=0.6, edgecolor="k",
+               linewidth=0.4)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    errors = (table[column] - table["true_fraction"]).abs()
-    for position in errors.sort_values(ascending=False).index[:annotate]:
-        ax.annotate(str(table.loc[position, "patient_id"]),
-                    (table.loc[position, "true_fraction"], table.loc[position, column]), fontsize=7)
+    for _, patient in worst_patients(table).iterrows():
+        ax.annotate(str(patient["patient_id"]), (patient["true_fraction"], patient["predicted_fraction"]), fontsize=7)
     for count in sorted({int(table["n"].min()), int(table["n"].median()), largest}):
         ax.scatter([], [], s=size(count), color="C0", alpha=0.6, edgecolor="k", linewidth=0.4, label=f"{count}")
     ax.legend(title="patches", fontsize=7, title_fontsize=7, loc="upper left", labelspacing=1.1)
-    correlation = fraction_correlation(table).get(f"pearson_{column}")
+    correlation = fraction_correlation(table)["pearson_predicted_fraction"]
     label = "undefined" if correlation is None else f"{correlation:.2f}"
-    ax.set(xlabel="true positive fraction (per patient)", ylabel=labels[column],
-           title=f"Patients (Pearson r = {label}, n = {len(table)})", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.set(xlabel="true positive fraction (per patient)", ylabel="share of patches called positive",
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.set_title(f"{name}: Patients (Pearson r = {label}, n = {len(table)})", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return fig
-
-
-def patients(run: Any, name: str) -> matplotlib.figure.Figure:
-    """Model ``name``'s test patients: the share of patches called positive against the true share."""
-    fig = patient_scatter(run.patient_table(name), column="predicted_fraction")
-    fig.axes[0].set_title(f"{name}: " + fig.axes[0].get_title(), fontsize=10)
     return fig
 
 
