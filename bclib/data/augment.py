@@ -129,7 +129,8 @@ def jitter_stains(images, scale, shift):
 
     ``images`` (batch, h, w, 3) RGB in 0..255; ``scale`` and ``shift`` (batch, 3), one value
     per image and stain. In optical density ``OD = -log((I + 1) / 256)`` the concentrations are
-    ``C = OD @ inv(M)``; the result is ``RGB(((C * scale) + shift) @ M)``. The three linear
+    ``C = OD @ inv(M)`` (``M``: Ruifrok-Johnston stain vectors); the result is
+    ``RGB(((C * scale) + shift) @ M)``. The three linear
     steps are fused into one 3x3 matrix and one offset per image.
     """
     rgb_from_hed, hed_from_rgb = (ops.convert_to_tensor(m) for m in stain_matrices())
@@ -143,14 +144,8 @@ def jitter_stains(images, scale, shift):
 
 @keras.saving.register_keras_serializable(package="bclib")
 class RandomStainJitter(_RandomImageLayer):
-    """H&E stain jitter in optical-density space, per image.
-
-    RGB ``I`` (0..255) -> optical density ``OD = -log((I + 1) / 256)`` -> stain concentrations
-    ``C = OD @ inv(M)`` (``M``: Ruifrok-Johnston H/E/DAB vectors) -> ``C * alpha + beta`` with
-    ``alpha ~ U(1 - strength, 1 + strength)`` and ``beta ~ U(-strength, strength)`` drawn per
-    image and per stain -> back to RGB, clipped to 0..255 (:func:`jitter_stains`).
-    ``strength=0`` is the identity.
-    """
+    """H&E stain jitter per image (:func:`jitter_stains`): each stain's concentration scaled by
+    ``U(1 - strength, 1 + strength)`` and shifted by ``U(-strength, strength)``; 0 is the identity."""
 
     settings = ("strength",)
 

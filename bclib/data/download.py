@@ -33,7 +33,6 @@ PCAM_FILES = tuple(f"camelyonpatch_level_2_split_{split}_{array}.h5.gz"
 MARKER_NAME = ".bclib-download.json"
 WORK_DIR_NAME = ".bclib-download"
 CHUNK_SIZE = 1 << 16
-MAX_CONNECT_TIMEOUT = 5.0
 ARCHIVE_SUFFIXES = {".tar.gz": "tar", ".tar.bz2": "tar", ".tar.xz": "tar", ".tgz": "tar", ".tbz2": "tar",
                     ".txz": "tar", ".tar": "tar", ".zip": "zip", ".gz": "gzip"}  # ".tar.gz" before ".gz"
 
@@ -172,7 +171,7 @@ def fetch(url: str, part_path: Path, progress: bool = True, timeout: float = 15.
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        response = requests.get(url, stream=True, headers=headers, timeout=(min(timeout, MAX_CONNECT_TIMEOUT), timeout))
+        response = requests.get(url, stream=True, headers=headers, timeout=(min(timeout, 5.0), timeout))
     except requests.RequestException as error:
         raise DownloadError(f"could not connect to {url} (is this machine offline or behind a proxy?): "
                             f"{str(error)[:300]}") from error

@@ -51,15 +51,9 @@ def image_sizes(index: DatasetIndex) -> pd.DataFrame:
 def size_anomalies(index: DatasetIndex, expected: int | None = None) -> pd.DataFrame:
     """Images whose size differs from the most common one (IDC: edge patches under 50x50)."""
     sizes = image_sizes(index)
-    if expected is None:
-        expected_size = sizes.value_counts().idxmax()
-    else:
-        expected_size = (expected, expected)
+    expected_size = sizes.value_counts().idxmax() if expected is None else (expected, expected)
     odd = (sizes["width"] != expected_size[0]) | (sizes["height"] != expected_size[1])
-    table = index.frame.loc[odd, ["path", "label_name", "patient_id"]].copy()
-    table["width"] = sizes.loc[odd, "width"]
-    table["height"] = sizes.loc[odd, "height"]
-    return table.reset_index(drop=True)
+    return index.frame.loc[odd, ["path", "label_name", "patient_id"]].join(sizes[odd]).reset_index(drop=True)
 
 
 #: A pixel is tissue when its darkest channel is below this (the near-white background and fat are not).
