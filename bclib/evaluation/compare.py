@@ -20,13 +20,13 @@ from bclib.evaluation.bootstrap import (
     _resample_weights, binary_metrics_with_ci, format_interval, paired_bootstrap_difference, patient_codes,
     percentile_interval,
 )
-from bclib.evaluation.conclusions import load_predictions
+from bclib.evaluation.conclusions import METRIC_LABELS, load_predictions
 from bclib.evaluation.experiment import Predictions, predict_split
 
 SPLITS = ("val", "test")
 #: The test-table metrics, each shown with its patient-bootstrap interval, and their column names.
-INTERVAL_METRICS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "balanced_accuracy": "balanced accuracy",
-                    "sensitivity": "sensitivity", "specificity": "specificity"}
+INTERVAL_METRICS = {key: METRIC_LABELS[key] for key in ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity",
+                                                         "specificity")}
 #: The patient table's columns shown for the worst patients.
 PATIENT_COLUMNS = ["patient_id", "n", "n_positive", "true_fraction", "predicted_fraction", "fraction_error",
                    "mean_probability", "roc_auc", "sensitivity", "specificity"]

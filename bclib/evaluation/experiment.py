@@ -135,18 +135,10 @@ def metrics_table(cards: list[dict], split: str = "val") -> pd.DataFrame:
     for card in cards:
         values = card.get("metrics", {}).get(split, {})
         at_half = values.get("at_0_5") or {}
-        rows.append({
-            "model": card.get("model_name"),
-            "roc_auc": values.get("roc_auc"),
-            "pr_auc": values.get("pr_auc"),
-            "threshold": card.get("threshold", {}).get("value"),
-            "sensitivity": values.get("sensitivity"),
-            "specificity": values.get("specificity"),
-            "balanced_accuracy": values.get("balanced_accuracy"),
-            "sensitivity@0.5": at_half.get("sensitivity"),
-            "specificity@0.5": at_half.get("specificity"),
-            "precision@0.5": at_half.get("precision"),
-        })
+        rows.append({"model": card.get("model_name"), "roc_auc": values.get("roc_auc"), "pr_auc": values.get("pr_auc"),
+                     "threshold": card.get("threshold", {}).get("value"),
+                     **{key: values.get(key) for key in ("sensitivity", "specificity", "balanced_accuracy")},
+                     **{f"{key}@0.5": at_half.get(key) for key in ("sensitivity", "specificity", "precision")}})
     return pd.DataFrame(rows).set_index("model")
 
 

@@ -329,15 +329,12 @@ def worst_patients(table: pd.DataFrame, k: int = 5) -> pd.DataFrame:
 
 
 def fraction_correlation(table: pd.DataFrame) -> dict[str, float | None]:
-    """Pearson and Spearman correlation of the true positive fraction with the predicted one.
-
-    ``None`` where undefined (fewer than 3 patients, or a constant column).
-    """
-    out: dict[str, float | None] = {}
+    """Pearson correlation of the true positive fraction with ``mean_probability`` and ``predicted_fraction``
+    (keys ``pearson_<column>``); ``None`` where undefined (fewer than 3 patients, or a constant column)."""
     truth = table["true_fraction"].astype(float)
+    out: dict[str, float | None] = {}
     for column in ("mean_probability", "predicted_fraction"):
         predicted = table[column].astype(float)
         defined = len(table) >= 3 and truth.nunique() > 1 and predicted.nunique() > 1
-        for method in ("pearson", "spearman"):
-            out[f"{method}_{column}"] = _none_if_nan(truth.corr(predicted, method=method)) if defined else None
+        out[f"pearson_{column}"] = _none_if_nan(truth.corr(predicted)) if defined else None
     return out

@@ -23,31 +23,24 @@ class ModelLoadError(ValueError):
     """A model or its card is missing, corrupt, unsafe or inconsistent."""
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
+def _plain(value: Any) -> Any:
+    """``value`` with numpy values as Python ones, paths as text and NaN/inf as None (valid JSON for every reader)."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def _clean(value: Any) -> Any:
-    """NaN/inf become None so the JSON stays valid for every reader."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _plain(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
     return value
 
 
 def json_text(data: Any, indent: int | None = 2, ensure_ascii: bool = True) -> str:
     """``data`` as strict JSON: numpy values as numbers, paths as text, NaN and infinities as null."""
-    plain = _clean(json.loads(json.dumps(data, default=_json_default)))
-    return json.dumps(plain, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+    return json.dumps(_plain(data), indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
 
 
 def write_json(data: Any, path: str | Path) -> Path:
