@@ -1,23 +1,17 @@
 """Grad-CAM heatmaps for plain CNNs and for transfer models with a nested backbone.
 
-Grad-CAM (Selvaraju et al., 2017) weighs each channel of a convolutional feature map by the
-mean gradient of the class score over that map, sums, keeps the positive part, and resizes
-the result to the image. Where the model's last layer is a ``Dense`` (or ``Activation``)
-with a sigmoid or softmax, the score is the *logit* before it, so saturated probabilities
-(exactly 0 or 1 in float32) still give gradients.
+Grad-CAM (Selvaraju et al., 2017) weighs each channel of a convolutional feature map by the mean
+gradient of the class score over that map, sums, keeps the positive part, and resizes the result to
+the image. Where the model ends in a sigmoid or softmax ``Dense`` (or ``Activation``), the score is
+the logit before it, so saturated probabilities still give gradients.
 
-Which feature map:
+The feature map: a layer named by ``layer_name`` (nested models searched too); else, in a transfer
+model, the last 4-D layer of the nested backbone (MobileNetV2: ``out_relu``), the wrapper's layers
+being run one after another around it and checked against ``model(images)``; else the last
+convolution of a plain CNN.
 
-* a transfer model (``keras.applications`` backbone as a sub-model inside a wrapper): the last
-  layer with a 4-D output inside the nested backbone (MobileNetV2: ``out_relu``; ResNet50:
-  ``conv5_block3_out``); the wrapper's other layers are run one after another around it,
-  and the result is checked against ``model(images)`` so a wrapper that is not a simple
-  chain is reported instead of silently explained wrong;
-* a plain CNN: its last ``Conv2D`` / ``SeparableConv2D`` / ``DepthwiseConv2D`` layer;
-* or any layer named by ``layer_name`` (searched in nested models too).
-
-For education and research, not for diagnosis: a heatmap shows where the model looked, not
-where the disease is.
+For education and research, not for diagnosis: a heatmap shows where the model looked, not where
+the disease is.
 """
 from __future__ import annotations
 
@@ -28,7 +22,7 @@ import numpy as np
 CONV_LAYER_TYPES = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D")
 _HEAD_ACTIVATIONS = ("sigmoid", "softmax")
 #: Batches computed eagerly per model before the gradient step is compiled (tracing a large
-#: backbone costs seconds once; afterwards each call is about 50x faster on CPU).
+#: backbone is slow once; the compiled calls after it are much faster).
 EAGER_CALLS = 2
 _NOT_A_CHAIN = (
     "running the layers of {name!r} one after another does not reproduce its output (the wrapper "
@@ -65,9 +59,7 @@ def _last_feature_layer(model, top_level: bool):
             if found is not None:
                 return [model, *found[0]], found[1]
             continue
-        if top_level and type(layer).__name__ in CONV_LAYER_TYPES and _output_rank(layer) == 4:
-            return [model], layer
-        if not top_level and _output_rank(layer) == 4:
+        if _output_rank(layer) == 4 and (not top_level or type(layer).__name__ in CONV_LAYER_TYPES):
             return [model], layer
     return None
 
@@ -118,25 +110,16 @@ class _Forward:
         self.model = model
         self.path, self.target = find_target_layer(model, layer_name)
         self.head = _head(model)
-        self._direct: dict[int, keras.Model] = {}
+        container = self.path[-1]  # the model holding the target layer
+        end = self.head[0].input if len(self.path) == 1 and self.head is not None else container.output
+        self._direct = keras.Model(container.inputs, [self.target.output, end])
         self._compiled = None
         self._calls = 0
         self.checked = False
 
-    def _direct_model(self, container, depth: int):
-        import keras
-
-        if depth not in self._direct:
-            if depth == 0 and self.head is not None:
-                end = self.head[0].input
-            else:
-                end = container.output
-            self._direct[depth] = keras.Model(container.inputs, [self.target.output, end])
-        return self._direct[depth]
-
     def _run(self, container, depth: int, x):
         if depth == len(self.path) - 1:
-            return self._direct_model(container, depth)(x, training=False)
+            return self._direct(x, training=False)
         child = self.path[depth + 1]
         layers = [layer for layer in container.layers if not _is_input(layer)]
         if depth == 0 and self.head is not None:
