@@ -22,9 +22,6 @@ from bclib.run.bench_tools import (BenchError, BenchReport, BenchRow, describe_e
                                    linked_folder, measure_latency, measure_memory, measure_memory_in_subprocess,
                                    ratio_row, saved_for_predict, subsample)
 
-SECTIONS = ("pack", "pipeline", "features", "inference", "memory")
-
-
 @dataclass
 class BenchSettings:
     """How much work each section does (:func:`tiny_settings` for CI)."""
@@ -52,14 +49,6 @@ def tiny_settings() -> BenchSettings:
     return BenchSettings(mobilenet_size=32, batch_size=32, pipeline_images=192, mobilenet_images=64,
                          timed_epochs=2, feature_images=128, feature_epochs=2, inference_images=64,
                          latency_calls=3, gradcam_calls=2, memory_train_images=128, memory_subprocess=False)
-
-
-def _train_val_positions(labels: np.ndarray, positions: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded stratified split of ``positions``, 30 % to validation."""
-    from sklearn.model_selection import train_test_split
-
-    train, val = train_test_split(positions, test_size=0.3, stratify=labels[positions], random_state=seed)
-    return np.sort(train), np.sort(val)
 
 
 @dataclass
@@ -157,14 +146,6 @@ def bench_pipeline(context: BenchContext) -> list[BenchRow]:
     return rows
 
 
-def _local_imagenet_weights(input_size: int) -> str | None:
-    """The MobileNetV2 ImageNet file when the Keras cache already holds it (the bench never downloads)."""
-    from bclib.models.weights import weights_cache_dir, weights_file_name
-
-    path = weights_cache_dir() / weights_file_name("mobilenetv2", input_size)
-    return str(path) if path.is_file() else None
-
-
 def bench_features(context: BenchContext) -> list[BenchRow]:
     """Notebook 05's phase 1: the head on cached features against the model through its frozen backbone.
 
@@ -177,16 +158,20 @@ def bench_features(context: BenchContext) -> list[BenchRow]:
                                        get_backbone, head_model)
     from bclib.models.training import predict_probabilities
     from bclib.models.transfer import extract_features, time_epochs
+    from bclib.models.weights import resolve_weights
+    from sklearn.model_selection import train_test_split
 
     settings, cache = context.settings, context.ensure_cache()
     size, batch, epochs = settings.mobilenet_size, settings.batch_size, settings.feature_epochs
     labels = np.asarray(cache.labels)
-    train, val = _train_val_positions(labels, subsample(len(labels), settings.feature_images, settings.seed),
-                                      settings.seed)
+    positions = subsample(len(labels), settings.feature_images, settings.seed)
+    train, val = map(np.sort, train_test_split(positions, test_size=0.3, stratify=labels[positions],
+                                               random_state=settings.seed))
     train_x, val_x = resize_images(cache.images[train], size), resize_images(cache.images[val], size)
     train_y = encode_labels(labels[train])
-    model = build_model("mobilenetv2", input_size=size, weights=_local_imagenet_weights(size), dropout=0.0,
-                        seed=settings.seed)
+    # ImageNet weights only when the Keras cache holds them: the bench never downloads
+    cached_weights = resolve_weights("mobilenetv2", input_size=size, download=False, announce=False).path
+    model = build_model("mobilenetv2", input_size=size, weights=cached_weights, dropout=0.0, seed=settings.seed)
     pretrained, calibration = model.bclib_weights.is_pretrained, min(256, len(train))
     if not pretrained:
         calibrate_batchnorm(get_backbone(model), model.get_layer("preprocess")(train_x[:calibration]))
@@ -298,6 +283,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "pack": bench_pack, "pipeline": bench_pipeline, "features": bench_features,
     "inference": bench_inference, "memory": bench_memory,
 }
+SECTIONS = tuple(SECTION_FUNCTIONS)
 
 
 def parse_sections(only: str | Iterable[str] | None) -> list[str]:
