@@ -19,6 +19,7 @@ from bclib.run import quality, runner
 from bclib.run.cli import main as cli_main
 from bclib.run.commands.run import parse_parameter
 from bclib.run.lock import LOCK_FILE, RunLockedError
+from bclib.run.parameters import parameter_defaults
 
 FAIL_SWITCH = "BCLIB_TEST_NOTEBOOK_FAIL"
 
@@ -88,7 +89,7 @@ def test_discovery_and_selection(project):
     assert [p.stem for p in runner.select_notebooks(found, ["02_second"])] == ["02_second"]
     with pytest.raises(ValueError, match="09"):
         runner.select_notebooks(found, ["09"])
-    assert runner.declared_parameters(found[0]) == {"run_id", "profile", "dataset", "data_dir", "message"}
+    assert set(parameter_defaults(found[0])) == {"run_id", "profile", "dataset", "data_dir", "message"}
 
 
 def test_run_writes_notebooks_html_manifest_and_summary(project, capfd):

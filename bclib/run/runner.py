@@ -62,14 +62,6 @@ class RunResult:
     skipped: list[str] = field(default_factory=list)
     summary_markdown: Path | None = None
 
-    @property
-    def synthetic(self) -> bool:
-        return bool(self.manifest.get("synthetic"))
-
-    def summary(self):
-        """The model table of the run (:func:`bclib.run.reports.build_summary`)."""
-        return reports.build_summary(self.run_dir)
-
 
 # --------------------------------------------------------------------------- notebooks
 
@@ -109,11 +101,6 @@ def select_notebooks(available: list[Path], selection: Iterable[str] | str | Non
     if unknown:
         raise ValueError(f"no notebook matches {unknown}; available: {names or 'none'}")
     return [path for path in available if any(path.stem.startswith(item) for item in wanted)]
-
-
-def declared_parameters(notebook: str | Path) -> set[str]:
-    """Names assigned in the notebook's ``parameters`` cell (empty when it has none)."""
-    return set(parameter_defaults(notebook))
 
 
 def local_kernel_manager() -> type:
@@ -224,16 +211,12 @@ def run_series(
 ) -> RunResult:
     """Execute the notebook series into ``reports/<run_id>/`` and write its summary.
 
-    ``notebooks`` selects by prefix (``["02", "05"]``); with ``solutions`` the worked solutions of
-    the selected notebooks run after them, into ``<run>/solutions/`` (default: for IDC, the
-    dataset the exercises are written for). ``parameters`` are extra ``-p``
-    overrides, passed only to the notebooks whose ``parameters`` cell declares them.
-    ``resume=<run_id>`` reopens that run with its original profile, dataset, data and
-    parameters (``parameters`` given here are merged on top) and skips the notebooks it
-    completed. ``-p`` values must have the type of the notebooks' declared defaults. The run is
-    "completed" once every notebook it requested is, else "incomplete". Raises :class:`RunFailed`
-    at the first failing notebook, :class:`~bclib.run.lock.RunLockedError` while another live
-    process writes the run folder.
+    ``notebooks`` selects by prefix (``["02", "05"]``); ``solutions`` adds the selected notebooks'
+    worked solutions (default: for IDC, the dataset the exercises are written for). ``parameters``
+    (``-p``, typed as the notebooks' defaults) go only to the notebooks that declare them.
+    ``resume=<run_id>`` reopens that run with its own settings and skips its completed notebooks.
+    Raises :class:`RunFailed` at the first failing notebook, :class:`~bclib.run.lock.RunLockedError`
+    while another live process writes the run folder.
     """
     import papermill
     from tqdm.auto import tqdm
@@ -303,7 +286,7 @@ def run_series(
 
         if dataset == DEFAULT_DATASET if solutions is None else solutions:
             selected = selected + matching_solutions(notebooks_dir, selected)
-        declared = {run_name(path): declared_parameters(path) for path in selected}
+        declared = {run_name(path): set(parameter_defaults(path)) for path in selected}
         for path in selected:
             if not declared[run_name(path)]:
                 log(f"warning: {path.name} has no cell tagged 'parameters'; it runs with its own defaults")

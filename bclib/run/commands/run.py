@@ -10,7 +10,8 @@ from bclib import DISCLAIMER
 from bclib.display import SYNTHETIC_BANNER
 from bclib.run import reports
 from bclib.profiles import PROFILES
-from bclib.run.runner import DEFAULT_DATASET, DEFAULT_PROFILE, RunFailed, run_series
+from bclib.run.cli import add_data_arguments
+from bclib.run.runner import DEFAULT_PROFILE, RunFailed, run_series
 
 
 def parse_value(text: str) -> Any:
@@ -42,8 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
                         help="smoke (tiny, synthetic data), quick, or full (default: %(default)s)")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset name (default: %(default)s)")
-    parser.add_argument("--data", metavar="PATH", help="dataset folder (default: BCLIB_DATA or data/)")
+    add_data_arguments(parser)
     parser.add_argument("--run-id", metavar="ID", help="name of the run folder (default: run-<timestamp>)")
     parser.add_argument("--notebooks", metavar="02,05", help="only the notebooks with these prefixes")
     parser.add_argument("-p", "--parameter", dest="parameters", metavar="KEY=VALUE", action="append",
@@ -67,12 +67,12 @@ def run_command(args: argparse.Namespace) -> int:
     except RunFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
         return 1
-    frame = result.summary()
+    frame = reports.build_summary(result.run_dir)
     print(f"\nrun folder: {result.run_dir}")
     if result.skipped:
         print(f"skipped (already completed): {', '.join(result.skipped)}")
     print(reports.markdown_table(reports.display_summary(frame)) if not frame.empty else "no model cards in this run")
     print(f"summary: {result.summary_markdown}")
-    if result.synthetic:
+    if result.manifest.get("synthetic"):
         print(f"*** {SYNTHETIC_BANNER} ***")
     return 0
