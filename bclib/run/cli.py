@@ -19,6 +19,13 @@ class CommandError(Exception):
     """A user-facing failure: printed as ``error: ...`` with exit code 2, no traceback."""
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dataset`` and ``--data``, the same for every command that reads a dataset."""
+    parser.add_argument("--dataset", default="idc", help="dataset name (default: idc)")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="dataset folder (default: $BCLIB_DATA_<NAME>, $BCLIB_DATA, then data/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bclib",

@@ -7,6 +7,7 @@ import logging
 
 from bclib.run.bench import SECTIONS, BenchSettings, parse_sections, run_bench
 from bclib.run.bench_tools import environment_line, write_report
+from bclib.run.cli import add_data_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,8 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Prints a table and writes reports/bench/<timestamp>.json."
         ),
     )
-    parser.add_argument("--data", default=None, help="dataset folder (default: BCLIB_DATA or data/)")
-    parser.add_argument("--dataset", default="idc", help="dataset name (default idc)")
+    add_data_arguments(parser)
     parser.add_argument("--tiny", action="store_true",
                         help="every section on a small synthetic dataset (the CI run)")
     parser.add_argument("--only", default=None, metavar="SECTIONS",

@@ -9,15 +9,7 @@ from pathlib import Path
 from bclib import paths
 from bclib.data.index import DatasetIndex
 from bclib.evaluation.modelcard import json_text
-from bclib.run.cli import CommandError
-
-DEFAULT_DATASET = "idc"
-
-
-def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset name (default: {DEFAULT_DATASET})")
-    parser.add_argument("--data", default=None, metavar="PATH",
-                        help="dataset folder (default: $BCLIB_DATA_<NAME>, $BCLIB_DATA, then data/)")
+from bclib.run.cli import CommandError, add_data_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,19 +19,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
     info = commands.add_parser("info", help="images, patients and per-class counts")
-    _add_dataset_arguments(info)
+    add_data_arguments(info)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=run_info)
 
     split = commands.add_parser("split", help="train/val/test patients, images and positive fraction")
-    _add_dataset_arguments(split)
+    add_data_arguments(split)
     split.add_argument("--split", default="patient", choices=("patient", "official", "image"), help="split method")
     split.add_argument("--seed", type=int, default=0, help="random seed (patient and image splits)")
     split.add_argument("--json", action="store_true", help="print JSON, with the patient ID lists")
     split.set_defaults(func=run_split)
 
     pack = commands.add_parser("pack", help="decode every image once into the memory-mapped cache")
-    _add_dataset_arguments(pack)
+    add_data_arguments(pack)
     pack.add_argument("--image-size", type=int, default=50, help="square size in pixels (default: 50)")
     pack.add_argument("--cache-dir", default=None, help="cache folder (default: $BCLIB_CACHE or data/cache)")
     pack.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
@@ -47,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack.set_defaults(func=run_pack)
 
     check = commands.add_parser("check", help="decode every file and list corrupt ones (exit 1 when any)")
-    _add_dataset_arguments(check)
+    add_data_arguments(check)
     check.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(func=run_check)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from bclib import DISCLAIMER
+from bclib.run.cli import add_data_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--model", required=True, help="path to model.keras (its model_card.json must sit beside it)")
-    parser.add_argument("--dataset", default="idc", help="dataset name (default: idc)")
-    parser.add_argument("--data", default=None, help="dataset folder (default: BCLIB_DATA_<NAME>, BCLIB_DATA or data/)")
+    add_data_arguments(parser)
     parser.add_argument("--split", default="test", choices=SPLIT_CHOICES,
                         help="test/val of the card's split, the official test patients, or all images (default: test)")
     parser.add_argument("--seed", type=int, default=None, help="split seed (default: the card's)")
