@@ -22,10 +22,13 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from bclib import DISCLAIMER
+from bclib.evaluation.modelcard import write_json
 from bclib.run import reports
 
 #: Grid keys that are options of the run itself rather than notebook parameters.
 RUN_KEYS = ("dataset", "profile")
+#: Metrics averaged over seeds in the summary.
+SEED_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy")
 
 
 class SweepError(ValueError):
@@ -119,29 +122,24 @@ def run_in_subprocess(run: SweepRun) -> None:
                            f"(log: {run.log_path}): " + " | ".join(tail))
 
 
-def _model_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The model rows of a finished run's ``summary.json`` (none when it is missing)."""
-    path = run_dir / reports.SUMMARY_JSON
-    return json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
-
-
 def build_sweep_summary(runs: Sequence[SweepRun], varied_keys: Sequence[str]) -> pd.DataFrame:
     """One row per run and model: sweep columns first, then each run's summary columns."""
     rows: list[dict[str, Any]] = []
     for run in runs:
         head = {"run": run.number, "run_id": run.run_id, **{key: run.varied[key] for key in varied_keys},
                 "status": run.status, "seconds": round(run.seconds, 1)}
-        models = _model_rows(run.run_dir) if run.status == "ok" else []
+        summary = run.run_dir / reports.SUMMARY_JSON
+        finished = run.status == "ok" and summary.is_file()
+        models = json.loads(summary.read_text(encoding="utf-8"))["rows"] if finished else []
         if not models:
             rows.append({**head, "error": run.error or "no summary.json in the run folder"})
         rows += [{**head, **{k: v for k, v in model.items() if k not in head}} for model in models]
     return pd.DataFrame(rows)
 
 
-def aggregate_over_seeds(summary: pd.DataFrame, varied_keys: Sequence[str],
-                         metrics: Sequence[str] = ("roc_auc", "pr_auc", "balanced_accuracy")) -> pd.DataFrame:
+def aggregate_over_seeds(summary: pd.DataFrame, varied_keys: Sequence[str]) -> pd.DataFrame:
     """Mean, standard deviation and count of each metric over seeds, per model and other varied keys."""
-    present = [metric for metric in metrics if metric in summary.columns]
+    present = [metric for metric in SEED_METRICS if metric in summary.columns]
     if "seed" not in varied_keys or "model" not in summary.columns or not present:
         return pd.DataFrame()
     finished = summary[(summary["status"] == "ok") & summary["model"].notna()]
@@ -174,7 +172,7 @@ def write_sweep_summary(result: SweepResult) -> None:
     manifest = {"sweep_id": result.sweep_id, "grid": result.grid, "base": result.base,
                 "max_workers": result.max_workers, "seconds": result.seconds,
                 "runs": [asdict(run) for run in result.runs]}
-    (result.directory / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(manifest, result.directory / "sweep.json")
 
 
 def run_sweep(
