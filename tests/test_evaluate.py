@@ -183,6 +183,8 @@ def _scores(n: int = 200, seed: int = 0):
 
 
 def test_confusion_and_reliability_figures():
+    import types
+
     import matplotlib.pyplot as plt
 
     from bclib.evaluation import calibration
@@ -196,9 +198,11 @@ def test_confusion_and_reliability_figures():
     assert len(fig.axes) == 1 and labels == ["non-IDC", "IDC (positive)"]
     fig = figures.confusion_matrix([[1, 2], [3, 4]], ["malignant", "benign"], positive_label=0)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["benign", "malignant (positive)"]
-    temperature = calibration.fit_temperature(y, prob)
-    fig = figures.reliability_diagram(y, prob, calibration.apply_temperature(prob, temperature), temperature)
-    assert len(fig.axes) == 2 and len(fig.axes[0].get_lines()) == 3
+    run = types.SimpleNamespace(names=["cnn"], truth=lambda split: y, scores=lambda name, split: prob,
+                                temperature=lambda name: calibration.fit_temperature(y, prob))
+    fig = figures.reliability_grid(run)
+    assert len(fig.axes) == 2 and len(fig.axes[0].get_lines()) == 3  # the diagonal, before and after scaling
+    assert fig.axes[0].get_title() == "cnn: reliability on test"
     plt.close("all")
 
 

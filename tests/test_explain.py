@@ -160,24 +160,25 @@ def test_overlay_blends_to_uint8():
         explain.overlay(image, heatmap, alpha=2)
 
 
-def test_gradcam_grid_figure(trained_plain, corner_data):
+def test_gradcam_figure(trained_plain, corner_data):
+    import types
+
     import matplotlib.pyplot as plt
 
-    from bclib.plots.evaluation import gradcam_grid
+    from bclib.plots.evaluation import gradcam
 
     images, labels = corner_data
-    heatmaps = explain.grad_cam(trained_plain, images[:5])
-    probs = trained_plain.predict(images[:5].astype("float32"), verbose=0)[:, 0]
-    fig = gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], columns=3)
+    examples = types.SimpleNamespace(
+        groups=["group a"] * 2 + ["group b"] * 3, images=images[:5], heatmaps=explain.grad_cam(trained_plain, images[:5]),
+        scores=trained_plain.predict(images[:5].astype("float32"), verbose=0)[:, 0], labels=labels[:5], feature_size=(4, 4))
+    run = types.SimpleNamespace(gradcam=lambda name, per_group: examples, positive_name="blob",
+                                session=types.SimpleNamespace(class_names=["plain", "blob"]))
+    fig = gradcam(run, "cnn", per_group=3)
     assert len(fig.axes) == 2 * 3 * 2 + 1  # 2 rows x 3 columns of (image, overlay), and the colour bar
     assert fig.axes[1].get_title().startswith("P(blob)")
     assert "Grad-CAM for P(blob)" in fig.axes[-1].get_ylabel() and "P(blob)" in fig.get_suptitle()
-    captioned = gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], columns=3,
-                             captions=["group a"] * 2 + ["group b"] * 3)
-    assert captioned.axes[2].get_title() == f"group a\ntruth: {['plain', 'blob'][int(labels[1])]}"
-    assert captioned.axes[4].get_title().startswith("group b\n")
-    with pytest.raises(ValueError, match="captions"):
-        gradcam_grid(images[:5], heatmaps, labels[:5], probs, ["plain", "blob"], captions=["one"])
+    assert fig.axes[2].get_title() == f"group a\ntruth: {['plain', 'blob'][int(labels[1])]}"
+    assert fig.axes[4].get_title().startswith("group b\n")
     plt.close("all")
 
 

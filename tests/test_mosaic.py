@@ -84,7 +84,7 @@ def test_slide_view_figure():
 
     frame, images, _, _ = _synthetic_slide()
     canvas, extent = mosaic.build_mosaic(frame, images)
-    fig = slide_view(canvas, extent, mosaic.label_map(frame), mosaic.probability_map(frame, np.full(5, 0.3)), "p1")
+    fig = slide_view(canvas, extent, mosaic.label_map(frame), mosaic.probability_map(frame, np.full(5, 0.3)))
     assert len(fig.axes) == 4  # mosaic, truth, probability, colour bar
     assert fig.axes[0].get_images()[0].get_extent() == list(extent)
     plt.close("all")

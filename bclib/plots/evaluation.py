@@ -11,7 +11,6 @@ from typing import Any, Sequence
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
 #: The colour map of every Grad-CAM overlay (0: no evidence, 1: the image's strongest).
 GRADCAM_COLORMAP = "jet"
@@ -56,43 +55,6 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
     return fig
 
 
-def reliability_diagram(y_true, prob, prob_scaled=None, temperature: float | None = None, n_bins: int = 10,
-                        positive_label: int = 1, axes=None) -> matplotlib.figure.Figure:
-    """Reliability diagram (top) and bin counts (bottom), before and (optionally) after scaling.
-
-    ``axes``: a (diagram, counts) pair of a larger figure to draw into instead of a new figure.
-    """
-    from bclib.evaluation.calibration import expected_calibration_error, reliability_data
-
-    if axes is None:
-        fig, axes = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax, ax_count = axes
-    fig = ax.figure
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-    series = [("before", prob)]
-    if prob_scaled is not None:
-        series.append((f"after T = {temperature:.2f}" if temperature else "after scaling", prob_scaled))
-    width = 1.0 / n_bins
-    for offset, (name, values) in enumerate(series):
-        table = reliability_data(y_true, values, n_bins, positive_label)
-        ece = expected_calibration_error(y_true, values, n_bins, positive_label)
-        filled = table[table["count"] > 0]
-        ax.plot(filled["mean_probability"], filled["positive_fraction"], "o-", label=f"{name} (ECE {ece:.3f})")
-        ax_count.bar(table["bin_low"] + width * (0.25 + 0.5 * offset), table["count"], width=width / 2, alpha=0.8,
-                     label=name)
-    ax.set(ylabel="observed positive fraction", title="Reliability", xlim=(0, 1), ylim=(0, 1))
-    ax.tick_params(labelbottom=False)  # the counts below carry the x axis
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax_count.set(xlabel="predicted probability of the positive class", ylabel="images")
-    ax_count.set_yscale("log")
-    ax_count.set_ylim(bottom=0.8)  # so the axis shows 1, 10, 100... whatever the counts
-    ax_count.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    if fig.get_layout_engine() is None:
-        fig.tight_layout()
-    return fig
-
-
 def patients(run: Any, name: str) -> matplotlib.figure.Figure:
     """Model ``name``'s test patients, one dot each: the share of patches called positive against the true share.
 
@@ -127,8 +89,9 @@ def patients(run: Any, name: str) -> matplotlib.figure.Figure:
 
 
 def reliability_grid(run: Any, columns: int = 3) -> matplotlib.figure.Figure:
-    """One reliability diagram per model of ``run`` (test), before and after its validation-fitted temperature."""
-    from bclib.evaluation.calibration import apply_temperature
+    """One reliability diagram per model of ``run`` on test, with the bin counts below it: the observed
+    positive fraction per bin of predicted probability, before and after the validation-fitted temperature."""
+    from bclib.evaluation.calibration import apply_temperature, expected_calibration_error, reliability_data
 
     columns = min(columns, len(run.names))
     rows = -(-len(run.names) // columns)
@@ -137,71 +100,65 @@ def reliability_grid(run: Any, columns: int = 3) -> matplotlib.figure.Figure:
     truth = run.truth("test").astype(int)
     for number, name in enumerate(run.names):
         cell = grid[divmod(number, columns)].subgridspec(2, 1, height_ratios=[3, 1])
-        diagram = fig.add_subplot(cell[0])
+        ax = fig.add_subplot(cell[0])
+        ax_count = fig.add_subplot(cell[1], sharex=ax)
         temperature, scores = run.temperature(name), run.scores(name, "test")
-        reliability_diagram(truth, scores, apply_temperature(scores, temperature), temperature,
-                            axes=(diagram, fig.add_subplot(cell[1], sharex=diagram)))
-        diagram.set_title(f"{name}: reliability on test")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+        series = {"before": scores, f"after T = {temperature:.2f}": apply_temperature(scores, temperature)}
+        for offset, (label, values) in enumerate(series.items()):
+            table = reliability_data(truth, values)
+            width = table["bin_high"] - table["bin_low"]
+            filled = table[table["count"] > 0]
+            ece = expected_calibration_error(truth, values)
+            ax.plot(filled["mean_probability"], filled["positive_fraction"], "o-", label=f"{label} (ECE {ece:.3f})")
+            ax_count.bar(table["bin_low"] + width * (0.25 + 0.5 * offset), table["count"], width=width / 2, alpha=0.8,
+                         label=label)
+        ax.set(ylabel="observed positive fraction", title=f"{name}: reliability on test", xlim=(0, 1), ylim=(0, 1))
+        ax.tick_params(labelbottom=False)  # the counts below carry the x axis
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax_count.set(xlabel="predicted probability of the positive class", ylabel="images")
+        ax_count.set_yscale("log")
+        ax_count.set_ylim(bottom=0.8)  # so the axis shows 1, 10, 100... whatever the counts
+        ax_count.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     return fig
 
 
-def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, labels: Sequence[int], probs: Sequence[float],
-                 class_names: Sequence[str], positive_label: int = 1, alpha: float = 0.4,
-                 columns: int = 4, captions: Sequence[str] | None = None,
-                 title: str | None = None) -> matplotlib.figure.Figure:
-    """Pairs of axes per image: the image, and its Grad-CAM overlay titled with P(positive); a colour bar.
-
-    ``heatmaps`` explain the positive class's score; ``captions``: one line per image put before its
-    truth (e.g. "false positive").
-    """
+def gradcam(run: Any, name: str, per_group: int = 4) -> matplotlib.figure.Figure:
+    """Model ``name``'s Grad-CAM examples (:meth:`~bclib.evaluation.compare.RunComparison.gradcam`), a pair of
+    axes each: the image titled with its group and truth, its overlay titled with P(positive); a colour bar."""
     from bclib.evaluation.explain import overlay
 
-    images = np.asarray(images)
-    n = len(images)
-    if not n == len(heatmaps) == len(labels) == len(probs):
-        raise ValueError("images, heatmaps, labels and probs must have the same length")
-    if n == 0:
-        raise ValueError("no images to show")
-    if captions is not None and len(captions) != n:
-        raise ValueError(f"{len(captions)} captions for {n} images")
-    columns = max(1, min(columns, n))
-    rows = int(np.ceil(n / columns))
+    examples = run.gradcam(name, per_group)
+    n, positive_name = len(examples.images), run.positive_name
+    columns = max(1, min(per_group, n))
+    rows = -(-n // columns)
     fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.5 * columns + 0.8, 1.55 * rows + 0.5), squeeze=False,
                              layout="constrained")
-    positive_name = class_names[positive_label]
     for position in range(rows * columns):
         ax_image, ax_overlay = axes[position // columns, 2 * (position % columns): 2 * (position % columns) + 2]
         ax_image.axis("off")
         ax_overlay.axis("off")
         if position >= n:
             continue
-        ax_image.imshow(images[position], interpolation="nearest")
-        truth = f"truth: {class_names[int(labels[position])]}"
-        ax_image.set_title(truth if captions is None else f"{captions[position]}\n{truth}", fontsize=7)
-        ax_overlay.imshow(overlay(images[position], heatmaps[position], alpha, GRADCAM_COLORMAP),
-                          interpolation="nearest")
-        ax_overlay.set_title(f"P({positive_name}) = {float(probs[position]):.2f}", fontsize=7)
+        image = examples.images[position]
+        truth = run.session.class_names[int(examples.labels[position])]
+        ax_image.imshow(image, interpolation="nearest")
+        ax_image.set_title(f"{examples.groups[position]}\ntruth: {truth}", fontsize=7)
+        ax_overlay.imshow(overlay(image, examples.heatmaps[position], colormap=GRADCAM_COLORMAP), interpolation="nearest")
+        ax_overlay.set_title(f"P({positive_name}) = {float(examples.scores[position]):.2f}", fontsize=7)
     scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), GRADCAM_COLORMAP)
     bar = fig.colorbar(scale, ax=axes, shrink=0.8, fraction=0.03, pad=0.01)
     bar.set_label(f"Grad-CAM for P({positive_name})\n(1: the image's strongest)", fontsize=7)
     bar.ax.tick_params(labelsize=7)
-    fig.suptitle(title or f"Grad-CAM of the P({positive_name}) score: where the model looked, not where the "
-                 "disease is", fontsize=9)
+    height, width = examples.feature_size
+    fig.suptitle(f"{name}: Grad-CAM of the P({positive_name}) score, from its {height}x{width} last feature map",
+                 fontsize=9)
     return fig
 
 
-def gradcam(run: Any, name: str, per_group: int = 4) -> matplotlib.figure.Figure:
-    """Model ``name``'s Grad-CAM examples (:meth:`~bclib.evaluation.compare.RunComparison.gradcam`)."""
-    examples = run.gradcam(name, per_group)
-    height, width = examples.feature_size
-    return gradcam_grid(examples.images, examples.heatmaps, examples.labels, examples.scores, run.session.class_names,
-                        run.positive_label, columns=per_group, captions=examples.groups,
-                        title=f"{name}: Grad-CAM of the P({run.positive_name}) score, from its {height}x{width} "
-                              "last feature map")
-
-
 def slide_view(mosaic: np.ndarray, extent: Sequence[float], truth_map: np.ndarray, prob_map: np.ndarray,
-               patient_id: str | None = None, positive_name: str = "IDC") -> matplotlib.figure.Figure:
+               positive_name: str = "IDC") -> matplotlib.figure.Figure:
     """Three panels on the same slide coordinates: mosaic | ground-truth map | probability map."""
     if truth_map.shape != prob_map.shape:
         raise ValueError(f"truth and probability maps differ in shape: {truth_map.shape} vs {prob_map.shape}")
@@ -219,6 +176,4 @@ def slide_view(mosaic: np.ndarray, extent: Sequence[float], truth_map: np.ndarra
         ax.set_xlabel("x (slide pixels)")
     axes[0].set_ylabel("y (slide pixels)")
     fig.colorbar(shown, ax=list(axes), shrink=0.8, fraction=0.02, pad=0.01)
-    if patient_id is not None:
-        fig.suptitle(f"patient {patient_id}")
     return fig
