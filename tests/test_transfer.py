@@ -3,6 +3,7 @@ the better phase."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -81,7 +82,8 @@ def test_extract_features_in_data_order_and_read_back_from_the_cache(session, tm
 
 
 def test_cached_features_are_computed_once_per_key_and_never_for_random_weights(session, monkeypatch, tmp_path):
-    monkeypatch.setattr(transfer, "features_cache_dir", lambda: tmp_path)
+    monkeypatch.setenv("BCLIB_CACHE", str(tmp_path))
+    tmp_path = tmp_path / "features"
     extractor = builders.feature_extractor(calibrated_model(session))
     computed = transfer.cached_features(session, extractor, "val", SIZE, 32, weights_used="file:/weights.h5")
     files = list(tmp_path.glob("*.npy"))
@@ -93,12 +95,9 @@ def test_cached_features_are_computed_once_per_key_and_never_for_random_weights(
     assert len(list(tmp_path.glob("*.npy"))) == 3
     transfer.cached_features(session, extractor, "val", SIZE, 32, "random")
     assert len(list(tmp_path.glob("*.npy"))) == 3
-
-
-def test_feature_key_is_stable_and_sensitive():
-    key = transfer.feature_key(model="resnet50", weights="imagenet", size=32, rows="a1")
-    assert key == transfer.feature_key(rows="a1", size=32, weights="imagenet", model="resnet50")
-    assert key != transfer.feature_key(model="resnet50", weights="imagenet", size=64, rows="a1")
+    other_data = replace(session, cache=replace(session.cache, directory=tmp_path / "other-dataset-50px"))
+    transfer.cached_features(other_data, extractor, "val", SIZE, 32, "file:/weights.h5")  # other data: another key
+    assert len(list(tmp_path.glob("*.npy"))) == 4
 
 
 def test_train_head_trains_the_models_own_head(session, phase1):

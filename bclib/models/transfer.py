@@ -1,17 +1,9 @@
 """Transfer learning as notebook 05 writes it out, kept here for notebook 06, the benchmark and tests.
 
-Phase 1: with the backbone frozen, its pooled features of a patch never change, so they are
-computed once (:func:`cached_features`, stored as ``.npy`` under a key of model, weights, size,
-data and rows) and the model's own head trains on them (:func:`train_head`). :func:`speedup_table`
-measures, in the run, an epoch on cached features against one through the frozen backbone, after a
-warm-up epoch and as the median of repeats, like ``training.milliseconds_per_patch`` for a forward pass.
-Phase 2 (:func:`fine_tune`): the top of the backbone is unfrozen with BatchNorm kept frozen,
-the model recompiled at a lower learning rate and trained end to end. :func:`keep_better` puts
-the phase-1 weights back when fine-tuning lowered the validation AUC; :func:`paired_auc` gives the
-paired patient-bootstrap interval of that difference.
-
-The ``*_text`` functions word the notebooks' conclusions from the numbers; :func:`conclude` shows
-them and, when the backbone started from random weights, says that this is not transfer learning.
+Phase 1 trains the model's own head on backbone features computed once (:func:`train_head`); phase 2
+unfreezes the top of the backbone, BatchNorm frozen, and trains end to end at a lower learning rate
+(:func:`fine_tune`); :func:`keep_better` keeps the phase with the higher validation AUC. The ``*_text``
+functions word the notebooks' conclusions from this run's numbers.
 """
 from __future__ import annotations
 
@@ -39,28 +31,17 @@ from bclib.models.training import EpochTimer, images_only, standard_callbacks
 from bclib.models.weights import WeightsChoice
 
 
-def features_cache_dir() -> Path:
-    """``<cache>/features``: where :func:`extract_features` keeps ``<key>.npy`` files."""
-    return paths.cache_dir() / "features"
-
-
-def feature_key(**parts) -> str:
-    """A short stable key from JSON-able parts (model, weights used, input size, data key, rows...)."""
-    text = json.dumps(parts, sort_keys=True, default=lambda value: np.asarray(value).tolist())
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
-
-
 def extract_features(extractor: keras.Model, data, batch_size: int = 128, cache_key: str | None = None,
                      cache_dir: str | Path | None = None) -> np.ndarray:
     """Features of every image in the data's order, ``(N, D)`` float32.
 
     ``data``: an image array or a non-shuffled ``tf.data.Dataset``. With ``cache_key`` the result is
-    stored as ``<cache_dir>/<cache_key>.npy`` and read back next time; the key must change whenever
-    the model, its weights, the input size or the rows change (:func:`feature_key`).
+    stored as ``<cache_dir>/<cache_key>.npy`` (default ``<cache>/features``) and read back next time;
+    the key must change whenever the model, its weights, the input size or the rows change.
     """
     cache_file = None
     if cache_key is not None:
-        cache_file = Path(cache_dir or features_cache_dir()) / f"{cache_key}.npy"
+        cache_file = Path(cache_dir or paths.cache_dir() / "features") / f"{cache_key}.npy"
         if cache_file.is_file():
             mark_used(cache_file)
             return np.load(cache_file)
@@ -79,17 +60,17 @@ def extract_features(extractor: keras.Model, data, batch_size: int = 128, cache_
 
 def cached_features(session: Any, extractor: keras.Model, split: str, image_size: int, batch_size: int,
                     weights_used: str) -> np.ndarray:
-    """Backbone features of one split, computed once per model, weights, size and rows.
+    """Backbone features of one split, computed once per model, weights, size, packed data and rows.
 
     ``weights_used``: the weights choice's ``used`` (``"imagenet"``, ``"file:..."`` or ``"random"``).
     Features of a randomly initialised backbone are never cached (they differ from build to build).
     """
-    positions = session.positions(split)
     key = None
     if weights_used != "random":
-        rows = hashlib.sha256(np.asarray(positions, dtype=np.int64).tobytes()).hexdigest()[:12]
-        key = feature_key(model=extractor.name, weights=weights_used, size=int(image_size),
-                          cache=str(getattr(session.cache, "key", "")), rows=rows)
+        digest = hashlib.sha256(np.asarray(session.positions(split), dtype=np.int64).tobytes())
+        parts = [extractor.name, weights_used, int(image_size), session.cache.directory.name]
+        digest.update(json.dumps(parts).encode())
+        key = digest.hexdigest()[:20]
     data = session.dataset(split, image_size=image_size, batch_size=batch_size, training=False)
     return extract_features(extractor, data, batch_size=batch_size, cache_key=key)
 
