@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bclib.data.index import DatasetError, DatasetIndex, Problem
+from bclib.data.index import DatasetError, DatasetIndex  # DatasetError is imported from here too
 from bclib.paths import find_dataset_dir
 
 #: Every dataset ``scan`` knows; each has a module of that name here with a ``scan(path, ...)``.
@@ -31,5 +31,3 @@ def scan(name: str, path: str | os.PathLike | None = None, **options: Any) -> Da
         raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_NAMES)}")
     return importlib.import_module(f"bclib.data.datasets.{name}").scan(locate(name, path), **options)
 
-
-__all__ = ["DATASET_NAMES", "DatasetError", "DatasetIndex", "Problem", "locate", "scan"]
