@@ -12,9 +12,8 @@ from bclib import DISCLAIMER
 from bclib.evaluation.modelcard import ModelLoadError
 from bclib.app import views
 from bclib.app.catalog import SampleSet, find_models, sample_images
-from bclib.app.templates import render
 from bclib.display import banner_html
-from bclib.app.views import models_table_html, static_text, static_view
+from bclib.app.views import models_table_html, render, static_text, static_view
 from bclib.app.widgets import TEXT_FALLBACK, PredictApp
 from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc
 

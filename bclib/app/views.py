@@ -1,8 +1,9 @@
 """The prediction app's HTML views: result cards, tables and banners, filled from ``template.html``.
 
-The same HTML serves the static view (a papermill run and its HTML report) and the live app.
-For education and research, not for diagnosis: every view carries the disclaimer (the live app
-shows it once, in its header). Grad-CAM explains the positive class's score of a two-class model
+``template.html`` holds one ``<template id="...">`` per piece; :func:`render` fills a piece's
+``${name}`` placeholders. The same HTML serves the static view (a papermill run and its HTML report)
+and the live app. For education and research, not for diagnosis: every view carries the disclaimer
+(the live app shows it once, in its header). Grad-CAM explains the positive class's score of a two-class model
 (the predicted class's otherwise), whatever the decision.
 """
 from __future__ import annotations
@@ -11,8 +12,12 @@ import base64
 import html
 import io
 import os
+import re
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +26,6 @@ from PIL import Image
 from bclib import DISCLAIMER
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, best_model, sort_best_first
 from bclib.app.predict import Prediction, Predictor, validation_auc
-from bclib.app.templates import render
 from bclib.display import banner_html
 from bclib.evaluation.explain import grad_cam, overlay
 from bclib.evaluation.modelcard import imagenet_missing, weights_description
@@ -36,6 +40,27 @@ OTHER_COLOUR = "#2e86c1"
 
 #: What the static view accepts as its model: the models of a run (the best is used), a path, a loaded predictor.
 ModelSource = Sequence[ModelChoice] | str | os.PathLike | Predictor | None
+
+TEMPLATE_FILE = "template.html"
+_PIECE = re.compile(r'<template id="([\w-]+)">(.*?)</template>', re.DOTALL)
+#: A line break between two tags or placeholders disappears; any other becomes one space.
+_BREAK_BETWEEN_TAGS = re.compile(r"(?<=[>}])\s*\n\s*(?=[<$])")
+_LINE_BREAK = re.compile(r"\s*\n\s*")
+
+
+@cache
+def pieces() -> dict[str, Template]:
+    """Every piece of the template file by its id, with the line breaks of the file removed."""
+    text = resources.files(__package__).joinpath(TEMPLATE_FILE).read_text(encoding="utf-8")
+    return {name: Template(_LINE_BREAK.sub(" ", _BREAK_BETWEEN_TAGS.sub("", body.strip())))
+            for name, body in _PIECE.findall(text)}
+
+
+def render(piece: str, **values: object) -> str:
+    """The piece ``piece`` with its placeholders filled; values go in as given, so escape text first."""
+    if piece not in pieces():
+        raise ValueError(f"{TEMPLATE_FILE} has no piece {piece!r}; it has {sorted(pieces())}")
+    return pieces()[piece].substitute(values)
 
 
 def models_table_html(models: Sequence[ModelChoice]) -> str:
@@ -165,38 +190,30 @@ def result_html(
 
 
 def results_table_html(predictions: Sequence[Prediction], class_names: Sequence[str],
-                       truths: Sequence[str | None] | None = None) -> str:
+                       truths: Sequence[str | None]) -> str:
     """A compact table of several results: one row per image, a column per class, the decision and, when any
     is known, the truth."""
-    truths = list(truths) if truths is not None and any(truths) else None
+    with_truth = any(truths)
     header = "".join(render("table-header", name=html.escape(f"P({name})")) for name in class_names)
-    header += render("table-header", name="decision") + (render("table-header", name="truth") if truths else "")
+    header += render("table-header", name="decision") + (render("table-header", name="truth") if with_truth else "")
     rows = []
-    for number, prediction in enumerate(predictions):
+    for prediction, truth in zip(predictions, truths):
         if prediction.ok:
             values = [f"{prediction.probabilities.get(name, float('nan')):.3f}" for name in class_names]
             values.append(f"<b>{html.escape(prediction.decision or '')}</b>")
-            values += [html.escape(truths[number] or "unknown")] if truths else []
+            values += [html.escape(truth or "unknown")] if with_truth else []
             cells = "".join(render("table-cell", value=value) for value in values)
             rows.append(render("table-row", name=_display_name(prediction), cells=cells))
         else:
             rows.append(render("table-error-row", name=_display_name(prediction),
-                               span=len(class_names) + 1 + bool(truths), error=html.escape(prediction.error or "")))
+                               span=len(class_names) + 1 + with_truth, error=html.escape(prediction.error or "")))
     return render("table", header=header, rows="".join(rows))
 
 
-def view_html(
-    predictor: Predictor,
-    predictions: Sequence[Prediction],
-    threshold: float | None = None,
-    overlays: Sequence[tuple[np.ndarray | None, str | None]] | None = None,
-    with_disclaimer: bool = True,
-    truths: Sequence[str | None] | None = None,
-) -> str:
+def view_html(predictor: Predictor, predictions: Sequence[Prediction], threshold: float,
+              overlays: Sequence[tuple[np.ndarray | None, str | None]], truths: Sequence[str | None],
+              with_disclaimer: bool = True) -> str:
     """The whole view: disclaimer, model banner, a table when several images, one card per image."""
-    threshold = predictor.threshold if threshold is None else float(threshold)
-    overlays = overlays if overlays is not None else gradcam_overlays(predictor, predictions)
-    truths = list(truths) if truths is not None else [None] * len(predictions)
     parts = [disclaimer_html()] if with_disclaimer else []
     parts.append(model_banner_html(predictor, threshold))
     if len(predictions) > 1:
@@ -251,7 +268,7 @@ def static_view(models: ModelSource, images: Sequence[str | os.PathLike], thresh
     predictions = predictor.predict_named([(str(path), str(path)) for path in images], chosen)
     overlays = gradcam_overlays(predictor, predictions)
     return StaticView(predictor, predictions, overlays, truths,
-                      view_html(predictor, predictions, chosen, overlays, truths=truths))
+                      view_html(predictor, predictions, chosen, overlays, truths))
 
 
 def static_text(view: StaticView) -> str:

@@ -184,7 +184,7 @@ class PredictApp:
     def _render(self) -> None:
         if self.predictor is not None:
             self.output.value = view_html(self.predictor, self.predictions, self.threshold_slider.value, self._overlays,
-                                          with_disclaimer=False, truths=self._truths)
+                                          self._truths, with_disclaimer=False)
 
     def clear(self) -> None:
         """Forget every image (predictions, overlays and rendered results)."""
