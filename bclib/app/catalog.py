@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -57,29 +58,14 @@ def _models_in(run_folder: Path) -> list[ModelChoice]:
     return choices
 
 
-def latest_run_with_models(reports_root: str | os.PathLike | None = None) -> str | None:
-    """The run id under ``reports/`` whose newest ``model.keras`` (with a card) is the most recent."""
-    root = Path(reports_root) if reports_root else paths.reports_dir()
-    if not root.is_dir():
-        return None
-    newest: tuple[float, str] | None = None
-    for run_folder in root.iterdir():
-        if not run_folder.is_dir():
-            continue
-        for choice in _models_in(run_folder):
-            stamp = choice.path.stat().st_mtime
-            if newest is None or stamp > newest[0]:
-                newest = (stamp, run_folder.name)
-    return newest[1] if newest else None
-
-
 def find_models(
     run_id: str | None = None, model_path: str | os.PathLike | None = None, reports_root: str | os.PathLike | None = None
 ) -> list[ModelChoice]:
     """The models to offer, best first (highest validation ROC AUC from the cards).
 
     ``model_path`` wins (a missing or card-less file raises :class:`ModelLoadError`); else every
-    ``reports/<run_id>/*/model.keras`` with a card; with no ``run_id``, the most recent run that has models.
+    ``reports/<run_id>/*/model.keras`` with a card; with no ``run_id``, the run whose newest model (with a
+    card) is the most recent.
     """
     if model_path is not None:
         path = Path(model_path)
@@ -88,10 +74,11 @@ def find_models(
             raise ModelLoadError(f"model file {str(path)!r} does not exist")
         return [ModelChoice(path, read_card(path))]
     root = Path(reports_root) if reports_root else paths.reports_dir()
-    run_id = run_id or latest_run_with_models(root)
-    if run_id is None:
-        return []
-    return sort_best_first(_models_in(root / run_id))
+    if not run_id:
+        runs = [folder for folder in root.iterdir() if folder.is_dir()] if root.is_dir() else []
+        stamps = [(choice.path.stat().st_mtime, folder.name) for folder in runs for choice in _models_in(folder)]
+        run_id = max(stamps)[1] if stamps else None
+    return sort_best_first(_models_in(root / run_id)) if run_id else []
 
 
 def sort_best_first(choices: Iterable[ModelChoice]) -> list[ModelChoice]:
@@ -124,13 +111,8 @@ class SampleSet:
 def _balanced_pick(labels: np.ndarray, positions: np.ndarray, n: int, seed: int) -> list[int]:
     """Up to ``n`` of ``positions``, taking the classes in turn (random within each class)."""
     rng = np.random.default_rng(seed)
-    pools = [list(rng.permutation(positions[labels[positions] == label])) for label in np.unique(labels[positions])]
-    picked: list[int] = []
-    while len(picked) < n and any(pools):
-        for pool in pools:
-            if pool and len(picked) < n:
-                picked.append(int(pool.pop()))
-    return picked
+    pools = [rng.permutation(positions[labels[positions] == label])[::-1] for label in np.unique(labels[positions])]
+    return [int(position) for position in chain.from_iterable(zip_longest(*pools)) if position is not None][:n]
 
 
 def _test_rows(index: DatasetIndex, card: dict | None) -> tuple[DatasetIndex, np.ndarray, str]:
