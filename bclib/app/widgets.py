@@ -1,13 +1,7 @@
 """The notebook-08 app: upload or pick a patch, see the model's probabilities, decision and Grad-CAM.
 
-Two faces over the same views (:mod:`bclib.app.views`):
-
-* :func:`show_static` displays plain HTML outputs, so a papermill batch run (no browser, no
-  widget state) still shows real predictions in its HTML report;
-* :class:`PredictApp` is the ipywidgets app (FileUpload, sample picker, model selector,
-  threshold slider). Uploaded bytes are decoded in memory and the FileUpload value is cleared
-  right after processing, so no uploaded image is kept in widget state. Where no widget can
-  render (a text view of the notebook), it shows a line saying where to use it.
+Two faces over the same views (:mod:`bclib.app.views`): :func:`show_static` displays plain HTML, so a
+papermill run's HTML report shows real predictions; :class:`PredictApp` is the ipywidgets app.
 """
 from __future__ import annotations
 
@@ -49,10 +43,11 @@ def show_static(models: ModelSource, images: Sequence[str | os.PathLike], thresh
 
 
 class PredictApp:
-    """The interactive single-image prediction app.
+    """The interactive prediction app: FileUpload, sample picker, model selector, threshold slider.
 
     ``handle_upload(value)`` is the FileUpload handler (callable directly with upload-like dicts);
-    results are rendered into ``self.output`` (an HTML widget) and kept only in memory.
+    results are rendered into ``self.output`` (an HTML widget) and kept only in memory: uploaded bytes
+    are decoded in memory and the FileUpload value is cleared right after, so no image stays in widget state.
     """
 
     def __init__(
@@ -99,7 +94,7 @@ class PredictApp:
         self.upload.observe(self._on_upload, names="value")
         self.sample_button.on_click(lambda _: self.predict_sample(self.sample_picker.value))
         self.threshold_slider.observe(self._on_threshold, names="value")
-        self.model_selector.observe(self._on_model, names="value")
+        self.model_selector.observe(lambda change: self._select_model(change["new"]), names="value")
         if self.models:
             self._select_model(0, threshold)
         else:
@@ -122,10 +117,6 @@ class PredictApp:
         with self.threshold_slider.hold_trait_notifications():
             self.threshold_slider.value = min(max(start, 0.0), 1.0)
         self._predict_shown_again()
-
-    def _on_model(self, change: Mapping[str, Any]) -> None:
-        if change["new"] is not None:
-            self._select_model(int(change["new"]))
 
     def _on_threshold(self, change: Mapping[str, Any]) -> None:
         if self.predictor is not None and self.predictions:

@@ -51,7 +51,7 @@ def patients_overview(table: pd.DataFrame, skew_for_log: float = 10.0) -> matplo
     return fig
 
 
-def sample_grid(images_by_class: dict[str, np.ndarray], columns: int = 8, title: str | None = None) -> matplotlib.figure.Figure:
+def sample_grid(images_by_class: dict[str, np.ndarray], columns: int = 8) -> matplotlib.figure.Figure:
     """One row of sample images per class, the class name on the left."""
     rows = len(images_by_class)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.3), squeeze=False)
@@ -62,8 +62,6 @@ def sample_grid(images_by_class: dict[str, np.ndarray], columns: int = 8, title:
             if column < len(images):
                 ax.imshow(images[column])
         axes[row, 0].set_title(name, loc="left", fontsize=10)
-    if title:
-        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -116,14 +114,11 @@ def _transform_title(settings: dict) -> str:
 
 
 def augmentation_examples(images_by_class: Mapping[str, np.ndarray], augmentation) -> matplotlib.figure.Figure:
-    """The stack's transforms one column each, applied alone, then the whole stack.
+    """A row per patch of ``images_by_class`` (uint8 RGB), a column per layer of ``augmentation`` (a
+    ``keras.Sequential``) applied alone, then the whole stack; a panel a draw left unchanged says so.
 
-    ``images_by_class``: a few patches of each class (uint8 RGB); each patch is a row labelled by
-    its class; a transformed panel equal to its original says so on it (a random layer can draw
-    the identity). ``augmentation``: a ``keras.Sequential`` of augmentation layers. The figure uses
-    fresh copies of the layers (from their configurations): it shows the same draws every time,
-    leaves the random state training draws from untouched, and with seeded layers the last
-    column composes exactly the draws shown one by one before it.
+    Fresh copies of the layers are used, so training's random state is untouched and seeded layers
+    show the same draws every time.
     """
     import keras
 
