@@ -27,14 +27,8 @@ from bclib import __version__, paths, profiles
 from bclib.display import SYNTHETIC_BANNER, in_notebook, show_banner
 from bclib.data.datasets import DatasetIndex, scan
 
-INTERACTIVE_RUN_ID = "interactive"
-#: Set by ``bclib run`` for the kernels it starts: no interactive progress bars there.
+#: Set to "1" by ``bclib run`` for the kernels it starts, where widgets (progress bars) do not render.
 BATCH_ENVIRONMENT = "BCLIB_BATCH"
-
-
-def in_batch_run() -> bool:
-    """True inside a kernel started by ``bclib run`` (papermill), where widgets do not render."""
-    return os.environ.get(BATCH_ENVIRONMENT) == "1"
 
 
 def resolve_dataset_location(dataset: str, data_dir: str | os.PathLike | None,
@@ -232,8 +226,8 @@ class Session:
             "versions": library_versions(),
         }
 
-    def summary_lines(self) -> list[str]:
-        """What the set-up cell shows: data, classes, split, cache, run folder, device."""
+    def show(self) -> None:
+        """Print data, classes, split, cache, run folder and device, below the synthetic-data banner if any."""
         from bclib import devices
 
         counts = self.cache.index.counts()
@@ -251,13 +245,9 @@ class Session:
         ]
         if self.cache.failed:
             lines.insert(2, f"{len(self.cache.failed)} unreadable file(s) skipped (see session.cache.failed)")
-        return lines
-
-    def show(self) -> None:
-        """Print the summary, with the synthetic-data banner above it when the data is generated."""
         if self.synthetic:
             show_banner(SYNTHETIC_BANNER, "warning")
-        print("\n".join(self.summary_lines()))
+        print("\n".join(lines))
 
 
 def start(
@@ -295,7 +285,7 @@ def start(
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")  # tf.data shuffles by itself
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices: nothing a student can act on
 
-    run_id = run_id or INTERACTIVE_RUN_ID
+    run_id = run_id or "interactive"
     run_dir = paths.reports_dir() / run_id
     out_dir = run_dir / notebook
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +297,7 @@ def start(
     index = subsample_patients(index, max_images, seed)
     if dataset == "folder" and len(index):
         settings["pack_size"] = int(min(settings["pack_size"], max(index.load_image(0).shape[:2])))
-    cache = pack(index, settings["pack_size"], progress=not in_batch_run())
+    cache = pack(index, settings["pack_size"], progress=os.environ.get(BATCH_ENVIRONMENT) != "1")
     session = Session(
         notebook=notebook, settings=settings, run_id=run_id, run_dir=run_dir, out_dir=out_dir,
         data_path=data_path, synthetic=synthetic, index=index, cache=cache,
