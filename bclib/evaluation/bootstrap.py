@@ -189,15 +189,12 @@ def sanity_notes(result: dict) -> list[str]:
 def paired_bootstrap_difference(y_true, scores_a, scores_b, patient_ids, metric: str = "roc_auc",
                                 n_boot: int = 1000, seed: int = 0, positive_label: int = 1,
                                 threshold_a: float | None = None, threshold_b: float | None = None) -> dict:
-    """How much model b differs from model a on the same images: ``b - a``, with a patient-bootstrap interval.
+    """Model b minus model a on the same images, with a 95 % patient-bootstrap interval.
 
     Both models are scored on the **same** patient resamples, so what the patients have in common
-    (easy or hard slides) cancels out of the difference. ``scores_a`` / ``scores_b`` are
-    P(positive class); threshold metrics (:data:`~bclib.evaluation.metrics.THRESHOLD_METRICS`) use
-    ``threshold_a`` / ``threshold_b`` (0.5 when not given). Returns ``metric``, ``a``, ``b``,
-    ``difference`` (b - a on all images; ``None`` where a metric is undefined), ``ci`` (``[low, high]``;
-    ``None`` with fewer than two patients or when no resample defines the metric), ``excludes_zero``,
-    ``confidence`` (0.95), ``n_boot``, ``n_patients``, ``n_images``.
+    (easy or hard slides) cancels out of the difference. Threshold metrics use ``threshold_a`` /
+    ``threshold_b`` (default 0.5). ``difference`` and ``ci`` are ``None`` where undefined (a metric
+    undefined on all images; fewer than two patients, or no resample defining the metric).
     """
     if metric not in BOOTSTRAP_METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {list(BOOTSTRAP_METRICS)}")

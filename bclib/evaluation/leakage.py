@@ -1,16 +1,10 @@
 """The leakage lesson: what splitting patches instead of patients does to a test score.
 
-Two copies of the baseline are trained for the same number of epochs (no early stopping) on training
-sets of the same size and scored on the **same** test patches:
-
-- *patient-level*: the patient split's training patients only (no test patient in training);
-- *image-level (leaky)*: the same, except that half of every test patient's patches replace as many
-  random training patches. This is what an image-level random split does: other patches of the
-  test patients sit in training, so the model may recognise the patient (stain, tissue) instead of
-  the disease.
-
-Only the presence of the test patients in training differs, so the AUC gap measures the leakage; its
-paired patient-bootstrap interval says whether this run can tell it from noise.
+Two copies of the baseline train for the same epochs (no early stopping) on training sets of the same
+size and are scored on the **same** test patches. The *patient-level* set holds the training patients
+only; the *image-level (leaky)* set swaps random training patches for half of every test patient's
+patches, as an image-level random split would, so the model may recognise the patient (stain, tissue)
+instead of the disease. The AUC gap measures the leakage, with its paired patient-bootstrap interval.
 The numbers are a lesson, never a result: they go into no model card and no summary row.
 """
 from __future__ import annotations

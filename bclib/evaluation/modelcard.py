@@ -57,10 +57,6 @@ def _field_error(source: str, field: str, problem: str, value: Any) -> ModelLoad
     return ModelLoadError(f"{source}: field {field!r} {problem}, got {value!r}; retrain the model or restore its card")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -99,7 +95,7 @@ def validate_card(card: Any, source: str = "model card") -> dict:
     if not isinstance(threshold, dict):
         raise _field_error(source, "threshold", "must be an object with a 'value'", threshold)
     value = threshold.get("value")
-    if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+    if not (_is_whole(value) or isinstance(value, float)) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise _field_error(source, "threshold.value", "must be a number between 0 and 1", value)
     for key in ("input_size", "pack_size"):
         size = card.get(key)
