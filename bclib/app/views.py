@@ -38,8 +38,8 @@ NO_REGION = "Grad-CAM: no region of this image raised {score}"
 POSITIVE_COLOUR = "#c0392b"
 OTHER_COLOUR = "#2e86c1"
 
-#: What the static view accepts as its model: the models of a run (the best is used), a path, a loaded predictor.
-ModelSource = Sequence[ModelChoice] | str | os.PathLike | Predictor | None
+#: What the static view accepts as its model: the models of a run (the best is used) or a model file.
+ModelSource = Sequence[ModelChoice] | str | os.PathLike | None
 
 TEMPLATE_FILE = "template.html"
 _PIECE = re.compile(r'<template id="([\w-]+)">(.*?)</template>', re.DOTALL)
@@ -85,8 +85,7 @@ def models_table_html(models: Sequence[ModelChoice]) -> str:
 def image_data_uri(image: np.ndarray) -> str:
     """A PNG data URI of an RGB ``uint8`` image (shown, never written to disk)."""
     picture = Image.fromarray(image)
-    if max(picture.size) > 2 * DISPLAY_SIZE:
-        picture.thumbnail((2 * DISPLAY_SIZE, 2 * DISPLAY_SIZE))
+    picture.thumbnail((2 * DISPLAY_SIZE, 2 * DISPLAY_SIZE))  # never enlarges
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -224,8 +223,6 @@ def view_html(predictor: Predictor, predictions: Sequence[Prediction], threshold
 
 
 def _predictor_for(models: ModelSource) -> Predictor | None:
-    if isinstance(models, Predictor):
-        return models
     if isinstance(models, (str, os.PathLike)):
         return Predictor.load(models)
     choice = best_model(models or [])
@@ -253,7 +250,7 @@ class StaticView:
 def static_view(models: ModelSource, images: Sequence[str | os.PathLike], threshold: float | None = None,
                 truths: Sequence[str | None] | None = None) -> StaticView:
     """The static view of image files (``truths``: each image's known class, or None), with the best model of
-    ``models`` (or the one given)."""
+    ``models`` (or the model file given)."""
     predictor = _predictor_for(models)
     if predictor is None:
         return StaticView(None, [], [], [], disclaimer_html() + banner_html(NO_MODEL_MESSAGE, "error"))

@@ -9,17 +9,12 @@ import numpy as np
 import pandas as pd
 
 
-def plot_history(
-    history,
-    metrics: Sequence[str] = ("loss", "auc"),
-    best_epoch: int | None = None,
-    title: str | None = None,
-) -> matplotlib.figure.Figure:
+def plot_history(history, metrics: Sequence[str] = ("loss", "auc"), title: str | None = None) -> matplotlib.figure.Figure:
     """Train (solid) and validation (dashed) curves of each metric in ``history``.
 
     ``history``: what ``model.fit`` returns, its ``.history`` dict, or a ``history.csv`` read back
     (columns ``loss``, ``val_loss``, ``auc``, ...). Metrics missing from it are left out. A dotted
-    line marks ``best_epoch``, by default the epoch of the highest validation AUC.
+    line marks the epoch of the highest validation AUC.
     """
     history = pd.DataFrame(getattr(history, "history", history))
     if history.empty:
@@ -28,7 +23,8 @@ def plot_history(
     if not present:
         raise ValueError(f"none of {list(metrics)} in the history columns {list(history.columns)}")
     epochs = history["epoch"].to_numpy() if "epoch" in history.columns else np.arange(1, len(history) + 1)
-    if best_epoch is None and "val_auc" in history.columns and history["val_auc"].notna().any():
+    best_epoch = None
+    if "val_auc" in history.columns and history["val_auc"].notna().any():
         best_epoch = int(epochs[int(np.nanargmax(history["val_auc"].to_numpy(dtype=float)))])
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], present):
