@@ -257,12 +257,7 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path]
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                Path(root) / name
-                for root, _, names in os.walk(path)
-                for name in names
-                if is_image_file(name)
-            )
+            found = sorted(file for file in path.rglob("*") if is_image_file(file.name) and not file.is_dir())
             if not found:
                 problems.append(Prediction(source=str(path), error="the folder holds no image files"))
             paths.extend(found)
