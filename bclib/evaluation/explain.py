@@ -209,10 +209,7 @@ _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _forward_for(model, layer_name: str | None) -> _Forward:
     """One checked :class:`_Forward` per (model, layer), reused across calls (the widget's latency)."""
-    try:
-        per_model = _FORWARD_CACHE.setdefault(model, {})
-    except TypeError:  # not weak-referenceable
-        return _Forward(model, layer_name)
+    per_model = _FORWARD_CACHE.setdefault(model, {})
     if layer_name not in per_model:
         per_model[layer_name] = _Forward(model, layer_name)
     return per_model[layer_name]
