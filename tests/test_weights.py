@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def test_file_names_follow_keras_applications():
     assert weights_file_name("mobilenetv2", 96) == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
-    assert weights_file_name("mobilenetv2", 160, alpha=0.35).endswith("_0.35_160_no_top.h5")
+    assert weights_file_name("mobilenetv2", 160).endswith("_1.0_160_no_top.h5")
     assert weights_file_name("mobilenetv2", 50).endswith("_1.0_224_no_top.h5")  # other sizes use the 224 file
     assert weights_file_name("resnet50", 50) == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     with pytest.raises(WeightsError, match="baseline"):

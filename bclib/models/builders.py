@@ -13,9 +13,9 @@ from keras import layers, ops
 
 from bclib.models.weights import WeightsChoice, load_weights_file, resolve_weights
 
-MODEL_NAMES = ("baseline_cnn", "mobilenetv2", "resnet50")
-TRANSFER_MODELS = ("mobilenetv2", "resnet50")
+#: The models :func:`build_model` builds, and their default input size.
 DEFAULT_INPUT_SIZE = {"baseline_cnn": 50, "mobilenetv2": 96, "resnet50": 96}
+TRANSFER_MODELS = ("mobilenetv2", "resnet50")
 #: ImageNet channel means in BGR order, subtracted by the "caffe" preprocessing of ResNet50.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -40,13 +40,6 @@ class CaffePreprocess(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mean": list(self.mean)}
-
-
-def _check_name(name: str) -> str:
-    key = name.lower()
-    if key not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
-    return key
 
 
 def output_layer(num_classes: int, name: str | None = None) -> layers.Dense:
@@ -88,18 +81,15 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Mode
 
 
 def preprocessing_layer(name: str) -> layers.Layer:
-    """The layer turning raw 0..255 RGB into what the network was trained on."""
-    key = _check_name(name)
-    if key == "baseline_cnn":
-        return layers.Rescaling(1 / 255, name="preprocess")
-    if key == "mobilenetv2":
+    """The layer turning raw 0..255 RGB into what the backbone ``name`` was trained on."""
+    if name.lower() == "mobilenetv2":
         return layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")
     return CaffePreprocess(name="preprocess")
 
 
 def backbone(name: str, input_size: int, weights: WeightsChoice) -> keras.Model:
     """The keras.applications backbone without its classifier, with the chosen weights loaded."""
-    key = _check_name(name)
+    key = name.lower()
     if key not in TRANSFER_MODELS:
         raise ValueError(f"{name!r} has no pretrained backbone; transfer models are {list(TRANSFER_MODELS)}")
     application = keras.applications.MobileNetV2 if key == "mobilenetv2" else keras.applications.ResNet50
@@ -120,7 +110,7 @@ def transfer_model(name: str, input_size: int, num_classes: int, weights: Weight
     features = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(features)
     outputs = output_layer(num_classes, name="head_output")(x)
-    model = keras.Model(inputs, outputs, name=_check_name(name))
+    model = keras.Model(inputs, outputs, name=name.lower())
     model.bclib_weights = weights
     return model
 
@@ -134,7 +124,9 @@ def build_model(name: str, num_classes: int = 2, input_size: int | None = None, 
     """
     from bclib import devices
 
-    key = _check_name(name)
+    key = name.lower()
+    if key not in DEFAULT_INPUT_SIZE:
+        raise ValueError(f"unknown model {name!r}; choose one of {list(DEFAULT_INPUT_SIZE)}")
     size = int(input_size or DEFAULT_INPUT_SIZE[key])
     keras.utils.set_random_seed(seed)
     with devices.strategy().scope():

@@ -79,17 +79,17 @@ def _check_backbone(backbone: str) -> str:
     return name
 
 
-def weights_file_name(backbone: str, input_size: int = 96, alpha: float = 1.0) -> str:
+def weights_file_name(backbone: str, input_size: int = 96) -> str:
     """The file name keras.applications uses for the no-top ImageNet weights of ``backbone``.
 
-    MobileNetV2 has one file per width multiplier ``alpha`` and input size (96, 128, 160, 192
-    or 224; any other size uses the 224 file, as Keras does). ResNet50 has a single file.
+    MobileNetV2 (width 1.0) has one file per input size 96, 128, 160, 192 or 224; any other size
+    uses the 224 file, as Keras does. ResNet50 has a single file.
     """
     name = _check_backbone(backbone)
     if name == "resnet50":
         return "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     rows = input_size if input_size in MOBILENETV2_SIZES else 224
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
 
 
 def _banner(backbone: str, file_name: str, reason: str) -> str:
@@ -132,7 +132,6 @@ def resolve_weights(
     weights: str | os.PathLike | None = "imagenet",
     allow_random: bool = True,
     input_size: int = 96,
-    alpha: float = 1.0,
     download: bool = True,
     timeout: float = 10.0,
     announce: bool = True,
@@ -145,15 +144,15 @@ def resolve_weights(
     loud banner; without it a :class:`WeightsError` says how to fix it. ``announce`` shows the
     choice (the banner, or a note naming the weights file).
     """
-    choice = _choose(backbone, weights, allow_random, input_size, alpha, download, timeout)
+    choice = _choose(backbone, weights, allow_random, input_size, download, timeout)
     if announce:
         show_banner(choice.banner or f"{backbone} weights: {choice.to_card()['note']}",
                     "warning" if choice.banner else "note")
     return choice
 
 
-def _choose(backbone: str, weights: str | os.PathLike | None, allow_random: bool, input_size: int, alpha: float,
-            download: bool, timeout: float) -> WeightsChoice:
+def _choose(backbone: str, weights: str | os.PathLike | None, allow_random: bool, input_size: int, download: bool,
+            timeout: float) -> WeightsChoice:
     name = _check_backbone(backbone)
     if weights is None:
         return WeightsChoice(requested=None, used="random", path=None)
@@ -167,7 +166,7 @@ def _choose(backbone: str, weights: str | os.PathLike | None, allow_random: bool
             )
         return WeightsChoice(requested=requested, used=f"file:{path.resolve()}", path=str(path.resolve()))
 
-    file_name = weights_file_name(name, input_size, alpha)
+    file_name = weights_file_name(name, input_size)
     cached = weights_cache_dir() / file_name
     if cached.is_file():
         return WeightsChoice(requested="imagenet", used="imagenet", path=str(cached))
