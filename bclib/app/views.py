@@ -198,11 +198,11 @@ def results_table_html(predictions: Sequence[Prediction], class_names: Sequence[
     rows = []
     for prediction, truth in zip(predictions, truths):
         if prediction.ok:
-            values = [f"{prediction.probabilities.get(name, float('nan')):.3f}" for name in class_names]
-            values.append(f"<b>{html.escape(prediction.decision or '')}</b>")
-            values += [html.escape(truth or "unknown")] if with_truth else []
-            cells = "".join(render("table-cell", value=value) for value in values)
-            rows.append(render("table-row", name=_display_name(prediction), cells=cells))
+            probabilities = "".join(render("table-cell", value=f"{prediction.probabilities.get(name, float('nan')):.3f}")
+                                    for name in class_names)
+            truth_cell = render("table-cell", value=html.escape(truth or "unknown")) if with_truth else ""
+            rows.append(render("table-row", name=_display_name(prediction), probabilities=probabilities,
+                               decision=html.escape(prediction.decision or ""), truth=truth_cell))
         else:
             rows.append(render("table-error-row", name=_display_name(prediction),
                                span=len(class_names) + 1 + with_truth, error=html.escape(prediction.error or "")))
