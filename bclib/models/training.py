@@ -141,17 +141,18 @@ def milliseconds_per_patch(networks: dict[Any, tuple[keras.Model, np.ndarray]], 
     return {name: 1000 * float(np.median(seconds[name])) / len(networks[name][1]) for name in networks}
 
 
-def predict_probabilities(model: keras.Model, data, batch_size: int = 256) -> np.ndarray:
-    """Predicted probabilities in the data's order: ``(N,)`` P(label 1) for a sigmoid model, else ``(N, C)``.
+def predict_in_order(model: keras.Model, data, batch_size: int = 256) -> np.ndarray:
+    """``model.predict`` in the data's order, as float32.
 
     ``data``: a non-shuffled ``tf.data.Dataset`` of ``(images, labels)`` or images (never a
     training dataset: its order changes every epoch), or an image array.
     """
     if isinstance(data, tf.data.Dataset):
-        probabilities = model.predict(images_only(data), verbose=0)
-    else:
-        probabilities = model.predict(np.asarray(data), batch_size=batch_size, verbose=0)
-    probabilities = np.asarray(probabilities, dtype="float32")
-    if probabilities.ndim == 2 and probabilities.shape[1] == 1:
-        probabilities = probabilities[:, 0]
-    return probabilities
+        return np.asarray(model.predict(images_only(data), verbose=0), dtype="float32")
+    return np.asarray(model.predict(np.asarray(data), batch_size=batch_size, verbose=0), dtype="float32")
+
+
+def predict_probabilities(model: keras.Model, data, batch_size: int = 256) -> np.ndarray:
+    """Predicted probabilities (:func:`predict_in_order`): ``(N,)`` P(label 1) for a sigmoid model, else ``(N, C)``."""
+    probabilities = predict_in_order(model, data, batch_size)
+    return probabilities[:, 0] if probabilities.ndim == 2 and probabilities.shape[1] == 1 else probabilities

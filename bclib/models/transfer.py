@@ -15,7 +15,6 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from bclib import paths
 from bclib.data.cache import mark_used
@@ -27,7 +26,7 @@ from bclib.evaluation.metrics import positive_probability
 from bclib.evaluation.modelcard import weights_description
 from bclib.models.builders import (calibrate_batchnorm, compile_model, feature_extractor, get_backbone,
                                    head_model, output_classes, unfreeze_top)
-from bclib.models.training import EpochTimer, images_only, standard_callbacks
+from bclib.models.training import EpochTimer, predict_in_order, standard_callbacks
 from bclib.models.weights import WeightsChoice
 
 
@@ -45,11 +44,8 @@ def extract_features(extractor: keras.Model, data, batch_size: int = 128, cache_
         if cache_file.is_file():
             mark_used(cache_file)
             return np.load(cache_file)
-    if isinstance(data, tf.data.Dataset):
-        features = extractor.predict(images_only(data), verbose=0)
-    else:
-        features = extractor.predict(np.asarray(data), batch_size=batch_size, verbose=0)
-    features = np.asarray(features, dtype="float32").reshape(len(features), -1)
+    features = predict_in_order(extractor, data, batch_size)
+    features = features.reshape(len(features), -1)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache_file.with_name(cache_file.stem + ".tmp.npy")
