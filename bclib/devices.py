@@ -1,9 +1,8 @@
 """Devices: GPU detection, mixed precision and the distribution strategy.
 
-Call :func:`configure` once, before building models (the mixed-precision policy applies to layers
-created afterwards): on a GPU it turns on ``mixed_float16``, on a CPU everything stays float32. Model
-outputs are float32 in every case (the output layers of :mod:`bclib.models.builders` force it). XLA
-is left to Keras (``jit_compile="auto"`` in ``model.compile``).
+Call :func:`configure` once, before building models (the policy applies to layers created afterwards):
+on a GPU it turns on ``mixed_float16``, on a CPU everything stays float32. Model outputs are float32
+in every case (the output layers of :mod:`bclib.models.builders` force it).
 """
 from __future__ import annotations
 
@@ -34,14 +33,8 @@ class DeviceInfo:
 
 def gpu_names() -> list[str]:
     """Names of the visible GPUs (empty on a CPU-only machine)."""
-    names = []
-    for device in tf.config.list_physical_devices("GPU"):
-        try:
-            details = tf.config.experimental.get_device_details(device)
-        except (ValueError, RuntimeError):
-            details = {}
-        names.append(details.get("device_name", device.name))
-    return names
+    return [tf.config.experimental.get_device_details(device).get("device_name", device.name)
+            for device in tf.config.list_physical_devices("GPU")]
 
 
 def configure(mixed_precision: bool | str = "auto") -> DeviceInfo:

@@ -1,10 +1,8 @@
 """ImageNet weights for the transfer backbones: the Keras cache, a local file, or (loudly) none.
 
-Keras keeps downloaded ImageNet weights in ``$KERAS_HOME/models/`` (default ``~/.keras/models/``)
-under fixed file names. :func:`resolve_weights` looks there first, accepts a local file path,
-tries one short download otherwise, and, on a machine without internet, falls back to a random
-initialisation with a banner that nobody can miss (or raises, with ``allow_random=False``).
-The choice is returned as a :class:`WeightsChoice` that the model and its card record.
+:func:`resolve_weights` looks in the Keras cache (``$KERAS_HOME/models/``) first, accepts a local
+file, tries one short download, and without internet falls back to a random initialisation with a
+banner nobody can miss; the :class:`WeightsChoice` it returns is recorded on the model and its card.
 """
 from __future__ import annotations
 
