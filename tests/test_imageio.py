@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -75,13 +77,43 @@ def test_broken_inputs_raise_clear_errors(tmp_path):
     assert issubclass(ImageReadError, ValueError)
 
 
-def test_decompression_bomb_guard_and_max_side(monkeypatch):
+def test_max_side_and_the_pixel_cap_as_documented(tmp_path, monkeypatch):
     data = png_bytes(Image.new("RGB", (120, 60), (10, 20, 30)))
     decoded = read_image(data, max_side=30)
     assert max(decoded.shape[:2]) == 30 and decoded.shape[1] == 2 * decoded.shape[0]
-    monkeypatch.setattr(imageio, "MAX_PIXELS", 1000)
-    with pytest.raises(ImageReadError, match="limit"):
-        read_image(data)
+    cap = imageio.MAX_PIXELS  # the documented constant itself: a one-row image exactly at it decodes
+    Image.new("L", (cap, 1), 90).save(tmp_path / "at_cap.png")
+    assert read_image(tmp_path / "at_cap.png").shape == (1, imageio.MAX_SIDE, 3)
+    Image.new("L", (cap + 1, 1), 90).save(tmp_path / "over.png")
+    with pytest.raises(ImageReadError) as refused:
+        read_image(tmp_path / "over.png")
+    assert all(part in str(refused.value) for part in (str(tmp_path / "over.png"), f"{cap + 1}x1", f"{cap:,}-pixel cap"))
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 100 * 100)  # a JPEG counts at the size it decodes to
+    jpeg = png_bytes(Image.new("RGB", (200, 200), (200, 60, 120)), "JPEG")
+    assert read_image(jpeg, max_side=100).shape == (100, 100, 3)
+    with pytest.raises(ImageReadError, match="200x200 pixels is over"):
+        read_image(png_bytes(Image.new("RGB", (200, 200))), max_side=100)
+
+
+def test_large_images_decode_one_at_a_time_in_bounded_memory(tmp_path):
+    """Eight 10-megapixel RGBA PNGs read by four threads: memory grows by about one image's decoding, not four."""
+    rgba = np.full((2500, 4000, 4), (230, 200, 220, 255), np.uint8)
+    rgba[800:1200, 1000:2000] = (150, 60, 120, 128)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "large.png")
+    script = (
+        "import resource, sys; from concurrent.futures import ThreadPoolExecutor\n"
+        "from bclib.data.imageio import read_image\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "before = peak()\n"
+        "with ThreadPoolExecutor(4) as pool:\n"
+        "    shapes = set(pool.map(lambda _: read_image(sys.argv[1]).shape, range(8)))\n"
+        "print(shapes == {(2500, 4000, 3)}, peak() - before)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "large.png")],
+                               capture_output=True, text=True, check=True)
+    all_decoded, growth_mb = completed.stdout.split()
+    assert all_decoded == "True"
+    assert float(growth_mb) < 200, f"peak memory grew by {growth_mb} MB decoding 10-megapixel images"
 
 
 def test_fit_to_square_pads_small_and_shrinks_large_without_stretching():

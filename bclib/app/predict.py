@@ -203,7 +203,7 @@ class Predictor:
                 prediction.threshold = threshold
 
     def _load_one(self, source: str | os.PathLike | bytes) -> np.ndarray:
-        return self.prepare(read_image(source))
+        return read_image(source, transform=self.prepare)  # prepared before the next large image decodes
 
     def predict_sources(
         self,
