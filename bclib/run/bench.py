@@ -279,9 +279,45 @@ def bench_memory(context: BenchContext) -> list[BenchRow]:
     )]
 
 
+def bench_large_images(context: BenchContext) -> list[BenchRow]:
+    """Peak RSS of ``bclib predict`` (a fresh process each) on RGBA PNGs at the decoder's pixel cap
+    against 50x50 patches: decoding large images must stay within bounded memory."""
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from bclib.data.imageio import MAX_PIXELS
+    from bclib.models.builders import baseline_cnn
+
+    model_path = saved_for_predict(baseline_cnn(50), context.work_dir / "large_model", 50)
+    measured = {}
+    for name, side, count in (("patches", 50, 64), ("large", math.isqrt(MAX_PIXELS), 4)):
+        folder = context.work_dir / f"large_{name}"
+        folder.mkdir()
+        rgba = np.full((side, side, 4), (230, 200, 220, 255), np.uint8)
+        rgba[: side // 3, : side // 2] = (150, 60, 120, 128)
+        Image.fromarray(rgba, "RGBA").save(folder / "0.png")
+        for number in range(1, count):
+            shutil.copyfile(folder / "0.png", folder / f"{number}.png")
+        script = ("import resource, sys; from bclib.run.cli import main; code = main(sys.argv[1:]); "
+                  "print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+        completed = subprocess.run([sys.executable, "-c", script, "predict", "--model", str(model_path), str(folder)],
+                                   capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        code, peak_mb = completed.stdout.split()[-2:]
+        if completed.returncode or code != "0":
+            raise BenchError(f"bclib predict on {name} failed: {completed.stderr.strip()[-800:]}")
+        measured[f"{name}_peak_rss_mb"] = float(peak_mb)
+    return [ratio_row("large", "bclib predict peak RSS: large images / 50x50 patches", measured,
+                      "large_peak_rss_mb", "patches_peak_rss_mb", 1.5, "<= 1.5x", higher_is_better=False,
+                      note=f"4 RGBA PNGs of {math.isqrt(MAX_PIXELS)}^2 pixels (bclib.data.imageio.MAX_PIXELS) "
+                           "against 64 patches, baseline CNN, each folder in a fresh process")]
+
+
 SECTION_FUNCTIONS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "pack": bench_pack, "pipeline": bench_pipeline, "features": bench_features,
-    "inference": bench_inference, "memory": bench_memory,
+    "inference": bench_inference, "memory": bench_memory, "large": bench_large_images,
 }
 SECTIONS = tuple(SECTION_FUNCTIONS)
 
