@@ -167,9 +167,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def git_state(root: Path | None = None) -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
     """``{"commit", "dirty"}`` of the project checkout, or ``None`` values outside git."""
-    root = root or paths.project_root()
+    root = paths.project_root()
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
