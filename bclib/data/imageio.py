@@ -6,6 +6,7 @@ palette, RGBA (composited on white), CMYK, and a memory bound (:data:`MAX_PIXELS
 from __future__ import annotations
 
 import io
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -90,7 +91,7 @@ def _decode(opened: str | os.PathLike | io.BytesIO, label: str, max_side: int, t
         longest = max(width, height)
         if longest > max_side:  # JPEG only: decoded at 1/2, 1/4 or 1/8 of its size
             image.draft("RGB", (max(1, width * max_side // longest), max(1, height * max_side // longest)))
-        pixels = image.size[0] * image.size[1]
+        pixels = math.prod(image.size)  # what is decoded
         if pixels > MAX_PIXELS:
             raise ImageReadError(f"{label}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel cap "
                                  "(bclib.data.imageio.MAX_PIXELS, bounds memory); crop or downscale it first")
