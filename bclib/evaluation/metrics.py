@@ -70,7 +70,8 @@ def positive_probability(probs, positive_label: int = 1) -> np.ndarray:
         return p if positive_label == 1 else 1.0 - p
     if p.ndim == 2 and 0 <= positive_label < p.shape[1]:
         return p[:, int(positive_label)]
-    raise ValueError(f"expected (N,), (N, 1) or (N, C) outputs with label {positive_label} among C, got shape {p.shape}")
+    raise ValueError(f"expected (N,), (N, 1) or (N, C) outputs with label {positive_label} among the C, "
+                     f"got shape {p.shape}")
 
 
 def _warn_if_hard(p: np.ndarray, notes: list[str] | None = None) -> None:
@@ -134,7 +135,7 @@ def threshold_metrics_from_counts(tp, fp, fn, tn) -> dict[str, np.ndarray]:
 
 def binary_metrics(y_true, prob_positive, threshold: float = 0.5, positive_label: int = 1,
                    class_names: Sequence[str] | None = None, patient_ids=None) -> dict:
-    """Every binary metric (the keys of docs/ARCHITECTURE.md's "Metric names", ``n_positive``, ``n_negative``, ``notes``).
+    """Every binary metric: docs/ARCHITECTURE.md's "Metric names", ``n_positive``, ``n_negative``, ``notes``.
 
     ``prob_positive`` is P(positive class); ``positive_label`` names which label that is, and
     ``class_names[positive_label]`` becomes ``positive_class``. Undefined metrics are ``None``.
