@@ -13,7 +13,7 @@ import pytest
 from bclib import paths
 from bclib.run.bench import SECTIONS, parse_sections
 from bclib.run.bench_tools import (BenchError, BenchReport, BenchRow, PeakMemory, ratio_row, resident_memory,
-                                   write_report)
+                                   run_fresh_python, write_report)
 
 #: Each section's side-by-side pair (numerator, denominator) of its ratio row, measured in the same run.
 RATIO_KEYS = {
@@ -61,6 +61,12 @@ def test_peak_memory_sees_a_large_allocation():
     result = sampler.result()
     assert result["anon_growth_mb"] >= 40
     assert result["peak_mb"] >= result["start_mb"]
+
+
+def test_run_fresh_python_returns_output_or_raises_with_its_errors():
+    assert run_fresh_python(["-c", "print('measured 42')"], "echo").split()[-1] == "42"
+    with pytest.raises(BenchError, match="(?s)broken step failed: .*ValueError: no such image"):
+        run_fresh_python(["-c", "raise ValueError('no such image')"], "broken step")
 
 
 def _report() -> BenchReport:

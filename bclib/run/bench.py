@@ -20,7 +20,7 @@ import numpy as np
 
 from bclib.run.bench_tools import (BenchError, BenchReport, BenchRow, describe_environment, folder_throughput,
                                    linked_folder, measure_latency, measure_memory, measure_memory_in_subprocess,
-                                   ratio_row, saved_for_predict, subsample)
+                                   ratio_row, run_fresh_python, saved_for_predict, subsample)
 
 @dataclass
 class BenchSettings:
@@ -283,8 +283,6 @@ def bench_large_images(context: BenchContext) -> list[BenchRow]:
     """Peak RSS of ``bclib predict`` (a fresh process each) on RGBA PNGs at the decoder's pixel cap
     against 50x50 patches: decoding large images must stay within bounded memory."""
     import shutil
-    import subprocess
-    import sys
 
     from PIL import Image
 
@@ -302,13 +300,10 @@ def bench_large_images(context: BenchContext) -> list[BenchRow]:
         for number in range(1, count):
             shutil.copyfile(folder / "0.png", folder / f"{number}.png")
         script = ("import resource, sys; from bclib.run.cli import main; code = main(sys.argv[1:]); "
-                  "print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-        completed = subprocess.run([sys.executable, "-c", script, "predict", "--model", str(model_path), str(folder)],
-                                   capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        code, peak_mb = completed.stdout.split()[-2:]
-        if completed.returncode or code != "0":
-            raise BenchError(f"bclib predict on {name} failed: {completed.stderr.strip()[-800:]}")
-        measured[f"{name}_peak_rss_mb"] = float(peak_mb)
+                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(code)")
+        output = run_fresh_python(["-c", script, "predict", "--model", str(model_path), str(folder)],
+                                  f"bclib predict on {name}")
+        measured[f"{name}_peak_rss_mb"] = float(output.split()[-1])
     return [ratio_row("large", "bclib predict peak RSS: large images / 50x50 patches", measured,
                       "large_peak_rss_mb", "patches_peak_rss_mb", 1.5, "<= 1.5x", higher_is_better=False,
                       note=f"4 RGBA PNGs of {math.isqrt(MAX_PIXELS)}^2 pixels (bclib.data.imageio.MAX_PIXELS) "

@@ -223,14 +223,20 @@ def measure_memory(request: dict, index: Any = None) -> dict:
     return {**result, "train_images": len(positions), "memory": training.result()}
 
 
-def measure_memory_in_subprocess(request: dict) -> dict:
-    """:func:`measure_memory` in a fresh Python process (nothing shared with this one)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    completed = subprocess.run([sys.executable, "-m", __name__, json.dumps(request)],
-                               capture_output=True, text=True, env=env, check=False)
+def run_fresh_python(arguments: list[str], what: str) -> str:
+    """The output of ``python *arguments`` in a fresh process (nothing shared with this one);
+    :class:`BenchError` with the end of its error output when it fails."""
+    completed = subprocess.run([sys.executable, *arguments], capture_output=True, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=False)
     if completed.returncode != 0:
-        raise BenchError(f"memory subprocess ({request['mode']}) failed: {completed.stderr.strip()[-800:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+        raise BenchError(f"{what} failed: {completed.stderr.strip()[-800:]}")
+    return completed.stdout
+
+
+def measure_memory_in_subprocess(request: dict) -> dict:
+    """:func:`measure_memory` in a fresh Python process."""
+    output = run_fresh_python(["-m", __name__, json.dumps(request)], f"memory subprocess ({request['mode']})")
+    return json.loads(output.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- inference
