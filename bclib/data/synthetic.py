@@ -1,16 +1,30 @@
 """Synthetic IDC data: generated H&E-like patches written in the real Kaggle IDC layout.
 
-The patches are made up (no patient data): pink stroma with purple nuclei, where class 1
-("IDC") has many more, larger and darker nuclei than class 0, so a small model can learn it in
-one epoch. Each patient is a small "slide": patches sit on a 50-pixel grid (``x``/``y`` in the
-file names, offset by 1 like the real data) with the positive patches clustered around a
-tumour centre, so a mosaic can be rebuilt. A marker file tells the IDC scanner the data is
-synthetic (``DatasetIndex.synthetic``), so results on it are never mistaken for real ones.
+The patches are made up (no patient data): pink stroma, paler fatty tissue and purple nuclei. Tumour
+("IDC", class 1) patches hold on average more, larger and darker nuclei and less fat, but the
+classes overlap, so a small model ranks them well without separating them. Each patient is a small
+"slide": patches sit on a 50-pixel grid (``x``/``y`` in the file names, offset by 1 like the real
+data), the positive ones in an irregular tumour region, so a mosaic can be rebuilt; a few patches
+at the slide's right or bottom edge are smaller than the grid. A marker file tells the IDC
+scanner the data is synthetic (``DatasetIndex.synthetic``), so results on it are never mistaken
+for real ones.
+
+Knobs of :func:`make_synthetic_idc`:
+
+- ``positive_fraction``: the mean share of tumour patches; each patient's own share varies
+  around it (from a few patches to most of the slide, as in IDC), at least one of each class.
+- ``class_signal``: how far tumour patches differ from healthy ones (0: not at all); tumour
+  patches vary, and some look almost healthy.
+- ``patient_effect``: how much patients differ (0: not at all): each has its own stain colours,
+  fat, cellularity and nucleus size, and its tumour its own colours. A model that learns to
+  recognise patients therefore scores better on patients it has already seen, so an image-level
+  split flatters it (the leakage lesson). Neighbouring patches of a slide also look alike.
 """
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,32 +48,61 @@ _MARKER_TEXT = (
 
 _STROMA = np.array([236.0, 178.0, 206.0])  # eosin pink
 _LIGHT = np.array([248.0, 232.0, 242.0])  # fat / background, almost white
-_NUCLEUS_LIGHT = np.array([150.0, 100.0, 180.0])  # pale haematoxylin purple
-_NUCLEUS_DARK = np.array([72.0, 34.0, 120.0])  # dense dark purple
+_NUCLEUS = np.array([128.0, 80.0, 165.0])  # haematoxylin purple
+_DARK_NUCLEUS = np.array([72.0, 34.0, 120.0])  # dense, dark tumour nuclei
+_HUE = np.array([1.0, 0.0, -1.0]) / np.sqrt(2)  # a stain tint: redder (+) or bluer (-)
+_SHADE = np.ones(3) / np.sqrt(3)  # lighter (+) or darker (-)
 
 
-def _patch(rng: np.random.Generator, label: int, size: int, stain_shift: np.ndarray) -> np.ndarray:
-    """One ``size x size`` RGB patch; class 1 is crowded with large dark nuclei."""
+def _tint(rng: np.random.Generator, spread: float) -> np.ndarray:
+    return rng.normal(0, spread) * _HUE + rng.normal(0, spread) * _SHADE
+
+
+@dataclass
+class _Look:
+    """One patient's tissue. ``stroma`` and ``nucleus`` hold two colours: row 0 healthy, row 1 tumour."""
+
+    stroma: np.ndarray
+    nucleus: np.ndarray
+    fat: float
+    cellularity: float
+    nucleus_scale: float
+    stripe_period: float
+    signal: float
+
+
+def _look(rng: np.random.Generator, signal: float, effect: float) -> _Look:
+    stroma, nucleus = _STROMA + _tint(rng, 20 * effect), _NUCLEUS + _tint(rng, 20 * effect)
+    tumour_stroma = stroma + _tint(rng, 14 * effect * signal)
+    tumour_nucleus = nucleus + signal * (0.5 * (_DARK_NUCLEUS - _NUCLEUS) + _tint(rng, 30 * effect))
+    return _Look(
+        stroma=np.stack([stroma, tumour_stroma]),
+        nucleus=np.stack([nucleus, tumour_nucleus]),
+        fat=float(np.clip(0.25 + rng.normal(0, 0.06 * effect), 0.05, 0.5)),
+        cellularity=float(np.exp(rng.normal(0, 0.2 * effect))),
+        nucleus_scale=float(np.exp(rng.normal(0, 0.1 * effect))),
+        stripe_period=float(rng.uniform(2.0, 4.0)),
+        signal=signal,
+    )
+
+
+def _patch(rng: np.random.Generator, look: _Look, tumour: int, local: float, size: int) -> np.ndarray:
+    """One ``size x size`` RGB patch of healthy or tumour tissue; ``local`` varies smoothly across the slide."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    lightness = rng.uniform(0.15, 0.45) if label == 0 else rng.uniform(0.0, 0.15)
-    image = (1 - lightness) * _STROMA + lightness * _LIGHT
-    image = np.broadcast_to(image, (size, size, 3)).astype(np.float32).copy()
-    # fibrous texture: smooth random stripes
-    angle = rng.uniform(0, np.pi)
-    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / rng.uniform(2.0, 4.0) + rng.uniform(0, 6.3))
-    image += stripes[..., None] * 6.0
-    if label == 1:
-        count, radius_range, colour = rng.integers(22, 34), (2.8, 4.8), _NUCLEUS_DARK
-    else:
-        count, radius_range, colour = rng.integers(3, 8), (1.6, 2.8), _NUCLEUS_LIGHT
+    atypia = look.signal * tumour * rng.uniform(0.4, 1.6)  # some tumour patches look almost healthy
+    lightness = np.clip(look.fat + 0.08 * local - 0.12 * atypia + rng.normal(0, 0.07), 0.02, 0.7)
+    image = np.empty((size, size, 3), np.float32)
+    image[:] = (1 - lightness) * look.stroma[tumour] + lightness * _LIGHT
+    angle = rng.uniform(0, np.pi)  # fibrous texture: smooth random stripes
+    phase = (xx * np.cos(angle) + yy * np.sin(angle)) / look.stripe_period + rng.uniform(0, 6.3)
+    image += np.sin(phase)[..., None] * 6.0
+    count = rng.poisson(look.cellularity * np.exp(0.3 * local) * (8 + 9 * atypia))
     for _ in range(int(count)):
         cy, cx = rng.uniform(-2, size + 2, size=2)
-        ry, rx = rng.uniform(*radius_range, size=2)
-        distance = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
-        weight = np.clip(1.3 - distance, 0.0, 1.0)[..., None]
-        shade = colour + rng.normal(0, 8, size=3)
-        image = image * (1 - weight) + shade * weight
-    image += stain_shift + rng.normal(0, 5.0, size=image.shape)
+        ry, rx = look.nucleus_scale * (rng.uniform(1.6, 2.8, size=2) + 0.8 * atypia * rng.uniform(0, 1, size=2))
+        weight = np.clip(1.3 - ((yy - cy) / ry) ** 2 - ((xx - cx) / rx) ** 2, 0.0, 1.0)[..., None]
+        image = image * (1 - weight) + (look.nucleus[tumour] + rng.normal(0, 8, size=3)) * weight
+    image += rng.normal(0, 5.0, size=image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
@@ -69,17 +112,19 @@ def _patient_ids(rng: np.random.Generator, n_patients: int) -> list[str]:
     return [str(int(number)) for number in sorted(numbers)]
 
 
-def _slide_cells(rng: np.random.Generator, count: int, n_positive: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grid cells (row, column) of one patient's patches and which of them are positive."""
+def _slide(rng: np.random.Generator, count: int, n_positive: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid cells (row, column) of one patient's patches, which are tumour, and a smooth local variation."""
     columns = int(np.ceil(np.sqrt(count * 1.6)))
     rows = int(np.ceil(count * 1.6 / columns))
     cells = np.array([(r, c) for r in range(rows) for c in range(columns)])
     chosen = cells[np.sort(rng.choice(len(cells), count, replace=False))]
+    waves, phases = rng.normal(0, 0.5, (3, 2)), rng.uniform(0, 2 * np.pi, 3)  # a few slow waves across the slide
+    local = np.sin(chosen @ waves.T + phases).sum(axis=1) / np.sqrt(1.5)
     centre = np.array([rng.uniform(0, rows - 1), rng.uniform(0, columns - 1)])
-    distance = np.hypot(*(chosen - centre).T) + rng.uniform(0, 0.5, size=count)
+    distance = np.hypot(*((chosen - centre) * rng.uniform(0.6, 1.6, 2)).T) - 0.8 * local  # elongated, irregular
     labels = np.zeros(count, dtype=int)
     labels[np.argsort(distance)[:n_positive]] = 1
-    return chosen, labels
+    return chosen, labels, local
 
 
 def _check_target(dataset_folder: Path, root: Path) -> None:
@@ -99,16 +144,17 @@ def make_synthetic_idc(
     root: str | os.PathLike,
     n_patients: int = 12,
     patches_per_patient: int = 24,
-    positive_fraction: float = 0.3,
+    positive_fraction: float = 0.28,
     seed: int = 0,
     image_size: int = 50,
+    class_signal: float = 1.0,
+    patient_effect: float = 1.0,
 ) -> Path:
     """Write a synthetic dataset in the IDC layout under ``root``; return the dataset folder.
 
     Layout: ``<root>/IDC_regular_ps50_idx5/<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png``.
-    Every patient holds both classes (about ``positive_fraction`` positives, at least one of
-    each). Every fourth patient has one patch narrower than ``image_size`` (a slide-edge patch, as
-    in the real data). Deterministic for a ``seed``;
+    The knobs are described in the module docstring. Every fourth patient has one slide-edge patch
+    smaller than ``image_size`` (alternately narrower and shorter). Deterministic for a ``seed``;
     earlier synthetic data in the same folder is replaced, other files are never touched.
     """
     if n_patients < 1:
@@ -119,22 +165,27 @@ def make_synthetic_idc(
         raise ValueError(f"positive_fraction must lie strictly between 0 and 1, got {positive_fraction}")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    if class_signal < 0 or patient_effect < 0:
+        raise ValueError(f"class_signal and patient_effect must be >= 0, got {class_signal} and {patient_effect}")
     root = Path(root)
     dataset_folder = root / NESTED_FOLDER
     _check_target(dataset_folder, root)
     dataset_folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n_positive = int(np.clip(round(positive_fraction * patches_per_patient), 1, patches_per_patient - 1))
     for number, patient in enumerate(_patient_ids(rng, n_patients)):
-        stain_shift = rng.normal(0, 6.0, size=3)
-        cells, labels = _slide_cells(rng, patches_per_patient, n_positive)
-        edge_position = int(np.argmax(cells[:, 1])) if number % 4 == 0 else -1
+        look = _look(rng, class_signal, patient_effect)
+        share = rng.beta(4 * positive_fraction, 4 * (1 - positive_fraction))
+        n_positive = int(np.clip(round(share * patches_per_patient), 1, patches_per_patient - 1))
+        cells, labels, local = _slide(rng, patches_per_patient, n_positive)
+        edge_axis = (number // 4 + 1) % 2  # 1: a patch at the right edge, cut narrower; 0: at the bottom, shorter
+        edge_position = int(np.argmax(cells[:, edge_axis])) if number % 4 == 0 else -1
         for folder in ("0", "1"):
             (dataset_folder / patient / folder).mkdir(parents=True, exist_ok=True)
         for position, ((row, column), label) in enumerate(zip(cells, labels)):
-            patch = _patch(rng, int(label), image_size, stain_shift)
+            patch = _patch(rng, look, int(label), float(local[position]), image_size)
             if position == edge_position:
-                patch = patch[:, : int(rng.integers(image_size // 3, image_size - 4))]
+                kept = int(rng.integers(image_size // 3, image_size - 4))
+                patch = patch[:, :kept] if edge_axis else patch[:kept]
             x, y = GRID_OFFSET + GRID_STEP * int(column), GRID_OFFSET + GRID_STEP * int(row)
             name = f"{patient}_idx5_x{x}_y{y}_class{label}.png"
             Image.fromarray(patch).save(dataset_folder / patient / str(label) / name, compress_level=1)
@@ -148,7 +199,7 @@ def is_synthetic_folder(*folders: str | os.PathLike) -> bool:
     return any((Path(folder) / MARKER_FILE).is_file() for folder in folders)
 
 
-DEMO_OPTIONS = {"n_patients": 24, "patches_per_patient": 40, "seed": 0}
+DEMO_OPTIONS = {"n_patients": 48, "patches_per_patient": 20, "seed": 0}
 
 
 def ensure_demo_dataset() -> Path:
