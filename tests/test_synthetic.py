@@ -10,7 +10,7 @@ import pytest
 
 from bclib.data.datasets import idc, scan
 from bclib.data.index import DatasetError
-from bclib.data.synthetic import MARKER_FILE, make_synthetic_idc
+from bclib.data.synthetic import MARKER_FILE, NESTED_FOLDER, make_synthetic_idc
 from bclib.data.imageio import read_image
 
 NAME = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
@@ -131,3 +131,19 @@ def test_refuses_a_folder_with_other_data_and_replaces_old_synthetic(tmp_path):
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_synthetic_idc(tmp_path, **kwargs)
+
+
+def test_demo_is_generated_once_and_again_when_its_options_change(tmp_path, monkeypatch):
+    from bclib.data import synthetic
+
+    monkeypatch.setenv("BCLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(synthetic, "DEMO_OPTIONS", {"n_patients": 2, "patches_per_patient": 4, "seed": 0})
+    root = synthetic.ensure_demo_dataset()
+    first = (root / NESTED_FOLDER).stat().st_mtime_ns
+    assert synthetic.ensure_demo_dataset() == root and (root / NESTED_FOLDER).stat().st_mtime_ns == first
+    monkeypatch.setattr(synthetic, "DEMO_OPTIONS", {"n_patients": 3, "patches_per_patient": 4, "seed": 0})
+    assert scan("idc", synthetic.ensure_demo_dataset()).frame["patient_id"].nunique() == 3
+    (root / MARKER_FILE).unlink()
+    (root / NESTED_FOLDER / MARKER_FILE).unlink()
+    with pytest.raises(DatasetError, match="no complete synthetic dataset"):
+        synthetic.ensure_demo_dataset()

@@ -22,6 +22,7 @@ Knobs of :func:`make_synthetic_idc`:
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -200,15 +201,20 @@ def is_synthetic_folder(*folders: str | os.PathLike) -> bool:
 
 
 DEMO_OPTIONS = {"n_patients": 48, "patches_per_patient": 20, "seed": 0}
+#: Raise when the generator changes, so an earlier demo is generated again rather than reused.
+DEMO_VERSION = 2
+_DEMO_STAMP = "demo_options.json"
 
 
 def ensure_demo_dataset() -> Path:
     """The synthetic IDC demo dataset at :func:`bclib.paths.synthetic_dir`, generated once (into a
-    staging folder, then renamed, so an interrupted generation leaves nothing behind)."""
+    staging folder, then renamed, so an interrupted generation leaves nothing behind) and again when
+    :data:`DEMO_OPTIONS` or :data:`DEMO_VERSION` changed."""
     root = paths.synthetic_dir()
-    if is_synthetic_folder(root):
+    stamp = json.dumps({"version": DEMO_VERSION, **DEMO_OPTIONS}, sort_keys=True)
+    if is_synthetic_folder(root) and (root / _DEMO_STAMP).is_file() and (root / _DEMO_STAMP).read_text() == stamp:
         return root
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and any(root.iterdir()) and not is_synthetic_folder(root):
         raise DatasetError(f"{str(root)!r} exists but holds no complete synthetic dataset; remove it and rerun")
     print(f"generating the synthetic IDC demo dataset in {root} ...")
     staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
@@ -216,8 +222,8 @@ def ensure_demo_dataset() -> Path:
     staging.mkdir(parents=True)
     try:
         make_synthetic_idc(staging, **DEMO_OPTIONS)
-        if root.exists():
-            root.rmdir()  # empty (checked above)
+        (staging / _DEMO_STAMP).write_text(stamp)
+        shutil.rmtree(root, ignore_errors=True)  # empty, or an earlier demo (checked above)
         staging.replace(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
