@@ -112,7 +112,8 @@ def resize_batch(images, size: int) -> tf.Tensor:
     height, width = int(images.shape[1]), int(images.shape[2])
     if height == width == size:
         return images
-    return tf.image.resize(images, (size, size), method="bilinear", antialias=size < max(height, width))
+    resized = tf.image.resize(images, (size, size), method="bilinear", antialias=size < max(height, width))
+    return tf.clip_by_value(resized, 0.0, 255.0)  # the antialiasing kernel can overshoot 255 by a rounding error
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
