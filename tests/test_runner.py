@@ -1,5 +1,5 @@
 """``bclib run`` over tiny throw-away notebooks: run folder contents, no overwrite, failures,
-resume, parameter injection, data resolution and the CLI (7 notebook executions in all)."""
+resume, parameter injection, data resolution and the CLI (9 notebook executions in all)."""
 from __future__ import annotations
 
 import json
@@ -314,6 +314,59 @@ def test_smoke_profile_and_missing_data_use_synthetic_demo_data(project, tmp_pat
         runner.resolve_data("breakhis", None, "quick")
     with pytest.raises(FileNotFoundError):
         runner.resolve_data("idc", project / "missing", "quick")
+
+
+@pytest.fixture
+def tiny_demo(tmp_path, monkeypatch) -> None:
+    from bclib.data import synthetic
+
+    monkeypatch.setenv("BCLIB_CACHE", str(tmp_path / "isolated" / "cache"))  # own synthetic_dir
+    monkeypatch.setattr(synthetic, "DEMO_OPTIONS", {"n_patients": 2, "patches_per_patient": 4, "seed": 0})
+
+
+def test_no_idc_online_runs_the_series_on_breastmnist(project, tiny_demo, monkeypatch, tmp_path):
+    from test_first_run import _serve_breastmnist
+    from test_download import _Server
+
+    server = _Server()
+    try:
+        monkeypatch.delenv("BCLIB_OFFLINE", raising=False)
+        _serve_breastmnist(server, monkeypatch, tmp_path)
+        messages: list[str] = []
+        _run(project, data=None, run_id="first-run", notebooks=["01"], profile="quick", log=messages.append)
+    finally:
+        server.close()
+    folder = reports.run_dir("first-run")
+    destination = project / "data" / "breastmnist"
+    injected = json.loads((folder / "01_train" / "params.json").read_text())
+    assert (injected["dataset"], injected["data_dir"]) == ("breastmnist", str(destination))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["dataset"], manifest["data_dir"]) == ("breastmnist", str(destination))
+    assert manifest["synthetic"] is False
+    assert manifest["data_choice"].startswith("no IDC data found; BreastMNIST downloaded")
+    assert manifest["data"]["images"] == 13
+    assert "the worked solutions are written for IDC: not run on breastmnist" in messages
+
+
+def test_cli_offline_runs_on_the_demo_without_a_request(project, tiny_demo, monkeypatch, tmp_path, capsys):
+    from test_first_run import _serve_breastmnist
+    from test_download import _Server
+
+    server = _Server()
+    try:
+        monkeypatch.delenv("BCLIB_OFFLINE", raising=False)
+        _serve_breastmnist(server, monkeypatch, tmp_path)
+        code = cli_main(["run", "--offline", "--run-id", "offline", "--notebooks", "02", "--no-progress"])
+        assert server.requests == []
+    finally:
+        server.close()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "synthetic demo instead of BreastMNIST: offline (--offline or BCLIB_OFFLINE=1)" in out
+    assert "`bclib data download idc`" in out and "*** SYNTHETIC DEMO DATA" in out
+    manifest = json.loads((reports.run_dir("offline") / "manifest.json").read_text())
+    assert manifest["synthetic"] is True and manifest["dataset"] == "idc"
+    assert manifest["data_choice"] == "no IDC data found; synthetic demo: offline (--offline or BCLIB_OFFLINE=1)"
 
 
 def test_data_fingerprint_skips_large_folders(tmp_path):

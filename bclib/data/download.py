@@ -3,6 +3,7 @@
 Files stream into ``<destination>/.bclib-download/<name>.part`` (a rerun resumes with HTTP Range), are
 checked against their published checksum and unpacked into a staging folder renamed into place in one
 step. The marker ``.bclib-download.json`` lists what is installed; ``"complete": true`` marks a finished one.
+Before fetching on its own, ``bclib run`` asks :func:`offline_requested` and :func:`unreachable_reason`.
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
+import threading
 import time
+import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
@@ -31,6 +35,10 @@ PCAM_FILES = tuple(f"camelyonpatch_level_2_split_{split}_{array}.h5.gz"
                    for split in ("train", "valid", "test") for array in ("x", "y"))
 
 MARKER_NAME = ".bclib-download.json"
+#: Set to 1 (or true/yes) and nothing is fetched on the way: ``bclib run`` keeps to the data at hand.
+OFFLINE_ENVIRONMENT = "BCLIB_OFFLINE"
+#: Seconds :func:`unreachable_reason` waits for the name lookup and the connection together.
+PROBE_TIMEOUT = 3.0
 WORK_DIR_NAME = ".bclib-download"
 CHUNK_SIZE = 1 << 16
 ARCHIVE_SUFFIXES = {".tar.gz": "tar", ".tar.bz2": "tar", ".tar.xz": "tar", ".tgz": "tar", ".tbz2": "tar",
@@ -151,6 +159,36 @@ def read_marker(destination: Path) -> dict | None:
         return json.loads((Path(destination) / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def offline_requested() -> bool:
+    """True when ``$BCLIB_OFFLINE`` is set to anything but empty, ``0``, ``false`` or ``no``."""
+    return os.environ.get(OFFLINE_ENVIRONMENT, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unreachable_reason(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """``None`` when the host of ``url`` (or its proxy) accepts a TCP connection within ``timeout`` seconds,
+    else why not, in one line. The lookup runs in a thread, so a stalled name server cannot hold it longer."""
+    target = urlparse(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    if not host:
+        return f"no host name in {url!r}"
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"cannot reach {host}:{port} ({error.strerror or error})")
+
+    worker = threading.Thread(target=connect, name="bclib-network-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout:g} s"
 
 
 def _say(progress: bool, message: str) -> None:

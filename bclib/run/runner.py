@@ -35,6 +35,8 @@ NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 MAX_FILES_TO_HASH = 60_000
 #: Parameters every run injects (when a notebook declares them).
 RUN_PARAMETERS = ("run_id", "profile", "dataset", "data_dir")
+#: The small real dataset a run uses when no IDC data is found (downloaded when missing and online).
+FALLBACK_DATASET = "breastmnist"
 
 
 class RunFailed(RuntimeError):
@@ -141,6 +143,77 @@ def resolve_data(dataset: str, data: str | os.PathLike | None, profile: str,
     return location, synthetic
 
 
+@dataclass(frozen=True)
+class DataChoice:
+    """The data a new run uses, and why when it is not the data asked for."""
+
+    dataset: str
+    location: Path
+    synthetic: bool
+    note: str | None = None
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time(lock_path: Path):
+    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; no lock elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:  # closing the file releases the lock
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _fallback_dataset(offline: bool, log: Callable[[str], Any], progress: bool) -> tuple[Path | None, str]:
+    """BreastMNIST's location and how it was had, or ``(None, why it cannot be had)``."""
+    from bclib.data import download
+
+    source = download.SOURCES[FALLBACK_DATASET]
+    with _one_process_at_a_time(paths.data_dir() / f".{FALLBACK_DATASET}.lock"):  # parallel runs fetch it once
+        found = paths.find_dataset_dir(FALLBACK_DATASET)
+        if found is not None and (found.is_file() or (found / f"{FALLBACK_DATASET}.npz").is_file()):
+            log(f"this run uses BreastMNIST at {found}, a real dataset ({source.title}; licence {source.licence})")
+            return found, f"BreastMNIST at {found}"
+        if offline:
+            return None, f"offline (--offline or {download.OFFLINE_ENVIRONMENT}=1)"
+        url = source.files[0].url
+        reason = download.unreachable_reason(url)
+        if reason is not None:
+            return None, reason
+        destination = paths.data_dir() / FALLBACK_DATASET
+        log(f"this run uses BreastMNIST, a real dataset: fetching {source.title}, licence {source.licence}, "
+            f"from {url} into {destination} (MD5-checked; --offline or {download.OFFLINE_ENVIRONMENT}=1 skips this)")
+        try:
+            location = download.download(FALLBACK_DATASET, destination, progress=progress)
+        except (download.DownloadError, OSError) as error:
+            return None, str(error).splitlines()[0]
+        return location, f"BreastMNIST downloaded into {location}"
+
+
+def choose_data(dataset: str, data: str | os.PathLike | None, profile: str, offline: bool | None = None,
+                log: Callable[[str], Any] = print, progress: bool = True) -> DataChoice:
+    """The data of a new run: :func:`resolve_data`, except for IDC without ``data``, none found, and a
+    profile other than ``smoke``. Then BreastMNIST (downloaded and MD5-checked when missing), unless
+    ``offline`` (default: ``$BCLIB_OFFLINE``), the server is unreachable or the download fails: then the
+    synthetic demo, the reason logged in one line. Never asks for input."""
+    from bclib.data import download
+
+    if dataset != DEFAULT_DATASET or data is not None or profile == "smoke" or paths.find_dataset_dir(dataset):
+        return DataChoice(dataset, *resolve_data(dataset, data, profile, log))
+    log(f"no IDC data found ($BCLIB_DATA_IDC, $BCLIB_DATA, data/). To run on IDC: `bclib data download idc` "
+        f"({download.SOURCES[dataset].title}), or pass --data PATH to a copy")
+    offline = download.offline_requested() if offline is None else offline
+    location, how = _fallback_dataset(offline, log, progress)
+    if location is not None:
+        return DataChoice(FALLBACK_DATASET, location, False, f"no IDC data found; {how}")
+    log(f"synthetic demo instead of BreastMNIST: {how}")
+    demo, _ = resolve_dataset_location(dataset, None, prefer_synthetic=True)
+    return DataChoice(dataset, demo, True, f"no IDC data found; synthetic demo: {how}")
+
+
 def data_fingerprint(dataset: str, location: Path, max_files: int = MAX_FILES_TO_HASH) -> dict:
     """``{"content_hash", "images", "patients"}`` of the data, or ``{"skipped": reason}``
     when scanning would not be cheap (too many files) or fails."""
@@ -208,12 +281,14 @@ def run_series(
     kernel_name: str = "python3",
     progress: bool = True,
     log: Callable[[str], Any] = print,
+    offline: bool | None = None,
 ) -> RunResult:
     """Execute the notebook series into ``reports/<run_id>/`` and write its summary.
 
     ``notebooks`` selects by prefix (``["02", "05"]``); ``solutions`` adds the selected notebooks'
     worked solutions (default: for IDC, the dataset the exercises are written for). ``parameters``
     (``-p``, typed as the notebooks' defaults) go only to the notebooks that declare them.
+    The data is :func:`choose_data`'s (``offline``: fetch nothing; default ``$BCLIB_OFFLINE``).
     ``resume=<run_id>`` reopens that run with its own settings and skips its completed notebooks.
     Raises :class:`RunFailed` at the first failing notebook, :class:`~bclib.run.lock.RunLockedError`
     while another live process writes the run folder.
@@ -268,7 +343,8 @@ def run_series(
             if dataset not in DATASET_NAMES:
                 raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASET_NAMES)}")
             selected = select_notebooks(available, notebooks)
-            data_location, synthetic = resolve_data(dataset, data, profile, log)
+            choice = choose_data(dataset, data, profile, offline, log, progress)
+            dataset, data_location, synthetic = choice.dataset, choice.location, choice.synthetic
             run_id = run_id or reports.new_run_id()
             directory = reports.create_run_dir(run_id)
             held.enter_context(hold_run_lock(directory, log))
@@ -276,6 +352,7 @@ def run_series(
                 "run_id": run_id, "disclaimer": DISCLAIMER, "status": "running", "started": _now(), "finished": None,
                 "command": " ".join(sys.argv), "profile": profile, "dataset": dataset, "data_dir": str(data_location),
                 "synthetic": synthetic, "data_note": SYNTHETIC_BANNER if synthetic else None,
+                "data_choice": choice.note,
                 "data": data_fingerprint(dataset, data_location), "parameters": parameters, "kernel_name": kernel_name,
                 "notebooks_dir": str(notebooks_dir.resolve()), "selection": [path.stem for path in selected],
                 "versions": library_versions(), "git": git_state(), "platform": platform.platform(), "notebooks": {},
@@ -286,6 +363,8 @@ def run_series(
 
         if dataset == DEFAULT_DATASET if solutions is None else solutions:
             selected = selected + matching_solutions(notebooks_dir, selected)
+        elif solutions is None and manifest.get("data_choice"):
+            log(f"the worked solutions are written for IDC: not run on {dataset}")
         declared = {run_name(path): set(parameter_defaults(path)) for path in selected}
         for path in selected:
             if not declared[run_name(path)]:

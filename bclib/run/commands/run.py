@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
                         help="smoke (tiny, synthetic data), quick, or full (default: %(default)s)")
     add_data_arguments(parser)
+    parser.add_argument("--offline", action="store_true",
+                        help="download nothing: with no IDC data found, run on the synthetic demo instead of "
+                             "fetching BreastMNIST (also BCLIB_OFFLINE=1)")
     parser.add_argument("--run-id", metavar="ID", help="name of the run folder (default: run-<timestamp>)")
     parser.add_argument("--notebooks", metavar="02,05", help="only the notebooks with these prefixes")
     parser.add_argument("-p", "--parameter", dest="parameters", metavar="KEY=VALUE", action="append",
@@ -63,7 +66,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         result = run_series(profile=args.profile, dataset=args.dataset, data=args.data, run_id=args.run_id,
                             notebooks=args.notebooks, parameters=dict(args.parameters), resume=args.resume,
-                            solutions=args.solutions, kernel_name=args.kernel, progress=not args.no_progress)
+                            solutions=args.solutions, kernel_name=args.kernel, progress=not args.no_progress,
+                            offline=True if args.offline else None)
     except RunFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
         return 1
@@ -73,6 +77,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"skipped (already completed): {', '.join(result.skipped)}")
     print(reports.markdown_table(reports.display_summary(frame)) if not frame.empty else "no model cards in this run")
     print(f"summary: {result.summary_markdown}")
+    if result.manifest.get("data_choice"):
+        print(f"data: {result.manifest['data_choice']}")
     if result.manifest.get("synthetic"):
         print(f"*** {SYNTHETIC_BANNER} ***")
     return 0
