@@ -204,7 +204,7 @@ def choose_data(dataset: str, data: str | os.PathLike | None, profile: str, offl
     if dataset != DEFAULT_DATASET or data is not None or profile == "smoke" or paths.find_dataset_dir(dataset):
         return DataChoice(dataset, *resolve_data(dataset, data, profile, log))
     log(f"no IDC data found ($BCLIB_DATA_IDC, $BCLIB_DATA, data/). To run on IDC: `bclib data download idc` "
-        f"({download.SOURCES[dataset].title}), or pass --data PATH to a copy")
+        f"fetches {download.SOURCES[dataset].title}; or pass --data PATH to a copy")
     offline = download.offline_requested() if offline is None else offline
     location, how = _fallback_dataset(offline, log, progress)
     if location is not None:
