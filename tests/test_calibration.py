@@ -78,3 +78,38 @@ def test_temperature_errors_and_summary():
     scaled = calibration.apply_temperature(prob, 3.0)
     assert calibration.expected_calibration_error(y, scaled) < calibration.expected_calibration_error(y, prob)
     assert metrics.binary_metrics(y, scaled)["brier"] < metrics.binary_metrics(y, prob)["brier"]
+
+
+def _shifted(n: int = 20_000, seed: int = 2, shift: float = 1.2):
+    """Calibrated logits plus a constant: what balanced class weights do to a model of a rare class."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(-1.0, 1.5, n)
+    y = (rng.uniform(0, 1, n) < 1 / (1 + np.exp(-logits))).astype(int)
+    return y, 1 / (1 + np.exp(-(logits + shift)))
+
+
+def test_platt_recovers_a_shift_that_temperature_cannot():
+    y, prob = _shifted()
+    half = len(y) // 2
+    slope, intercept = calibration.fit_platt(y[:half], prob[:half])
+    assert slope == pytest.approx(1.0, abs=0.1) and intercept == pytest.approx(-1.2, abs=0.15)
+    before = calibration.expected_calibration_error(y[half:], prob[half:])
+    platt = calibration.expected_calibration_error(y[half:], calibration.apply_platt(prob[half:], slope, intercept))
+    temperature = calibration.fit_temperature(y[:half], prob[:half])
+    scaled = calibration.expected_calibration_error(y[half:], calibration.apply_temperature(prob[half:], temperature))
+    assert platt < 0.03 < before / 2 and platt < scaled / 2
+    assert metrics.roc_auc(y[half:], calibration.apply_platt(prob[half:], slope, intercept)) == pytest.approx(
+        metrics.roc_auc(y[half:], prob[half:]), abs=1e-6)
+    with pytest.raises(ValueError, match="both classes"):
+        calibration.fit_platt([0, 0], [0.2, 0.3])
+
+
+def test_ece_resamples_centre_on_the_ece_and_pair_the_methods():
+    y, prob = _shifted(3000)
+    patients = np.repeat(np.arange(100), 30)
+    better = calibration.apply_platt(prob, *calibration.fit_platt(y, prob))
+    resampled = calibration._ece_resamples(y.astype(bool), {"a": prob, "b": better}, patients, n_boot=200, seed=0)
+    assert resampled["a"].shape == (200,)
+    low, high = np.percentile(resampled["a"], [2.5, 97.5])
+    assert low < calibration.expected_calibration_error(y, prob) < high
+    assert (resampled["b"] < resampled["a"]).all()

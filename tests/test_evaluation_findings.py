@@ -1,0 +1,91 @@
+"""Notebook 07's calibration methods table and figure, and the conclusions about calibration and operating
+points, on a run made of known probabilities: one calibrated model and one with a class-weight shift."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from bclib.evaluation import calibration, findings
+from bclib.plots import evaluation as evaluation_plots
+
+
+class _Run:
+    """What methods_table and reliability_grid read of a RunComparison."""
+
+    names = ["plain", "weighted"]
+    positive_name = "IDC"
+    session = SimpleNamespace(seed=0)
+
+    def __init__(self, n_patients: int = 60, per_patient: int = 50, shift: float = 1.2):
+        rng = np.random.default_rng(0)
+        self._data = {}
+        for split in ("val", "test"):
+            logits = rng.normal(-1.2, 1.5, n_patients * per_patient)
+            truth = rng.uniform(size=len(logits)) < 1 / (1 + np.exp(-logits))
+            self._data[split] = {"truth": truth, "patients": np.repeat(np.arange(n_patients), per_patient).astype(str),
+                                 "plain": 1 / (1 + np.exp(-logits)), "weighted": 1 / (1 + np.exp(-(logits + shift)))}
+
+    def truth(self, split):
+        return self._data[split]["truth"]
+
+    def patient_ids(self, split):
+        return self._data[split]["patients"]
+
+    def scores(self, name, split):
+        return self._data[split][name]
+
+    def temperature(self, name):
+        return calibration.fit_temperature(self.truth("val").astype(int), self.scores(name, "val"))
+
+    def entry(self, name):
+        return SimpleNamespace(card={"params": {"class_weight": {0: 0.7, 1: 1.8} if name == "weighted" else None}})
+
+
+@pytest.fixture(scope="module")
+def table():
+    return calibration.methods_table(_Run(), n_boot=100)
+
+
+def test_methods_table_has_a_row_per_model_and_method_and_platt_repairs_the_shift(table):
+    assert list(table.index) == [(name, method) for name in _Run.names for method in calibration.METHODS]
+    values = table.attrs["values"]
+    weighted = values.loc["weighted"]
+    assert weighted.loc["Platt", "intercept"] == pytest.approx(-1.2, abs=0.2)
+    assert weighted.loc["Platt", "ece"] < weighted.loc["temperature", "ece"] / 2
+    assert weighted.loc["Platt", "change_ci"][1] < 0 and weighted.loc["uncalibrated", "change_ci"] is None
+    positive = table.attrs["positive_fraction"]
+    assert abs(weighted.loc["Platt", "mean_probability"] - positive) < 0.03
+    assert abs(weighted.loc["temperature", "mean_probability"] - positive) > 0.05
+    assert table.loc[("weighted", "Platt"), "test ECE [95% CI]"].startswith(f"{weighted.loc['Platt', 'ece']:.3f} [")
+
+
+def test_calibration_methods_text_explains_why_temperature_cannot_fix_class_weights(table):
+    text = findings.calibration_methods_text(table)
+    values = table.attrs["values"].loc["weighted"]
+    assert "Why a temperature alone cannot fix a class-weighted model" in text
+    assert f"its mean probability is {values.loc['uncalibrated', 'mean_probability']:.3f}" in text
+    assert f"fitted: {values.loc['Platt', 'intercept']:+.2f}" in text
+    assert "lowers it beyond noise for" in text and "weighted" in text.split("lowers it beyond noise for")[1][:40]
+
+
+def test_reliability_grid_labels_every_panel_and_its_counts():
+    figure = evaluation_plots.reliability_grid(_Run())
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles.count("test patches per bin (colours as above)") == 2
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert any(label.startswith("Platt (ECE") for label in legend) and any(label.startswith("T = ") for label in legend)
+    plt.close("all")
+
+
+def test_operating_points_text_reads_both_thresholds():
+    values = pd.DataFrame({"model": ["cnn", "cnn"], "operating point": ["screening", "benchmark (Youden)"],
+                           "threshold": [0.12, 0.55], "balanced_accuracy": [0.80, 0.86], "f1": [0.65, 0.78],
+                           "sensitivity": [0.92, 0.80], "specificity": [0.68, 0.92]}).set_index(["model", "operating point"])
+    text = findings.operating_points_text(values, "cnn", {"difference": 0.06, "ci": [0.02, 0.10], "excludes_zero": True})
+    assert "benchmark threshold 0.550" in text and "balanced accuracy 0.860 and F1 0.780" in text
+    assert "screening threshold 0.120 gives 0.800 and 0.650" in text and "+0.060" in text and "beyond noise" in text
+    assert "0.8468" in text
