@@ -107,6 +107,31 @@ def test_table_text(table: pd.DataFrame) -> str:
             "them on the same patient resamples.")
 
 
+#: Janowczyk & Madabhushi (2016), AlexNet on IDC: their published test numbers, on their own test patients.
+BENCHMARK_2016 = {"balanced_accuracy": 0.8468, "f1": 0.7648}
+
+
+def operating_points_text(values: pd.DataFrame, best: str, change: dict) -> str:
+    """The screening and the benchmark operating point of ``best`` on test. ``values``: one row per (model,
+    operating point) with ``threshold``, ``balanced_accuracy``, ``f1``, ``sensitivity``, ``specificity``, the
+    screening point first; ``change``: the paired balanced-accuracy change between the two thresholds."""
+    screening, benchmark = (values.loc[best].iloc[position] for position in (0, 1))
+    text = (f"for {best}, the benchmark threshold {benchmark['threshold']:.3f} (Youden's J on validation, which is "
+            f"also the threshold of best validation balanced accuracy) gives test balanced accuracy "
+            f"{benchmark['balanced_accuracy']:.3f} and F1 {benchmark['f1']:.3f} (sensitivity "
+            f"{benchmark['sensitivity']:.3f}, specificity {benchmark['specificity']:.3f}); the screening threshold "
+            f"{screening['threshold']:.3f} gives {screening['balanced_accuracy']:.3f} and {screening['f1']:.3f} "
+            f"(sensitivity {screening['sensitivity']:.3f}, specificity {screening['specificity']:.3f}). ")
+    if change.get("ci") is not None:
+        text += (f"The change of balanced accuracy, {change['difference']:+.3f} "
+                 f"({ci_text(*change['ci'], signed=True)} on the same patient resamples), "
+                 + ("is beyond noise. " if change["excludes_zero"] else "cannot be told from noise. "))
+    return text + (f"Published numbers are usually at such a balanced point: the 2016 benchmark (Janowczyk & "
+                   f"Madabhushi) reports balanced accuracy {BENCHMARK_2016['balanced_accuracy']:.4f} and F1 "
+                   f"{BENCHMARK_2016['f1']:.4f}, on its own test patients, so the comparison is only indicative "
+                   "unless this run used their split. Both thresholds were chosen on validation only.")
+
+
 def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> str:
     """What temperature scaling did to each model's test ECE, judged by its paired interval, and what the mean
     probabilities say about it (``table`` from ``RunComparison.calibration_table``).
@@ -153,6 +178,47 @@ def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> 
                  + ". A temperature stretches or shrinks the logits around zero, so every probability stays on its "
                  "side of 0.5 and such an offset stays; an intercept, as in Platt scaling, shifts it (exercise 4). ")
     return text + "The AUCs are unchanged: a temperature keeps the ranking."
+
+
+def _change(row: pd.Series) -> str:
+    interval = row["change_ci"]
+    return "no interval" if interval is None else ci_text(*interval, signed=True)
+
+
+def calibration_methods_text(table: pd.DataFrame) -> str:
+    """What temperature and Platt scaling did to each model's test ECE, judged by their paired intervals, and
+    why a temperature cannot undo class weights (``table`` from :func:`bclib.evaluation.calibration.methods_table`)."""
+    values, positive = table.attrs["values"], table.attrs["positive_fraction"]
+    names = list(dict.fromkeys(values.index.get_level_values("model")))
+    parts, platt_better, temperature_worse = [], [], []
+    for name in names:
+        before, scaled, platt = (values.loc[(name, method)] for method in ("uncalibrated", "temperature", "Platt"))
+        parts.append(f"{name} {before['ece']:.3f} -> {scaled['ece']:.3f} with T ({_change(scaled)}) and "
+                     f"{platt['ece']:.3f} with Platt ({_change(platt)})")
+        platt_better += [name] if platt["ece"] < scaled["ece"] else []
+        temperature_worse += [name] if scaled["ece"] > before["ece"] + 0.0005 else []
+    text = f"test ECE uncalibrated -> after scaling fitted on validation: {'; '.join(parts)}. "
+    lowered = [name for name in names if (values.loc[(name, "Platt"), "change_ci"] or [0, 0])[1] < 0]
+    text += (f"Platt scaling gives the lower ECE for {len(platt_better)} of {len(names)} models"
+             + (f", and lowers it beyond noise for {_names(lowered)} (the interval of the change lies below zero). "
+                if lowered else "; no change it makes can be told from noise here. "))
+    if temperature_worse:
+        text += f"Temperature scaling made {_names(temperature_worse)} worse. "
+    offset = float(np.log(positive / (1 - positive)))
+    weighted = [name for name in names if values.loc[(name, "uncalibrated"), "class_weights"]]
+    if weighted:
+        name = weighted[0]
+        before, scaled, platt = (values.loc[(name, method)] for method in ("uncalibrated", "temperature", "Platt"))
+        text += (f"Why a temperature alone cannot fix a class-weighted model: class weights make {name} train as "
+                 f"if both classes were equally common, so its mean probability is {before['mean_probability']:.3f} "
+                 f"where {positive:.3f} of the test patches are positive: the base rate puts an offset of about "
+                 f"log({positive:.2f} / {1 - positive:.2f}) = {offset:+.2f} into every logit, which the weights "
+                 f"took out. Dividing by "
+                 f"T = {scaled['temperature']:.2f} stretches or shrinks the logits around zero but adds nothing to "
+                 f"them, so the mean probability only moves to {scaled['mean_probability']:.3f} and no patch "
+                 f"crosses 0.5. Platt's intercept adds the missing shift (fitted: {platt['intercept']:+.2f}, with "
+                 f"slope {platt['slope']:.2f}), and the mean probability becomes {platt['mean_probability']:.3f}. ")
+    return text + "Neither changes an AUC: both keep the ranking, so a threshold must be chosen again after them."
 
 
 def patients_text(table: pd.DataFrame, name: str, positive_name: str, off_by: float = 0.25) -> str:
@@ -274,6 +340,41 @@ def leakage_text(difference: dict, epochs: int) -> str:
                    "about this much, by rewarding it for recognising patients rather than the disease. " if gap > 0 else
                    "The leaky copy scored lower, beyond noise: at this length of training the patches it gave up were "
                    "worth more than seeing the test patients. ") + "It is a lesson, never a result."
+
+
+def memoriser_text(series: Any) -> str:
+    """What the image-level split did to the memoriser's test AUC over the seeds, and why (``series`` from
+    :func:`bclib.evaluation.leakage.memoriser_lesson`)."""
+    result, neighbours = series.difference, series.neighbours
+    if not result.get("test_patients_seen", 1):
+        return ("no test patient has a second image that could move into training (one image per patient here), so "
+                "this dataset cannot leak this way.")
+    gap, interval = result["difference"], result["ci"]
+    text = (f"over {_plural(result['seeds'], 'seed')} (each moves a different half of every test patient's patches "
+            f"into training), {result['k']} nearest neighbours on colour statistics score a mean test ROC-AUC of "
+            f"{result['b']:.3f} after the image-level split and {result['a']:.3f} after the patient-level one, on the "
+            f"same {result['n_images']} held-out patches of {result['n_patients']} patients: a difference of "
+            f"{gap:+.3f} ")
+    text += ("(no interval: too few patients). " if interval is None else
+             f"({ci_text(*interval, signed=True)}, the same patients resampled for every seed). ")
+    if result["excludes_zero"] and gap > 0:
+        text += ("The image-level split flatters this model beyond noise: it rewards recognising patients rather "
+                 "than the disease, and any test number from such a split is optimistic by about this much. ")
+    elif result["excludes_zero"]:
+        text += "The leaky copy scored lower, beyond noise: the patches it gave up were worth more. "
+    else:
+        text += ("The interval includes zero: on this data an image-level split does not measurably inflate "
+                 "this model's test AUC. ")
+    share, chance = neighbours["same_patient_share"], neighbours["chance_same_patient_share"]
+    same, other = neighbours["agreement_same_patient"], neighbours["agreement_other_patients"]
+    text += (f"Why: {share:.1%} of the leaky model's nearest training patches come from the held-out patch's own "
+             f"patient, {share / chance:.0f} times what chance gives ({chance:.2%}), so it does recognise patients")
+    if same is not None and other is not None:
+        text += (f"; those neighbours share the patch's label {same:.0%} of the time, other patients' {other:.0%}. "
+                 f"Seeing the patient helps such a look-up by {100 * (same - other):.0f} percentage points, but only {share:.1%} of the look-ups "
+                 f"find the patient, so the expected gain is about {share * (same - other):.2%} of the votes")
+    return text + (". How much a split leaks depends on how many patches each patient gives to training and on how "
+                   "much more alike one patient's patches are than two patients'. It is a lesson, never a result.")
 
 
 def ranking_text(ranking: pd.DataFrame) -> str:

@@ -90,37 +90,70 @@ def patients(run: Any, name: str) -> matplotlib.figure.Figure:
 
 def reliability_grid(run: Any, columns: int = 3) -> matplotlib.figure.Figure:
     """One reliability diagram per model of ``run`` on test, with the bin counts below it: the observed
-    positive fraction per bin of predicted probability, before and after the validation-fitted temperature."""
-    from bclib.evaluation.calibration import apply_temperature, expected_calibration_error, reliability_data
+    positive fraction per bin of predicted probability, uncalibrated and after the temperature and the
+    Platt scaling fitted on validation."""
+    from bclib.evaluation.calibration import (
+        apply_platt, apply_temperature, expected_calibration_error, fit_platt, reliability_data,
+    )
 
     columns = min(columns, len(run.names))
     rows = -(-len(run.names) // columns)
-    fig = plt.figure(figsize=(4.2 * columns, 4.8 * rows), layout="constrained")
+    fig = plt.figure(figsize=(4.4 * columns, 5.0 * rows), layout="constrained")
     grid = fig.add_gridspec(rows, columns)
     truth = run.truth("test").astype(int)
     for number, name in enumerate(run.names):
-        cell = grid[divmod(number, columns)].subgridspec(2, 1, height_ratios=[3, 1])
+        cell = grid[divmod(number, columns)].subgridspec(2, 1, height_ratios=[3, 1.2])
         ax = fig.add_subplot(cell[0])
         ax_count = fig.add_subplot(cell[1], sharex=ax)
         temperature, scores = run.temperature(name), run.scores(name, "test")
+        slope, intercept = fit_platt(run.truth("val").astype(int), run.scores(name, "val"))
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-        series = {"before": scores, f"after T = {temperature:.2f}": apply_temperature(scores, temperature)}
+        series = {"uncalibrated": scores, f"T = {temperature:.2f}": apply_temperature(scores, temperature),
+                  "Platt": apply_platt(scores, slope, intercept)}
         for offset, (label, values) in enumerate(series.items()):
             table = reliability_data(truth, values)
-            width = table["bin_high"] - table["bin_low"]
+            width = (table["bin_high"] - table["bin_low"]) / len(series)
             filled = table[table["count"] > 0]
             ece = expected_calibration_error(truth, values)
-            ax.plot(filled["mean_probability"], filled["positive_fraction"], "o-", label=f"{label} (ECE {ece:.3f})")
-            ax_count.bar(table["bin_low"] + width * (0.25 + 0.5 * offset), table["count"], width=width / 2, alpha=0.8,
-                         label=label)
+            ax.plot(filled["mean_probability"], filled["positive_fraction"], "o-", ms=4, label=f"{label} (ECE {ece:.3f})")
+            ax_count.bar(table["bin_low"] + width * (offset + 0.5), table["count"], width=width, alpha=0.8)
         ax.set(ylabel="observed positive fraction", title=f"{name}: reliability on test", xlim=(0, 1), ylim=(0, 1))
         ax.tick_params(labelbottom=False)  # the counts below carry the x axis
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
-        ax_count.set(xlabel="predicted probability of the positive class", ylabel="images")
+        ax_count.set(xlabel="predicted probability of the positive class", ylabel="patches per bin")
+        ax_count.set_xticks(np.linspace(0, 1, 6))
         ax_count.set_yscale("log")
         ax_count.set_ylim(bottom=0.8)  # so the axis shows 1, 10, 100... whatever the counts
+        ax_count.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, numticks=4))
+        ax_count.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax_count.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax_count.set_title("test patches per bin (colours as above)", fontsize=8)
+    return fig
+
+
+def leakage_differences(series: Any) -> matplotlib.figure.Figure:
+    """The leakage lesson's difference itself (:func:`bclib.evaluation.leakage.memoriser_lesson`): image-level
+    minus patient-level test ROC-AUC for each seed with its patient interval, and their mean with its interval."""
+    table, result = series.table, series.difference
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    positions = np.arange(len(table))
+    ax.errorbar(positions, table["difference"], yerr=[table["difference"] - table["ci low"],
+                                                      table["ci high"] - table["difference"]],
+                fmt="o", color="C0", capsize=3, label="one seed, 95 % patient interval")
+    mean_position = len(table) + 0.6
+    interval = result["ci"] or [result["difference"]] * 2
+    ax.errorbar([mean_position], [result["difference"]], yerr=[[result["difference"] - interval[0]],
+                                                             [interval[1] - result["difference"]]],
+                fmt="D", color="C3", capsize=4, ms=7, label="mean over seeds, 95 % patient interval")
+    ax.axhline(0, color="k", lw=0.8, ls="--")
+    ax.set_xticks([*positions, mean_position], [*(str(seed) for seed in table.index), "mean"])
+    ax.set(xlabel="seed (which half of each test patient's patches is seen in training)",
+           ylabel="ROC-AUC difference\n(image-level - patient-level)",
+           title=f"Leakage: {result['k']} nearest neighbours on colour statistics, same test patches")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     return fig
 
 
