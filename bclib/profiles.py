@@ -26,7 +26,9 @@ KNOBS: dict[str, tuple[Any, Any, Any]] = {
     "fine_tune_layers":        (10,     20,     40),
     "fine_tune_blocks":        (1,      1,      3),  # notebook 06: ResNet50 residual blocks unfrozen
     "fine_tune_max_images":    (3000,   3000,   None),
-    "leakage_epochs":          (1,      3,      10),
+    "leakage_epochs":          (1,      3,      10),  # notebook 07's exercise 2: the CNN version of the lesson
+    "leakage_seeds":           (5,      5,      10),  # notebook 07: halves of the test patients drawn anew
+    "leakage_neighbours":      (5,      5,      5),   # notebook 07: k of the memorising nearest-neighbour model
     "exercise_max_images":     (480,    3000,   None),
     "exercise_epochs":         (2,      4,      10),
     "exercise_more_epochs":    (3,      12,     40),  # notebook 04's solutions: the longer run of exercise 4
