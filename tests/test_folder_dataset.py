@@ -125,3 +125,13 @@ def test_patient_split_with_csv_is_disjoint(tmp_path: Path) -> None:
     split = splits.make_split(index, "patient", seed=0)
     assert split.overlapping_patients() == []
     assert sum(len(split.positions(n)) for n in ("train", "val", "test")) == len(index) == 24
+
+
+def test_symlinked_nested_folders_are_followed(tree: Path, tmp_path: Path) -> None:
+    write_image(tmp_path / "elsewhere" / "b9.png")
+    (tree / "benign" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tree / "benign" / "case7" / "up").symlink_to(tree / "benign", target_is_directory=True)
+    index = folder.scan(tree)
+    benign = index.frame.loc[index.frame["label_name"] == "benign", "path"]
+    assert str(tree / "benign" / "linked" / "b9.png") in set(benign) and len(benign) == 4
+    assert [Path(problem.path).name for problem in index.problems] == ["up"]

@@ -188,3 +188,18 @@ def test_scanner_is_fast_without_opening_images(tmp_path):
     elapsed = time.perf_counter() - started
     assert len(index) == 4000 and index.frame["patient_id"].nunique() == 20
     assert elapsed < 10, f"scanning 4,000 files took {elapsed:.1f} s"
+
+
+def test_symlinked_patient_folders_are_followed_once(tmp_path):
+    full = small_tree(tmp_path / "full")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "8863").symlink_to(full / "8863", target_is_directory=True)  # a subset made of links
+    index = idc.scan(subset)
+    assert len(index) == 3 and set(index.frame["patient_id"]) == {"8863"} and index.problems == []
+    assert all(path.startswith(str(subset)) for path in index.frame["path"])
+    (full / "8863" / "0" / "loop").symlink_to(subset, target_is_directory=True)
+    (subset / "again").symlink_to(full / "8863", target_is_directory=True)
+    index = idc.scan(subset)
+    assert len(index) == 3 and sorted(Path(p.path).name for p in index.problems) == ["again", "loop"]
+    assert all("not followed, so no image is indexed twice" in p.reason for p in index.problems)

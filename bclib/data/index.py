@@ -32,6 +32,20 @@ class Problem:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def line(self) -> str:
+        """``path: reason`` on one line, control characters escaped (see :func:`one_line`)."""
+        return f"{one_line(self.path)}: {one_line(self.reason)}"
+
+
+#: What :func:`one_line` writes for each character that would break a line-per-file listing.
+ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with backslash, tab, newline and carriage return written as ``\\\\``, ``\\t``,
+    ``\\n``, ``\\r`` (other control characters as ``\\xNN``), so a file name stays on one line."""
+    return "".join(ESCAPES.get(c, f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
+
 
 def _read_path(row: pd.Series) -> np.ndarray:
     return read_image(row["path"])
@@ -93,13 +107,16 @@ class DatasetIndex:
         return replace(self, frame=self.frame.iloc[rows], problems=list(self.problems))
 
     def counts(self) -> dict:
-        """Images, patients and images per class (by name), plus skipped and ignored files."""
+        """Images, patients and images per class (by name), files the scan skipped (``skipped``;
+        ``unreadable`` repeats it for older callers) and ignored non-image files. No image is decoded:
+        :func:`bclib.data.check.check_dataset` finds the files that do not decode."""
         return {
             "dataset": self.name,
             "root": str(self.root),
             "images": len(self.frame),
             "patients": int(self.frame["patient_id"].nunique()),
             "per_class": {name: int((self.frame["label"] == label).sum()) for label, name in enumerate(self.class_names)},
+            "skipped": len(self.problems),
             "unreadable": len(self.problems),
             "ignored_files": int(self.ignored_files),
             "synthetic": bool(self.synthetic),
@@ -108,8 +125,10 @@ class DatasetIndex:
     def content_hash(self) -> str:
         """A fingerprint of the file list (relative paths, sizes, mtimes), labels and options.
 
-        Cheap (no image is read), and it changes whenever a file is added, removed,
-        replaced or relabelled; used to key caches and recorded in model cards.
+        Cheap (no image is read), and it changes whenever a file is added, removed, renamed,
+        relabelled, or changes size or modification time; used to key caches and recorded in model
+        cards. A file rewritten in place with its size and modification time kept gives the same
+        hash: ``bclib data check --deep`` compares the packed caches with the files.
         """
         digest = hashlib.sha256(f"{self.name}|{sorted(self.options.items())}|{self.class_names}".encode())
         root = str(Path(self.root))
@@ -191,13 +210,48 @@ def files_in_one_folder(path: Path, pattern: str, what: str, layout: str, depth:
     raise DatasetError(f"no {what} found in {str(path)!r}; {layout}")
 
 
-def image_files(folder: Path, not_counted: Iterable[str] = ()) -> tuple[list[str], int]:
+def _identity(path: str | os.PathLike) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def image_files(folder: Path, not_counted: Iterable[str] = (),
+                problems: list[Problem] | None = None) -> tuple[list[str], int]:
     """The image files under ``folder`` (sorted, nested folders included, hidden folders skipped)
-    and the number of other files, except those named in ``not_counted``."""
+    and the number of other files, except those named in ``not_counted``.
+
+    Symbolically linked folders are followed, each real folder once. A link to ``folder`` itself,
+    to a folder inside or above it, or to one already walked (a loop) is not followed and is added
+    to ``problems``: its images would be indexed twice.
+    """
     images: list[str] = []
     ignored = 0
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+    inside = os.path.realpath(folder)
+    walked = {_identity(folder)}
+
+    def within(path: str, parent: str) -> bool:
+        return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+    def follow(directory: str, name: str) -> bool:
+        path = os.path.join(directory, name)
+        if name.startswith("."):
+            return False
+        identity = _identity(path)
+        if os.path.islink(path):
+            target = os.path.realpath(path)
+            if identity in walked or within(target, inside) or within(inside, target):
+                if problems is not None:
+                    problems.append(Problem(path, f"symbolic link to {target}, which is this dataset folder, "
+                                                  "inside or above it, or already walked: not followed, so no "
+                                                  "image is indexed twice"))
+                return False
+        elif identity in walked:
+            return False
+        walked.add(identity)
+        return True
+
+    for directory, subdirectories, files in os.walk(folder, followlinks=True):
+        subdirectories[:] = [name for name in sorted(subdirectories) if follow(directory, name)]
         for name in sorted(files):
             if is_image_file(name):
                 images.append(os.path.join(directory, name))

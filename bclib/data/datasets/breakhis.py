@@ -108,7 +108,8 @@ def scan(path: str | os.PathLike, labels: str = "binary", magnification: int | s
     root = find_root(path)
     rows, problems, mismatched, ignored = [], [], [], 0
     for class_folder in BINARY_CLASS_NAMES:
-        images, skipped = image_files(root / class_folder) if (root / class_folder).is_dir() else ([], 0)
+        folder = root / class_folder
+        images, skipped = image_files(folder, problems=problems) if folder.is_dir() else ([], 0)
         ignored += skipped
         for file in images:
             match = FILE_PATTERN.match(os.path.basename(file))

@@ -113,10 +113,10 @@ def scan(
         raise DatasetError(f"no folder for class(es) {absent} in {str(root)!r} (folders: {sorted(folders)})")
     if len(class_names) < 2:
         raise DatasetError(f"found {len(class_names)} class folder(s) {class_names} in {str(root)!r}; {EXPECTED_LAYOUT}")
-    frames, empty = [], []
+    frames, empty, problems = [], [], []
     ignored = sum(1 for entry in root.iterdir() if entry.is_file())
     for label, name in enumerate(class_names):
-        images, skipped = image_files(folders[name])
+        images, skipped = image_files(folders[name], problems=problems)
         ignored += skipped
         empty += [] if images else [name]
         frames.append(pd.DataFrame({"path": images, "label": label}))
@@ -136,6 +136,7 @@ def scan(
         root=root,
         frame=frame,
         class_names=class_names,
+        problems=problems,
         ignored_files=ignored,
         options={
             "classes": tuple(class_names),

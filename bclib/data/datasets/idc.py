@@ -47,9 +47,10 @@ def scan(path: str | os.PathLike) -> DatasetIndex:
     """
     path = existing_path(path, "IDC data path", EXPECTED_LAYOUT)
     root = find_root(path)
-    images, ignored = image_files(root, not_counted={MARKER_FILE})
+    problems: list[Problem] = []
+    images, ignored = image_files(root, not_counted={MARKER_FILE}, problems=problems)
     start = len(str(root)) + 1
-    rows, problems, mismatched = [], [], []
+    rows, mismatched = [], []
     for file in images:
         parts = file[start:].split(os.sep)
         match = FILE_PATTERN.match(parts[-1]) if len(parts) == 3 and parts[1] in ("0", "1") else None

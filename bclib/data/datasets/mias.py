@@ -122,9 +122,9 @@ def read_row(row: pd.Series) -> np.ndarray:
 
 def _find_films(root: Path, info_path: Path) -> tuple[dict[str, str], list[Problem], int]:
     """mdbNNN image files under ``root`` by refnum, problems (unknown/duplicate names), ignored count."""
-    images, ignored = image_files(root, not_counted={info_path.name})
-    films: dict[str, str] = {}
     problems: list[Problem] = []
+    images, ignored = image_files(root, not_counted={info_path.name}, problems=problems)
+    films: dict[str, str] = {}
     for file in images:
         refnum = Path(file).stem.lower()
         if REFNUM_PATTERN.match(refnum) is None:
