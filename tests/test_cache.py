@@ -1,6 +1,7 @@
 """Packed cache: contents, reuse without decoding, rebuild on change, failures, atomicity."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from dataclasses import replace
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bclib.data import cache as cache_module
-from bclib.data.cache import COMPLETE_MARKER, is_complete, pack
+from bclib.data.cache import COMPLETE_MARKER, is_complete, pack, packed_caches
+from bclib.data.check import check_dataset
 from bclib.data.datasets import idc
 from bclib.data.synthetic import make_synthetic_idc
 from bclib.data.imageio import fit_to_square
@@ -144,3 +147,33 @@ def test_default_cache_root_and_bad_arguments(small_idc, tmp_path):
         pack(index, 0, cache_root=tmp_path)
     with pytest.raises(ValueError, match="chunk_size"):
         pack(index, 16, cache_root=tmp_path, chunk_size=0)
+
+
+def rewrite_in_place(path: Path) -> None:
+    """Another image in ``path`` with the file's size and modification time kept (padding after IEND)."""
+    stat = path.stat()
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 50), (10, 200, 30)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    assert len(data) < stat.st_size
+    path.write_bytes(data + b"\0" * (stat.st_size - len(data)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_deep_check_finds_a_cache_a_file_changed_under(small_idc, tmp_path):
+    index = idc.scan(small_idc)
+    caches = [pack(index, size, cache_root=tmp_path, progress=False) for size in (32, 24)]
+    assert check_dataset(index, caches=packed_caches(index, tmp_path)).ok
+    victim = Path(index.frame.at[5, "path"])
+    rewrite_in_place(victim)
+    rescanned = idc.scan(small_idc)
+    assert rescanned.content_hash() == index.content_hash()  # the documented limit of the key
+    assert pack(rescanned, 32, cache_root=tmp_path, progress=False).reused
+    found = packed_caches(rescanned, tmp_path)
+    assert [cache.directory for cache in found] == [caches[1].directory, caches[0].directory]
+    report = check_dataset(rescanned, caches=found)
+    assert not report.ok and report.decoded == len(index)
+    assert report.stale_caches == {str(cache.directory): 1 for cache in found}
+    assert [problem.path for problem in report.problems] == [str(victim)] * 2
+    assert sum("delete that folder and pack again" in line for line in report.lines()) == 2
+    assert check_dataset(rescanned, caches=packed_caches(rescanned, tmp_path / "elsewhere")).ok

@@ -1,6 +1,10 @@
 """Packed image cache: every image decoded once, fitted into a square, into a memory-mapped ``uint8`` array.
 
-The folder is keyed by dataset, image size and content hash, so changed files give a new cache. It
+The folder is keyed by dataset, image size and content hash, so changed files give a new cache. The
+hash reads each file's size and modification time, not its bytes: a file rewritten in place with the
+same size and its modification time put back keeps serving the old pixels until the cache folder is
+deleted; ``bclib data check --deep`` (:func:`bclib.data.check.check_dataset` with
+:func:`packed_caches`) compares every cached image with its file and names such a cache. It
 is written chunk by chunk (memory stays bounded) into a temporary sibling folder, renamed into place
 once a completion marker is in it: an interrupted pack never looks complete. Reopening only maps it.
 """
@@ -62,10 +66,22 @@ class PackedCache:
         return int(self.images.nbytes)
 
 
-def cache_key(index: DatasetIndex, image_size: int) -> str:
-    """The folder name of ``index``'s cache at ``image_size``: dataset, size and content hash."""
+def cache_key(index: DatasetIndex, image_size: int | str) -> str:
+    """The folder name of ``index``'s cache at ``image_size``: dataset, size and content hash
+    (``image_size="*"`` gives the glob pattern of every size)."""
     safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in index.name)
-    return f"{safe_name}-{int(image_size)}px-{index.content_hash()}-v{CACHE_VERSION}"
+    return f"{safe_name}-{image_size}px-{index.content_hash()}-v{CACHE_VERSION}"
+
+
+def packed_caches(index: DatasetIndex, cache_root: str | os.PathLike | None = None) -> list[PackedCache]:
+    """The complete caches of ``index`` (same content hash) under ``cache_root``, at every image size."""
+    root = Path(cache_root) if cache_root is not None else paths.cache_dir()
+    found = []
+    for directory in sorted(root.glob(cache_key(index, "*"))):
+        size = directory.name.rsplit("px-", 1)[0].rsplit("-", 1)[-1]
+        if size.isdigit() and is_complete(directory):
+            found.append(_open(directory, index, int(size), reused=True, seconds=0.0, record_use=False))
+    return sorted(found, key=lambda cache: cache.image_size)
 
 
 def is_complete(directory: str | os.PathLike) -> bool:
@@ -120,8 +136,10 @@ def _write_cache(index: DatasetIndex, image_size: int, folder: Path, chunk_size:
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
-def _open(directory: Path, index: DatasetIndex, image_size: int, reused: bool, seconds: float) -> PackedCache:
-    mark_used(directory)
+def _open(directory: Path, index: DatasetIndex, image_size: int, reused: bool, seconds: float,
+          record_use: bool = True) -> PackedCache:
+    if record_use:
+        mark_used(directory)
     images = np.load(directory / IMAGES_FILE, mmap_mode="r")
     positions = np.load(directory / POSITIONS_FILE)
     if len(images) != len(positions) or images.shape[1:] != (image_size, image_size, 3):
