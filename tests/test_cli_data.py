@@ -6,6 +6,7 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
 
 from bclib.run.cli import main
 from bclib.data.synthetic import make_synthetic_idc
@@ -25,6 +26,42 @@ def test_info_text_and_json(capsys, synthetic_idc):
     assert code == 0 and data["images"] == 288 and data["patients"] == 12
     assert data["per_class"]["non-IDC"] + data["per_class"]["IDC"] == 288
     assert data["unreadable"] == 0 and data["ignored_files"] == 0 and data["synthetic"] is True
+
+
+def test_info_counts_the_files_that_do_not_decode_or_says_it_did_not_look(capsys, tmp_path):
+    folder = make_synthetic_idc(tmp_path / "d", n_patients=2, patches_per_patient=4)
+    corrupt = sorted(folder.glob("*/*/*.png"))[:3]
+    for victim in corrupt:
+        victim.write_bytes(victim.read_bytes()[:40])
+    code, out, _ = run(capsys, "data", "info", "--data", str(tmp_path / "d"), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["images"] == 8 and data["unreadable"] == 3 and data["skipped"] == 0
+    assert sorted(problem["path"] for problem in data["problems"]) == sorted(map(str, corrupt))
+    code, out, _ = run(capsys, "data", "info", "--data", str(tmp_path / "d"))
+    assert code == 0 and "unreadable files: 3\n" in out and all(str(victim) in out for victim in corrupt)
+    code, out, _ = run(capsys, "data", "info", "--data", str(tmp_path / "d"), "--quick")
+    assert code == 0 and "unreadable files: not checked" in out and "bclib data check" in out
+    code, out, _ = run(capsys, "data", "info", "--data", str(tmp_path / "d"), "--quick", "--json")
+    assert json.loads(out)["unreadable"] is None
+
+
+def test_names_with_tabs_and_newlines_stay_on_one_escaped_line(capsys, tmp_path):
+    folder = make_synthetic_idc(tmp_path / "d", n_patients=2, patches_per_patient=3)
+    patch = sorted(folder.glob("*/0/*.png"))[0]
+    odd = patch.parent / "odd\tname\nwith a\\backslash.png"
+    odd.write_bytes(patch.read_bytes())
+    shown = str(patch.parent) + "/odd\\tname\\nwith a\\\\backslash.png: "
+    for command in ("info", "check"):
+        code, out, _ = run(capsys, "data", command, "--data", str(tmp_path / "d"))
+        problem_lines = [line for line in out.splitlines() if "odd" in line]
+        assert code == (0 if command == "info" else 1) and len(problem_lines) == 1, out
+        assert problem_lines[0].strip().startswith(shown) and "\t" not in out, out
+        code, out, _ = run(capsys, "data", command, "--data", str(tmp_path / "d"), "--json")
+        assert json.loads(out)["problems"][0]["path"] == str(odd)
+    for command in ("info", "check", "pack"):
+        with pytest.raises(SystemExit):
+            main(["data", command, "--help"])
+        assert "\\t, \\n" in " ".join(capsys.readouterr().out.split())
 
 
 def test_split_text_and_json(capsys, synthetic_idc):
@@ -72,6 +109,29 @@ def test_check_exit_codes(capsys, tmp_path):
     data = json.loads(out)
     assert code == 1 and data["ok"] is False and data["problems"][0]["path"] == str(victim)
     assert victim.exists(), "check never deletes a file"
+
+
+def test_check_deep_names_a_stale_cache_and_what_to_do(capsys, tmp_path):
+    from test_cache import rewrite_in_place
+
+    folder = make_synthetic_idc(tmp_path / "d", n_patients=2, patches_per_patient=4)
+    cache_dir = str(tmp_path / "c")
+    assert run(capsys, "data", "pack", "--data", str(tmp_path / "d"), "--cache-dir", cache_dir, "--no-progress")[0] == 0
+    victim = sorted(folder.glob("*/*/*.png"))[1]
+    rewrite_in_place(victim)
+    code, out, _ = run(capsys, "data", "check", "--data", str(tmp_path / "d"))
+    assert code == 0, "without --deep the files alone look fine"
+    code, out, _ = run(capsys, "data", "check", "--data", str(tmp_path / "d"), "--deep", "--cache-dir", cache_dir)
+    (stale,) = [line for line in out.splitlines() if line.startswith("stale packed cache")]
+    assert code == 1 and f"  {victim}: differs from the packed cache idc-50px-" in out
+    assert cache_dir in stale and "1 image(s) differ" in stale and "delete that folder and pack again" in stale
+    code, out, _ = run(capsys, "data", "check", "--data", str(tmp_path / "d"), "--deep", "--json",
+                       "--cache-dir", cache_dir)
+    data = json.loads(out)
+    assert code == 1 and list(data["stale_caches"].values()) == [1] and data["problems"][0]["path"] == str(victim)
+    code, out, _ = run(capsys, "data", "check", "--data", str(tmp_path / "d"), "--deep",
+                       "--cache-dir", str(tmp_path / "x"))
+    assert code == 0 and "no packed cache of this data in" in out
 
 
 def test_synth(capsys, tmp_path):

@@ -7,19 +7,31 @@ import warnings
 from pathlib import Path
 
 from bclib import paths
-from bclib.data.index import DatasetIndex
+from bclib.data.index import DatasetIndex, one_line
 from bclib.evaluation.modelcard import json_text
 from bclib.run.cli import CommandError, add_data_arguments
 
 
+#: How the text output writes file names (the help of the commands that list files says it).
+ESCAPED_NAMES = ("Text output lists one file per line, with a backslash, tab, newline or carriage return in a "
+                 "name written as \\\\, \\t, \\n, \\r (other control characters as \\xNN); --json "
+                 "writes names unchanged.")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="inspect, split, pack, check, generate or download a dataset",
-                                   description="Dataset utilities. Nothing here modifies your data folder.")
+                                   description="Dataset utilities. Nothing here modifies your data folder. "
+                                               f"{ESCAPED_NAMES}")
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
-    info = commands.add_parser("info", help="images, patients and per-class counts")
+    info = commands.add_parser("info", help="images, patients, per-class counts and unreadable files",
+                               description="Images, patients and per-class counts; every image is decoded to "
+                                           f"count the unreadable ones (--quick: not). {ESCAPED_NAMES}")
     add_data_arguments(info)
+    info.add_argument("--quick", action="store_true",
+                      help="count files without decoding them (unreadable: not checked)")
+    info.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=run_info)
 
@@ -30,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--json", action="store_true", help="print JSON, with the patient ID lists")
     split.set_defaults(func=run_split)
 
-    pack = commands.add_parser("pack", help="decode every image once into the memory-mapped cache")
+    pack = commands.add_parser("pack", help="decode every image once into the memory-mapped cache",
+                               description="Decode every image once into the memory-mapped cache (reused while "
+                                           "no file changes size or modification time; `data check --deep` "
+                                           f"finds a cache that is stale anyway). {ESCAPED_NAMES}")
     add_data_arguments(pack)
     pack.add_argument("--image-size", type=int, default=50, help="square size in pixels (default: 50)")
     pack.add_argument("--cache-dir", default=None, help="cache folder (default: $BCLIB_CACHE or data/cache)")
@@ -38,8 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("--no-progress", action="store_true", help="no progress bar")
     pack.set_defaults(func=run_pack)
 
-    check = commands.add_parser("check", help="decode every file and list corrupt ones (exit 1 when any)")
+    check = commands.add_parser("check", help="decode every file and list corrupt ones (exit 1 when any)",
+                                description="Decode every file and list the corrupt ones and the files the scan "
+                                            f"skipped (exit 1 when any). {ESCAPED_NAMES}")
     add_data_arguments(check)
+    check.add_argument("--deep", action="store_true",
+                       help="also compare every image with the packed caches of this data (finds a cache that "
+                            "serves old pixels after a file changed in place with size and modification time kept)")
+    check.add_argument("--cache-dir", default=None,
+                       help="with --deep: cache folder (default: $BCLIB_CACHE or data/cache)")
     check.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(func=run_check)
@@ -83,22 +105,36 @@ def _print_json(data: dict) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from bclib.data.check import check_dataset
+
     index = _scan(args)
     counts = index.counts()
-    counts["problems"] = [problem.to_dict() for problem in index.problems]
+    problems = list(index.problems)
+    if args.quick:
+        counts["unreadable"] = None  # not checked
+    else:
+        report = check_dataset(index, workers=args.workers, progress=not args.json)
+        counts["unreadable"] = report.checked - report.decoded
+        problems = report.problems
+    counts["problems"] = [problem.to_dict() for problem in problems]
     if args.json:
         _print_json(counts)
         return 0
     print(f"dataset:  {counts['dataset']}{'  (SYNTHETIC data, not real tissue)' if counts['synthetic'] else ''}")
-    print(f"folder:   {counts['root']}")
+    print(f"folder:   {one_line(counts['root'])}")
     print(f"images:   {counts['images']:,}")
     print(f"patients: {counts['patients']:,}")
     for label, (name, number) in enumerate(counts["per_class"].items()):
         share = number / counts["images"] if counts["images"] else 0.0
         print(f"class {label} ({name}): {number:,} ({share:.1%})")
-    print(f"unreadable files: {counts['unreadable']}")
-    for problem in index.problems[:20]:
-        print(f"  {problem.path}: {problem.reason}")
+    unreadable = counts["unreadable"]
+    print("unreadable files: " + ("not checked (--quick; `bclib data check` decodes every image)"
+                                  if unreadable is None else f"{unreadable:,}"))
+    print(f"skipped by the scan: {counts['skipped']:,}")
+    for problem in problems[:20]:
+        print(f"  {problem.line()}")
+    if len(problems) > 20:
+        print(f"  ... and {len(problems) - 20:,} more (`bclib data check` lists them all)")
     print(f"ignored non-image files: {counts['ignored_files']}")
     return 0
 
@@ -131,23 +167,33 @@ def run_pack(args: argparse.Namespace) -> int:
                  workers=args.workers)
     state = "reused" if cache.reused else f"packed in {cache.seconds:.1f} s"
     print(f"{len(cache):,} images at {cache.image_size}x{cache.image_size} ({cache.nbytes / 2**20:.1f} MB) {state}")
-    print(f"cache: {cache.directory}")
+    print(f"cache: {one_line(str(cache.directory))}")
     if cache.failed:
         print(f"{len(cache.failed)} file(s) could not be decoded and were skipped:", file=sys.stderr)
         for problem in cache.failed:
-            print(f"  {problem.path}: {problem.reason}", file=sys.stderr)
+            print(f"  {problem.line()}", file=sys.stderr)
     return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from bclib.data.cache import packed_caches
     from bclib.data.check import check_dataset
 
+    if args.cache_dir is not None and not args.deep:
+        raise CommandError("--cache-dir goes with --deep")
     index = _scan(args)
-    report = check_dataset(index, workers=args.workers, progress=not args.json)
+    caches = packed_caches(index, args.cache_dir) if args.deep else []
+    report = check_dataset(index, workers=args.workers, progress=not args.json, caches=caches)
     if args.json:
         _print_json(report.to_dict())
     else:
         print("\n".join(report.lines()))
+        if args.deep and not caches:
+            print(f"no packed cache of this data in {one_line(str(args.cache_dir or paths.cache_dir()))} "
+                  "to compare with")
+        elif args.deep:
+            print(f"compared with {len(caches)} packed cache(s): "
+                  + ", ".join(one_line(cache.directory.name) for cache in caches))
     return 0 if report.ok else 1
 
 
@@ -176,10 +222,11 @@ def run_cache(args: argparse.Namespace) -> int:
                      "would_remove": [str(entry.path) for entry in chosen] if args.dry_run else [],
                      "freed_bytes": freed})
         return 0
-    print(f"cache folder: {root} ({len(entries)} item(s), {maintenance.human_bytes(sum(e.bytes for e in entries))})")
+    total = maintenance.human_bytes(sum(entry.bytes for entry in entries))
+    print(f"cache folder: {one_line(str(root))} ({len(entries)} item(s), {total})")
     removing = {entry.path for entry in chosen}
     for entry in entries:
-        what = {"packed": f"{entry.dataset} {entry.image_size}px, {entry.images} images, from {entry.source}"
+        what = {"packed": f"{entry.dataset} {entry.image_size}px, {entry.images} images, from {one_line(entry.source)}"
                           + ("" if entry.source_exists else " (folder gone)"),
                 "unfinished": "an interrupted pack", "features": "cached features"}[entry.kind]
         mark = ("would remove " if args.dry_run else "removed ") if entry.path in removing else ""
