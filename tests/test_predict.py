@@ -10,12 +10,15 @@ from PIL import Image
 
 from bclib.evaluation.modelcard import ModelLoadError, write_card
 from bclib.evaluation.modelcard import imagenet_missing, weights_description
+from bclib.app import predict
 from bclib.app.predict import (
     Predictor,
     class_probabilities,
     collect_image_paths,
     decide,
+    input_cautions,
     prepare_image,
+    training_input,
 )
 from bclib.run.bench_tools import folder_throughput, measure_latency
 
@@ -159,6 +162,72 @@ def test_predictor_reads_the_card_and_ranks_red_above_blue(model_path, tmp_path)
         assert abs(sum(result.probabilities.values()) - 1.0) < 1e-6
         assert all(0.0 <= p <= 1.0 for p in result.probabilities.values())
     assert results[0].probabilities["IDC"] > results[1].probabilities["IDC"]
+
+
+# ---------------------------------------------------------------- inputs far from the training input
+
+IDC_DATASET = {"name": "idc", "root": "/data/idc"}
+
+
+def test_training_input_from_the_card_and_its_dataset():
+    assert training_input(tiny_card()).describe() == "50x50 px patches"  # a card without a dataset
+    assert training_input(tiny_card(dataset=IDC_DATASET)).describe() == "50x50 px patches, 40x, H&E stain"
+    breakhis = {"name": "breakhis", "options": {"magnification": 200}}
+    card = tiny_card(class_names=["benign", "malignant"], pack_size=224, dataset=breakhis)
+    assert training_input(card).describe() == "224x224 px patches, 200x, H&E stain"
+    recorded = training_input(tiny_card(dataset=IDC_DATASET, input={"patch_size": 96, "magnification": "10x"}))
+    assert (recorded.patch_size, recorded.magnification, recorded.stain) == (96, "10x", "H&E")
+    old = {key: value for key, value in tiny_card().items() if key != "pack_size"}
+    assert training_input(old).patch_size == INPUT_SIZE  # older cards stay readable
+
+
+def test_large_or_unstained_uploads_get_a_caution():
+    trained = training_input(tiny_card(dataset=IDC_DATASET))
+    rng = np.random.default_rng(0)
+    pink = np.clip(np.array([200, 60, 120]) + rng.integers(-20, 20, (50, 50, 3)), 0, 255).astype(np.uint8)
+    assert input_cautions(pink, trained) == []
+    assert input_cautions(np.tile(pink, (4, 4, 1)), trained) == []  # 200 px: 4x the patch is still fine
+    (size,) = input_cautions(np.tile(pink, (5, 1, 1)), trained)
+    assert size.startswith("This image is 50x250 px, more than 4x the model's training patches (50x50 px patches")
+    green = np.clip(np.array([60, 160, 60]) + rng.integers(-20, 20, (50, 50, 3)), 0, 255).astype(np.uint8)
+    grey = np.repeat(pink.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    for unlike in (green, grey):
+        (colour,) = input_cautions(unlike, trained)
+        assert colour.startswith("Its colours are unlike H&E-stained tissue (pink and purple)")
+    assert input_cautions(np.full((50, 50, 3), 255, np.uint8), trained) == []  # blank: nothing to judge
+    assert input_cautions(green, training_input(tiny_card())) == []  # stain unknown: no colour caution
+
+
+def test_a_large_image_is_tiled_in_bounded_batches(model_path, monkeypatch):
+    predictor = Predictor.load(model_path)
+    image = np.full((260, 400, 3), 255, np.uint8)  # white background
+    image[:150, :200] = (230, 30, 150)  # redder: more IDC for the tiny model
+    image[:150, 200:] = (30, 30, 230)
+    sizes = []
+    original = predictor.predict_batch
+    monkeypatch.setattr(predict, "TILE_BATCH", 5)
+    monkeypatch.setattr(predictor, "predict_batch", lambda batch: sizes.append(len(batch)) or original(batch))
+    (result,) = predictor.predict_images([image], ["slide.png"])
+    grid = result.tiles.probabilities
+    assert grid.shape == (6, 8) and result.tiles.tile_size == 50  # 260 px: the last row of tiles is partial
+    assert np.isnan(grid[3:]).all() and np.isfinite(grid[:3]).all()  # background tiles are not predicted
+    assert grid[:3, :4].min() > grid[:3, 4:].max()
+    assert result.tiles.predicted == 24 and result.tiles.called(0.0) == 24 and result.tiles.called(1.01) == 0
+    assert sizes[0] == 1 and max(sizes[1:]) == 5 and sum(sizes[1:]) == 24  # the squeezed image, then tiles in 5s
+    assert "more than 4x" in result.cautions[0]
+    monkeypatch.setattr(predict, "MAX_TILES", 10)
+    (result,) = predictor.predict_images([image], ["slide.png"])
+    assert result.tiles is None and "not cut into patches" in result.cautions[-1]
+
+
+@pytest.mark.realdata
+def test_real_idc_patches_rarely_get_a_colour_caution(real_idc):
+    patches = sorted(real_idc.glob("IDC_regular_ps50_idx5/*/*/*.png"))[::20][:500]
+    if not patches:
+        pytest.skip("no IDC patches found")
+    trained = training_input(tiny_card(dataset=IDC_DATASET))
+    cautioned = sum(bool(input_cautions(np.asarray(Image.open(path).convert("RGB")), trained)) for path in patches)
+    assert cautioned / len(patches) < 0.05
 
 
 # ---------------------------------------------------------------- files and folders

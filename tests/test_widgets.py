@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from pathlib import Path
 
+import comm
+import ipywidgets
 import numpy as np
 import pytest
 
@@ -14,7 +17,8 @@ from bclib.app import views
 from bclib.app.catalog import SampleSet, find_models, sample_images
 from bclib.display import banner_html
 from bclib.app.views import models_table_html, render, static_text, static_view
-from bclib.app.widgets import TEXT_FALLBACK, PredictApp
+from bclib.app.predict import Prediction, Predictor
+from bclib.app.widgets import TEXT_FALLBACK, PredictApp, show_static
 from test_predict import BAD, save_tiny_model, write_bad_files, write_tiny_idc
 
 OFFLINE_IMAGENET = {"requested": "imagenet", "used": "random", "note": "no ImageNet weights offline"}
@@ -37,6 +41,50 @@ def run_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     return write_bad_files(tmp_path_factory.mktemp("uploads"))
+
+
+@pytest.fixture()
+def browser(monkeypatch) -> dict[str, str]:
+    """The latest ``value`` the kernel sent to the browser, by widget model id."""
+    values: dict[str, str] = {}
+
+    def record(channel, msg_type, data=None, metadata=None, buffers=None, **keys):
+        value = ((data or {}).get("state") or {}).get("value")
+        if isinstance(value, str):
+            values[channel.comm_id] = value
+
+    monkeypatch.setattr(comm.DummyComm, "publish_msg", record)
+    return values
+
+
+def on_screen(app: PredictApp, browser: dict[str, str]) -> str:
+    """The HTML of the app's results as the browser shows them (its copy of each value, not the kernel's)."""
+    def html_of(widget) -> str:
+        if isinstance(widget, ipywidgets.HTML):
+            return browser.get(widget.model_id, widget.value)
+        return "".join(html_of(child) for child in getattr(widget, "children", ()))
+    return html_of(app.output)
+
+
+IMAGE_PREFIXES = ("data:image", "iVBORw0KGgo", "/9j/")  # a data URI, base64 PNG and JPEG
+
+
+def image_like(value, where: str = "app") -> list[str]:
+    """Where ``value`` (walked through containers and bclib objects) holds image data: pixel arrays, bytes,
+    base64 images."""
+    if isinstance(value, np.ndarray):
+        return [where] if value.ndim >= 3 or (value.dtype == np.uint8 and value.size > 64) else []
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return [where] if len(value) > 256 else []
+    if isinstance(value, str):
+        return [where] if any(prefix in value for prefix in IMAGE_PREFIXES) else []
+    if isinstance(value, dict):
+        return [hit for key, item in value.items() for hit in image_like(item, f"{where}[{key!r}]")]
+    if isinstance(value, (list, tuple, set)):
+        return [hit for i, item in enumerate(value) for hit in image_like(item, f"{where}[{i}]")]
+    if type(value).__module__.startswith("bclib") and hasattr(value, "__dict__"):
+        return [hit for key, item in vars(value).items() for hit in image_like(item, f"{where}.{key}")]
+    return []
 
 
 def upload_value(paths) -> tuple[dict, ...]:
@@ -73,60 +121,89 @@ def test_app_starts_with_best_model_and_its_threshold(run_folder):
     assert PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent), threshold=0.8).threshold_slider.value == pytest.approx(0.8)
 
 
-def test_upload_handler_survives_every_bad_input(run_folder, files):
+def test_upload_handler_survives_every_bad_input(run_folder, files, browser):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     predictions = app.handle_upload(upload_value(files.values()))
     assert len(predictions) == len(files)
     by_name = {p.source: p for p in predictions}
     for kind, path in files.items():
         assert (by_name[path.name].error is not None) == (kind in BAD), kind
-    html = app.output.value
-    assert html.count('class="bclib-result"') == len(files) - len(BAD)
+    html = on_screen(app, browser)
+    cards = [card for card in app.output.children if "bclib-result" in card._dom_classes]
+    assert len(cards) == len(files) - len(BAD) and html.count('class="bclib-pictures"') == len(cards)
     assert html.count("bclib-error") == len(BAD)
     assert 'class="bclib-table"' in html  # several uploads give a table
-    assert html.count('class="bclib-probability"') == 2 * (len(files) - len(BAD))
+    assert html.count('class="bclib-probability"') == 2 * (len(files) - len(BAD) - 1)  # the big one is tiled
+    assert html.count('class="bclib-tiles"') == 1 and "squeezed to 50 px" in html
     assert "patch &#x27;q&quot; ü 名.png" in html  # odd names are escaped, not injected
     assert "could not be predicted" in app.status.value
     assert (app.header.value + html).count(DISCLAIMER) == 1  # shown once, above the results
 
 
-def test_observer_clears_the_upload_value(run_folder, files):
+def test_observer_clears_the_upload_value(run_folder, files, browser):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     app.upload.value = upload_value([files["rgb"]])
     assert app.upload.value == ()  # no image bytes stay in widget state
     assert len(app.predictions) == 1 and app.predictions[0].ok
-    assert 'data-class="IDC"' in app.output.value
+    assert 'data-class="IDC"' in on_screen(app, browser)
 
 
-def test_threshold_slider_redecides_without_predicting_again(run_folder, files):
+def test_after_an_upload_neither_widget_state_nor_the_app_holds_image_data(run_folder, files, browser):
+    app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent), samples=[files["rgb"]])
+    app.upload.value = upload_value([files["rgb"], files["big"], files["cmyk"]])
+    app.sample_button.click()  # a sample, then uploads again: the first cards are closed
+    app.upload.value = upload_value([files["rgb"], files["big"], files["cmyk"]])
+    state = ipywidgets.Widget.get_manager_state()["state"]
+    text = json.dumps(state)
+    assert not [prefix for prefix in IMAGE_PREFIXES if prefix in text]
+    assert not [model for model in state.values() if any(len(b["data"]) > 256 for b in model.get("buffers", []))]
+    assert max(len(value) for model in state.values() for value in model["state"].values()
+               if isinstance(value, str)) < 20_000  # text only: no image hides in a long value
+    assert app.upload.value == () and image_like(app) == []
+    assert all(p.image is None and p.model_input is None for p in app.predictions)
+    shown = on_screen(app, browser)  # while the browser shows them: input and Grad-CAM twice, one tile map
+    assert shown.count("data:image/png;base64,") == 5 and "bclib-heatmap" in shown and "bclib-tile-map" in shown
+
+
+def test_threshold_slider_redecides_without_predicting_or_sending_pictures_again(run_folder, files, browser):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
-    app.handle_upload(upload_value([files["rgb"]]))
+    app.handle_upload(upload_value([files["rgb"], files["big"]]))
     probabilities = dict(app.predictions[0].probabilities)
+    pictures = {key: value for key, value in browser.items() if "bclib-pictures" in value}
     app.threshold_slider.value = 0.0
-    assert app.predictions[0].decision == "IDC"
+    assert app.predictions[0].decision == "IDC" and "252 of 252 patches IDC" in on_screen(app, browser)
     app.threshold_slider.value = 1.0
     assert app.predictions[0].decision == ("IDC" if probabilities["IDC"] >= 1.0 else "non-IDC")
     assert app.predictions[0].probabilities == probabilities
-    assert "1.00" in app.output.value
+    shown = on_screen(app, browser)
+    assert "P(IDC) ≥ 1.00" in shown and "0 of 252 patches IDC" in shown and "bclib-heatmap" in shown
+    assert {key: value for key, value in browser.items() if "bclib-pictures" in value} == pictures  # none sent again
 
 
-def test_model_change_repredicts_kept_images(run_folder, files):
+def test_model_change_repredicts_samples_and_asks_for_uploads_again(run_folder, files, browser):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     app.handle_upload(upload_value([files["rgb"], files["grayscale"]]))
     app.model_selector.value = 1
-    assert len(app.predictions) == 2 and "trained from scratch" in app.output.value
-    assert "bclib-warning" not in app.output.value  # from scratch by design: nothing failed
+    assert app.predictions == [] and "2 uploaded images not kept: upload them again" in app.status.value
+    app.predict_named([("rgb.png", str(files["rgb"]))])
+    app.model_selector.value = 0
+    assert len(app.predictions) == 1 and "trained from scratch" not in on_screen(app, browser)
+    app.model_selector.value = 1
+    assert "trained from scratch" in on_screen(app, browser)
+    assert "bclib-warning" not in on_screen(app, browser)  # from scratch by design: nothing failed
 
 
-def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch):
+def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch, browser):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent))
     app.handle_upload(upload_value([files["rgb"]]))
-    assert 'class="bclib-heatmap"' in app.output.value and 'class="bclib-gradcam-scale"' in app.output.value
-    assert "Grad-CAM for P(IDC)" in app.output.value  # it explains the disease class, whatever the decision
+    shown = on_screen(app, browser)
+    assert 'class="bclib-heatmap"' in shown and 'class="bclib-gradcam-scale"' in shown
+    assert "Grad-CAM for P(IDC)" in shown  # it explains the disease class, whatever the decision
 
     monkeypatch.setattr(views, "grad_cam", lambda model, images, **kwargs: np.zeros(images.shape[:3], np.float32))
     app.handle_upload(upload_value([files["rgb"]]))
-    assert "bclib-heatmap" not in app.output.value and "no region of this image raised P(IDC)" in app.output.value
+    shown = on_screen(app, browser)
+    assert "bclib-heatmap" not in shown and "no region of this image raised P(IDC)" in shown
     view = static_view(run_folder / "02_baseline_cnn" / "model.keras", [files["rgb"]], threshold=0.0)
     assert "for 1 of them (1 called IDC) no region raised it" in static_text(view)
 
@@ -135,8 +212,9 @@ def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch):
 
     monkeypatch.setattr(views, "grad_cam", unexplainable)
     app.handle_upload(upload_value([files["rgb"]]))
-    assert app.predictions[0].ok and "bclib-heatmap" not in app.output.value
-    assert "Grad-CAM failed for this model: no convolution to explain" in app.output.value
+    shown = on_screen(app, browser)
+    assert app.predictions[0].ok and "bclib-heatmap" not in shown
+    assert "Grad-CAM failed for this model: no convolution to explain" in shown
 
 
 def test_a_card_with_a_bad_threshold_is_not_offered_and_not_loaded(tmp_path):
@@ -190,6 +268,39 @@ def test_static_view_puts_each_decision_beside_the_truth(run_folder, files):
         static_view(model, [files["rgb"]], truths=["IDC", "IDC"])
 
 
+def test_static_view_is_displayed_says_its_controls_need_a_live_session_and_returns_no_blob(run_folder, files,
+                                                                                            monkeypatch):
+    shown = []
+    monkeypatch.setattr("bclib.app.widgets.display", lambda bundle, raw=False: shown.append(bundle))
+    view = show_static(run_folder / "02_baseline_cnn" / "model.keras", [files["rgb"], files["big"]])
+    (bundle,) = shown
+    assert bundle["text/html"] == view.html and views.LIVE_ONLY in view.html
+    assert "answers only in a live session" in view.html and "in an HTML report" in view.html
+    assert "data:image" not in repr(view) and len(repr(view)) < 1000  # an Out[...] of it would be short
+    assert "Trained on: 50x50 px patches" in view.html and 'class="bclib-tile-map"' in view.html
+
+
+def test_samples_include_one_the_model_gets_wrong_or_say_none_is(run_folder, tmp_path, monkeypatch):
+    data = write_tiny_idc(tmp_path)
+    models = find_models(run_id=run_folder.name, reports_root=run_folder.parent)  # tiny_transfer, threshold 0.3
+    samples = sample_images(models, dataset="idc", data_dir=data, n=2)
+    assert len(samples.paths) == 2
+    assert "1 of them is called wrongly by tiny_transfer at its threshold 0.30 (6 of 12 candidates are)" in samples.note
+    view = static_view(models, samples.paths, truths=samples.labels)
+    assert [p.decision != t for p, t in zip(view.predictions, samples.labels)] == [True, False]
+    assert "1 is called as labelled and 1 is not" in static_text(view)
+
+    def always_right(self, sources, **kwargs):
+        truth = {str(path): label for path, label in zip(candidates.paths, candidates.labels)}
+        return [Prediction(str(source), decision=truth[str(source)]) for source in sources]
+
+    candidates = sample_images(None, dataset="idc", data_dir=data, n=12)
+    monkeypatch.setattr(Predictor, "predict_sources", always_right)
+    samples = sample_images(models, dataset="idc", data_dir=data, n=2)
+    assert samples.note.endswith("tiny_transfer at its threshold 0.30 calls all 12 candidates as labelled, so none "
+                                 "shown is wrong")
+
+
 def test_app_shows_a_sentence_where_widgets_cannot_render(run_folder, monkeypatch):
     shown = []
     monkeypatch.setattr("bclib.app.widgets.display", lambda bundle, raw=False: shown.append((bundle, raw)))
@@ -229,16 +340,16 @@ def test_sample_images_balanced_from_a_dataset(tmp_path):
     assert len(app.sample_picker.options) == 4
 
 
-def test_sample_picker_predicts_and_shows_the_sample_truth(run_folder, files):
+def test_sample_picker_predicts_and_shows_the_sample_truth(run_folder, files, browser):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent), samples=[files["rgb"]])
     app.sample_button.click()
-    assert len(app.predictions) == 1 and app.predictions[0].ok and "bclib-truth" not in app.output.value
+    assert len(app.predictions) == 1 and app.predictions[0].ok and "bclib-truth" not in on_screen(app, browser)
     samples = SampleSet([files["rgb"]], "one sample", ["IDC"])
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent), samples=samples)
     app.sample_button.click()
-    assert "Truth (from the dataset): IDC" in app.output.value
+    assert "Truth (from the dataset): IDC" in on_screen(app, browser)
     app.model_selector.value = 1  # predicted again with the other model, truth kept
-    assert "Truth (from the dataset): IDC" in app.output.value
+    assert "Truth (from the dataset): IDC" in on_screen(app, browser) and len(app.predictions) == 1
 
 
 @pytest.mark.realdata

@@ -14,10 +14,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bclib import paths
-from bclib.app.predict import validation_auc
+from bclib.app.predict import Predictor, validation_auc
 from bclib.data.datasets import DatasetIndex, scan
 from bclib.data.splits import make_split
 from bclib.evaluation.modelcard import MODEL_FILE, ModelLoadError, read_card, weights_description
+
+#: Test-split candidates drawn per sample shown, among which the default model's mistakes are looked for.
+CANDIDATES_PER_SAMPLE = 8
 
 NO_MODEL_MESSAGE = (
     "No trained model (model.keras with model_card.json) found under reports/. Run a training notebook first "
@@ -167,6 +170,29 @@ def sample_images(
         return SampleSet([], f"the {dataset!r} data at {root} holds no images")
     index, positions, source = _test_rows(index, card)
     labels = index.frame["label"].to_numpy()
-    picked = _balanced_pick(labels, positions, n, seed)
-    return SampleSet([Path(index.frame["path"].iloc[p]) for p in picked], f"{len(picked)} samples from {source}",
-                     [index.class_names[int(labels[p])] for p in picked])
+    picked = _balanced_pick(labels, positions, n * CANDIDATES_PER_SAMPLE, seed)
+    candidates = SampleSet([Path(index.frame["path"].iloc[p]) for p in picked], "",
+                           [index.class_names[int(labels[p])] for p in picked])
+    choice = None if isinstance(models, dict) or not models else best_model(models)
+    chosen, mistakes = _with_a_mistake(candidates, choice, n) if choice else (list(range(min(n, len(picked)))), "")
+    return SampleSet([candidates.paths[i] for i in chosen], f"{len(chosen)} samples from {source}{mistakes}",
+                     [candidates.labels[i] for i in chosen])
+
+
+def _with_a_mistake(candidates: SampleSet, choice: ModelChoice, n: int) -> tuple[list[int], str]:
+    """``n`` of the candidates (balanced order) with, when the model gets any wrong at its threshold, the first
+    of those in front; and what was found, in words."""
+    first = list(range(min(n, len(candidates.paths))))
+    try:
+        predictor = Predictor.load(choice.path)
+        decisions = [p.decision for p in predictor.predict_sources(candidates.paths)]
+    except Exception as error:  # samples without the check rather than none
+        return first, f"; not checked for mistakes ({type(error).__name__}: {error})"
+    wrong = [i for i, (decision, truth) in enumerate(zip(decisions, candidates.labels)) if decision != truth]
+    where = f"{predictor.model_name} at its threshold {predictor.threshold:.2f}"
+    if not wrong:
+        return first, f"; {where} calls all {len(decisions)} candidates as labelled, so none shown is wrong"
+    shown = [wrong[0], *[i for i in range(len(candidates.paths)) if i != wrong[0]][: n - 1]]
+    count = sum(i in wrong for i in shown)
+    return shown, (f"; {count} of them {'is' if count == 1 else 'are'} called wrongly by {where} "
+                   f"({len(wrong)} of {len(decisions)} candidates are)")

@@ -19,6 +19,24 @@ from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, rea
 from bclib.evaluation.modelcard import MODEL_FILE, load_model, validate_card
 
 DEFAULT_BATCH_SIZE = 64
+#: An image longer than this many training patches on a side gets a caution and is tiled.
+TILE_FACTOR = 4
+#: Tiles predicted in one batch (bounds memory), and the most tiles one image is cut into.
+TILE_BATCH = 256
+MAX_TILES = 4096
+#: A pixel whose darkest channel is at least this is background (the slide's white), not tissue.
+BACKGROUND_LEVEL = 220
+#: A tile with a smaller share of tissue pixels is background: not predicted (the datasets dropped such patches).
+MIN_TISSUE = 0.05
+#: H&E-like colours: at least this share of tissue pixels with red and blue above green (pink and purple),
+#: and at least this median saturation (not grey).
+HE_MIN_SHARE = 0.3
+HE_MIN_SATURATION = 0.03
+#: What each dataset's images are: (stain, magnification); None where unknown.
+DATASET_INPUTS: dict[str, tuple[str | None, str | None]] = {
+    "idc": ("H&E", "40x"), "pcam": ("H&E", "10x"), "breakhis": ("H&E", None),
+    "breastmnist": ("none (ultrasound)", None), "mias": ("none (mammogram)", None),
+}
 
 
 class PredictError(ValueError):
@@ -70,6 +88,79 @@ def validation_auc(card: Mapping[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+@dataclass(frozen=True)
+class TrainingInput:
+    """The input a model was trained on: patch side in pixels, magnification and stain (None: unknown)."""
+
+    patch_size: int
+    magnification: str | None = None
+    stain: str | None = None
+
+    def describe(self) -> str:
+        known = [self.magnification, f"{self.stain} stain" if self.stain else None]
+        return f"{self.patch_size}x{self.patch_size} px patches" + "".join(f", {part}" for part in known if part)
+
+
+def training_input(card: Mapping[str, Any]) -> TrainingInput:
+    """What the card says the model was trained on: its ``input`` entry when it has one, else the
+    patch size it was packed at and what its dataset is known to be."""
+    dataset = card.get("dataset") if isinstance(card.get("dataset"), dict) else {}
+    stain, magnification = DATASET_INPUTS.get(str(dataset.get("name")), (None, None))
+    chosen = (dataset.get("options") or {}).get("magnification")
+    if dataset.get("name") == "breakhis" and chosen not in (None, "all"):
+        magnification = f"{chosen}x"
+    recorded = card.get("input") if isinstance(card.get("input"), dict) else {}
+    return TrainingInput(int(recorded.get("patch_size") or card.get("pack_size") or card["input_size"]),
+                         recorded.get("magnification", magnification), recorded.get("stain", stain))
+
+
+def tissue_share(image: np.ndarray) -> float:
+    """The share of pixels that are not background."""
+    return float((image.min(axis=2) < BACKGROUND_LEVEL).mean()) if image.size else 0.0
+
+
+def he_like(image: np.ndarray) -> bool | None:
+    """Whether the tissue pixels are coloured like H&E (pink and purple); None when too little tissue to judge."""
+    pixels = image.reshape(-1, 3)
+    pixels = pixels[pixels.min(axis=1) < BACKGROUND_LEVEL].astype(np.int16)
+    if len(pixels) < MIN_TISSUE * max(1, image.shape[0] * image.shape[1]):
+        return None
+    red, green, blue = pixels[:, 0], pixels[:, 1], pixels[:, 2]
+    brightest = np.maximum(pixels.max(axis=1), 1)
+    saturation = float(np.median((brightest - pixels.min(axis=1)) / brightest))
+    return bool(((red > green) & (blue > green)).mean() >= HE_MIN_SHARE and saturation >= HE_MIN_SATURATION)
+
+
+def input_cautions(image: np.ndarray, trained: TrainingInput) -> list[str]:
+    """Why an image is far from what the model was trained on, in words (empty when it is not)."""
+    height, width = image.shape[:2]
+    cautions = []
+    if max(height, width) > TILE_FACTOR * trained.patch_size:
+        cautions.append(f"This image is {width}x{height} px, more than {TILE_FACTOR}x the model's training patches "
+                        f"({trained.describe()}): one answer for the whole image, squeezed to "
+                        f"{trained.patch_size} px, would say little about it.")
+    if trained.stain == "H&E" and he_like(image) is False:
+        cautions.append("Its colours are unlike H&E-stained tissue (pink and purple), the only kind the model has "
+                        "seen: its answer says little about this image.")
+    return cautions
+
+
+@dataclass
+class TileMap:
+    """P(positive class) per ``tile_size`` tile of an image, on the tile grid; NaN for background tiles."""
+
+    probabilities: np.ndarray
+    tile_size: int
+
+    @property
+    def predicted(self) -> int:
+        return int(np.isfinite(self.probabilities).sum())
+
+    def called(self, threshold: float) -> int:
+        """Tiles whose probability reaches ``threshold``."""
+        return int((np.nan_to_num(self.probabilities, nan=-1.0) >= threshold).sum())
+
+
 @dataclass
 class Prediction:
     """One image's result (``error`` set instead of probabilities when it could not be predicted)."""
@@ -81,10 +172,16 @@ class Prediction:
     error: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)  # the decoded image (kept in memory only)
     model_input: np.ndarray | None = field(default=None, repr=False)
+    cautions: list[str] = field(default_factory=list)  # how the image is far from the training input
+    tiles: TileMap | None = field(default=None, repr=False)  # a large image's per-tile probabilities
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def forget_pixels(self) -> None:
+        """Drop the decoded image and model input (probabilities, decision and tile map stay)."""
+        self.image = self.model_input = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: path, probabilities named from the card, decision and threshold (or error)."""
@@ -119,6 +216,7 @@ class Predictor:
         self.input_size: int = int(card["input_size"])
         pack = card.get("pack_size")
         self.pack_size: int | None = int(pack) if pack else None
+        self.trained_on = training_input(card)
 
     @classmethod
     def load(cls, model_path: str | os.PathLike) -> "Predictor":
@@ -170,8 +268,31 @@ class Predictor:
         for source, image, model_input, row in zip(sources, images, inputs, probabilities):
             result = self.result(source, row, threshold)
             result.image, result.model_input = image, model_input
+            result.cautions = input_cautions(image, self.trained_on)
+            if max(image.shape[:2]) > TILE_FACTOR * self.trained_on.patch_size:
+                result.tiles = self.predict_tiles(image) if len(self.class_names) == 2 else None
+                if result.tiles is None:
+                    result.cautions.append("It is not cut into patches here (a model of more than two classes, or "
+                                           f"more than {MAX_TILES} patches): the answer below is the squeezed one.")
             results.append(result)
         return results
+
+    def predict_tiles(self, image: np.ndarray) -> TileMap | None:
+        """P(positive class) for every training-size tile of ``image`` with tissue, in batches of
+        :data:`TILE_BATCH`; edge tiles are padded like small patches. None over :data:`MAX_TILES` tiles."""
+        size = self.trained_on.patch_size
+        rows, columns = -(-image.shape[0] // size), -(-image.shape[1] // size)
+        if rows * columns > MAX_TILES:
+            return None
+        grid = np.full((rows, columns), np.nan)
+        cells = [(row, column) for row in range(rows) for column in range(columns)
+                 if tissue_share(image[row * size:(row + 1) * size, column * size:(column + 1) * size]) >= MIN_TISSUE]
+        for start in range(0, len(cells), TILE_BATCH):
+            chunk = cells[start:start + TILE_BATCH]
+            batch = np.stack([self.prepare(image[row * size:(row + 1) * size, column * size:(column + 1) * size])
+                              for row, column in chunk])
+            grid[tuple(np.array(chunk).T)] = self.predict_batch(batch)[:, self.positive_label]
+        return TileMap(grid, size)
 
     def predict_named(
         self, named: Sequence[tuple[str, np.ndarray | bytes | str | os.PathLike]], threshold: float | None = None

@@ -13,7 +13,7 @@ import html
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -25,9 +25,10 @@ from PIL import Image
 
 from bclib import DISCLAIMER
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, best_model, sort_best_first
-from bclib.app.predict import Prediction, Predictor, validation_auc
+from bclib.app.predict import Prediction, Predictor, TileMap, validation_auc
 from bclib.display import banner_html
 from bclib.evaluation.explain import grad_cam, overlay
+from bclib.evaluation.findings import _plural
 from bclib.evaluation.modelcard import imagenet_missing, weights_description
 
 #: Pixels of the images shown in a result card.
@@ -36,6 +37,12 @@ GRADCAM_ALPHA = 0.45
 #: What a result card says instead of an all-blue overlay when no region raised the explained score.
 NO_REGION = "Grad-CAM: no region of this image raised {score}"
 POSITIVE_COLOUR = "#c0392b"
+#: A tile map's colours: the slide maps' (bclib.plots.evaluation.slide_view), background left as it is.
+TILE_COLOURMAP = "viridis"
+#: What the static view says about the app below it.
+LIVE_ONLY = ("This view was computed when the notebook ran. The app below (upload, sample picker, model selector, "
+             "threshold slider) answers only in a live session, JupyterLab or Voila with a running kernel; in an "
+             "HTML report or a notebook viewer its controls do nothing.")
 OTHER_COLOUR = "#2e86c1"
 
 #: What the static view accepts as its model: the models of a run (the best is used) or a model file.
@@ -99,7 +106,7 @@ def explained_score(predictor: Predictor) -> str:
 
 def gradcam_overlays(predictor: Predictor, predictions: Sequence[Prediction]) -> list[tuple[np.ndarray | None, str | None]]:
     """``(overlay, message)`` per prediction: a Grad-CAM overlay, or why there is none."""
-    usable = [i for i, p in enumerate(predictions) if p.ok and p.model_input is not None]
+    usable = [i for i, p in enumerate(predictions) if p.ok and p.model_input is not None and p.tiles is None]
     results: list[tuple[np.ndarray | None, str | None]] = [(None, None)] * len(predictions)
     if not usable:
         return results
@@ -130,16 +137,13 @@ def model_banner_html(predictor: Predictor, threshold: float) -> str:
         val_auc=f"{val_auc:.3f}" if val_auc is not None else "n/a",
         path=html.escape(str(predictor.path or "")),
     )
+    banner += render("model-input", text=html.escape(predictor.trained_on.describe()))
     if imagenet_missing(predictor.card):
         banner += banner_html(
             "This model was trained from random weights because the pretrained weights it asked for were "
             "unavailable: expect weaker predictions than from a pretrained model.", "warning",
         )
     return banner
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _display_name(prediction: Prediction) -> str:
@@ -155,68 +159,126 @@ def _picture_html(image: np.ndarray, css_class: str, caption: str, scale: str = 
                   scale=scale)
 
 
-def result_html(
-    prediction: Prediction, predictor: Predictor, overlay_image: np.ndarray | None = None,
-    gradcam_message: str | None = None, truth: str | None = None,
-) -> str:
-    """One result card: image, Grad-CAM overlay with its colour scale, a bar per class, decision at the threshold
-    and, when known, the truth (or the error)."""
-    if not prediction.ok:
-        return render("result-error", name=_display_name(prediction), error=html.escape(prediction.error or ""))
+def tile_map_image(image: np.ndarray, tiles: TileMap) -> np.ndarray:
+    """``image`` (at most twice the display size) with each predicted tile coloured by its probability."""
+    picture = Image.fromarray(image)
+    picture.thumbnail((2 * DISPLAY_SIZE, 2 * DISPLAY_SIZE))
+    small = np.asarray(picture)
+    rows, columns = tiles.probabilities.shape
+    cells = Image.fromarray(tiles.probabilities.astype(np.float32)).resize(
+        (small.shape[1], small.shape[0]), Image.Resampling.NEAREST, box=(0, 0, image.shape[1] / tiles.tile_size,
+                                                                          image.shape[0] / tiles.tile_size))
+    cells = np.asarray(cells)
+    coloured = overlay(small, np.nan_to_num(cells), GRADCAM_ALPHA + 0.15, colormap=TILE_COLOURMAP)
+    return np.where(np.isfinite(cells)[..., None], coloured, small)
+
+
+def decision_text(prediction: Prediction, predictor: Predictor) -> str:
+    """The decision, or for a tiled image how many of its patches reach the threshold."""
+    if prediction.tiles is None:
+        return prediction.decision or ""
+    called = prediction.tiles.called(prediction.threshold)
+    positive_name = predictor.class_names[predictor.positive_label]
+    return f"{called} of {_plural(prediction.tiles.predicted, 'patch', 'patches')} {positive_name}"
+
+
+def pictures_html(prediction: Prediction, predictor: Predictor, overlay_image: np.ndarray | None = None,
+                  gradcam_message: str | None = None) -> str:
+    """A result's pictures: the image as the model sees it and its Grad-CAM, or a large image's tile map."""
     pictures = ""
-    shown = prediction.model_input if prediction.model_input is not None else prediction.image
-    if shown is not None:
+    score = html.escape(explained_score(predictor))
+    if prediction.tiles is not None and prediction.image is not None:
+        pictures += _picture_html(tile_map_image(prediction.image, prediction.tiles), "bclib-tile-map",
+                                  f"{score} per {prediction.tiles.tile_size} px patch",
+                                  render("tile-scale", width=DISPLAY_SIZE, score=score))
+    elif (shown := prediction.model_input if prediction.model_input is not None else prediction.image) is not None:
         pictures += _picture_html(shown, "bclib-input", "as the model sees it")
     if overlay_image is not None:
-        caption = f"Grad-CAM for {html.escape(explained_score(predictor))}"
-        pictures += _picture_html(overlay_image, "bclib-heatmap", caption, render("gradcam-scale", width=DISPLAY_SIZE))
+        pictures += _picture_html(overlay_image, "bclib-heatmap", f"Grad-CAM for {score}",
+                                  render("gradcam-scale", width=DISPLAY_SIZE))
     elif gradcam_message:
         pictures += render("gradcam-missing", width=DISPLAY_SIZE, message=html.escape(gradcam_message))
+    return render("result-pictures", pictures=pictures)
+
+
+def details_html(prediction: Prediction, predictor: Predictor, truth: str | None = None) -> str:
+    """A result's text: cautions, a bar per class (or a large image's patch counts), the decision at the
+    threshold and, when known, the truth."""
     positive_name = predictor.class_names[predictor.positive_label]
-    probabilities = "".join(
-        render("probability", name=html.escape(name), probability=f"{probability:.6f}",
-               percent=f"{100 * probability:.1f}", colour=_colour(name, positive_name))
-        for name, probability in prediction.probabilities.items()
-    )
+    cautions = "".join(banner_html(caution, "warning") for caution in prediction.cautions)
+    if prediction.tiles is not None:
+        grid = prediction.tiles.probabilities
+        probabilities = render("tiles", rows=grid.shape[0], columns=grid.shape[1], size=prediction.tiles.tile_size,
+                               predicted=prediction.tiles.predicted, patches=grid.size,
+                               called=prediction.tiles.called(prediction.threshold),
+                               score=html.escape(explained_score(predictor)),
+                               highest=f"{np.nanmax(grid):.2f}" if prediction.tiles.predicted else "none")
+    else:
+        probabilities = "".join(
+            render("probability", name=html.escape(name), probability=f"{probability:.6f}",
+                   percent=f"{100 * probability:.1f}", colour=_colour(name, positive_name))
+            for name, probability in prediction.probabilities.items()
+        )
     binary = len(predictor.class_names) == 2
     rule = f"P({positive_name}) ≥ {prediction.threshold:.2f}" if binary else "the most probable class"
+    if prediction.tiles is not None:
+        rule = f"per patch, {rule}"
     return render(
-        "result", name=_display_name(prediction), pictures=pictures, probabilities=probabilities,
-        rule=html.escape(rule), colour=_colour(prediction.decision or "", positive_name),
-        decision=html.escape(prediction.decision or ""),
+        "result-details", cautions=cautions, probabilities=probabilities, rule=html.escape(rule),
+        colour=_colour(prediction.decision or "", positive_name),
+        decision=html.escape(decision_text(prediction, predictor)),
         truth="" if truth is None else render("truth", truth=html.escape(truth)),
     )
 
 
-def results_table_html(predictions: Sequence[Prediction], class_names: Sequence[str],
-                       truths: Sequence[str | None]) -> str:
+def name_html(prediction: Prediction) -> str:
+    return render("result-name", name=_display_name(prediction))
+
+
+def result_html(
+    prediction: Prediction, predictor: Predictor, overlay_image: np.ndarray | None = None,
+    gradcam_message: str | None = None, truth: str | None = None,
+) -> str:
+    """One result card: its name, :func:`pictures_html` and :func:`details_html` (or the error)."""
+    if not prediction.ok:
+        return render("result-error", name=_display_name(prediction), error=html.escape(prediction.error or ""))
+    return render("result", name=name_html(prediction),
+                  pictures=pictures_html(prediction, predictor, overlay_image, gradcam_message),
+                  details=details_html(prediction, predictor, truth))
+
+
+def results_table_html(predictions: Sequence[Prediction], predictor: Predictor, truths: Sequence[str | None]) -> str:
     """A compact table of several results: one row per image, a column per class, the decision and, when any
     is known, the truth."""
-    with_truth = any(truths)
+    with_truth, class_names = any(truths), predictor.class_names
     header = "".join(render("table-header", name=html.escape(f"P({name})")) for name in class_names)
     header += render("table-header", name="decision") + (render("table-header", name="truth") if with_truth else "")
     rows = []
     for prediction, truth in zip(predictions, truths):
         if prediction.ok:
-            probabilities = "".join(render("table-cell", value=f"{prediction.probabilities.get(name, float('nan')):.3f}")
+            probabilities = "".join(render("table-cell", value="tiled" if prediction.tiles is not None else
+                                           f"{prediction.probabilities.get(name, float('nan')):.3f}")
                                     for name in class_names)
             truth_cell = render("table-cell", value=html.escape(truth or "unknown")) if with_truth else ""
             rows.append(render("table-row", name=_display_name(prediction), probabilities=probabilities,
-                               decision=html.escape(prediction.decision or ""), truth=truth_cell))
+                               decision=html.escape(decision_text(prediction, predictor)), truth=truth_cell))
         else:
             rows.append(render("table-error-row", name=_display_name(prediction),
                                span=len(class_names) + 1 + with_truth, error=html.escape(prediction.error or "")))
     return render("table", header=header, rows="".join(rows))
 
 
+def summary_html(predictor: Predictor, predictions: Sequence[Prediction], threshold: float,
+                 truths: Sequence[str | None]) -> str:
+    """The model banner, and a table when there are several images."""
+    table = results_table_html(predictions, predictor, truths) if len(predictions) > 1 else ""
+    return model_banner_html(predictor, threshold) + table
+
+
 def view_html(predictor: Predictor, predictions: Sequence[Prediction], threshold: float,
-              overlays: Sequence[tuple[np.ndarray | None, str | None]], truths: Sequence[str | None],
-              with_disclaimer: bool = True) -> str:
-    """The whole view: disclaimer, model banner, a table when several images, one card per image."""
-    parts = [disclaimer_html()] if with_disclaimer else []
-    parts.append(model_banner_html(predictor, threshold))
-    if len(predictions) > 1:
-        parts.append(results_table_html(predictions, predictor.class_names, truths))
+              overlays: Sequence[tuple[np.ndarray | None, str | None]], truths: Sequence[str | None]) -> str:
+    """The static view: disclaimer, what the app below does not do here, :func:`summary_html`, one card per image."""
+    parts = [disclaimer_html(), banner_html(LIVE_ONLY, "note"), summary_html(predictor, predictions, threshold, truths)]
     for prediction, (overlay_image, message), truth in zip(predictions, overlays, truths):
         parts.append(result_html(prediction, predictor, overlay_image, message, truth))
     return render("view", content="".join(parts))
@@ -233,11 +295,11 @@ def _predictor_for(models: ModelSource) -> Predictor | None:
 class StaticView:
     """What the static view showed: the model, one prediction per image, its Grad-CAM and the known truths."""
 
-    predictor: Predictor | None
+    predictor: Predictor | None = field(repr=False)
     predictions: list[Prediction]
-    overlays: list[tuple[np.ndarray | None, str | None]]
+    overlays: list[tuple[np.ndarray | None, str | None]] = field(repr=False)
     truths: list[str | None]
-    html: str
+    html: str = field(repr=False)
 
     @property
     def text(self) -> str:

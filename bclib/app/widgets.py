@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import ipywidgets
-import numpy as np
 from IPython.display import display
 
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, SampleSet, sort_best_first
 from bclib.app.predict import Prediction, Predictor
 from bclib.app.views import (
-    ModelSource, StaticView, disclaimer_html, gradcam_overlays, models_table_html, static_view, view_html,
+    ModelSource, StaticView, details_html, disclaimer_html, gradcam_overlays, models_table_html, name_html,
+    pictures_html, result_html, static_view, summary_html,
 )
 from bclib.data.imageio import IMAGE_SUFFIXES
 from bclib.display import banner_html
+from bclib.evaluation.findings import _plural
 from bclib.evaluation.modelcard import ModelLoadError
 
 
@@ -42,12 +43,37 @@ def show_static(models: ModelSource, images: Sequence[str | os.PathLike], thresh
     return view
 
 
+def shown_once(html: str) -> ipywidgets.HTML:
+    """An HTML widget the browser draws from ``html`` while the kernel's copy of it is empty.
+
+    The browser receives ``html`` when the widget opens; the kernel's value is then emptied without a
+    message to the browser (a property lock, as ipywidgets does for values that came from the browser).
+    """
+    widget = ipywidgets.HTML(html)
+    with widget._lock_property(value=""):
+        widget.value = ""
+    return widget
+
+
+def _close_all(widget: ipywidgets.Widget) -> None:
+    """Close ``widget`` and the widgets inside it, so the browser drops their models too."""
+    for child in getattr(widget, "children", ()):
+        _close_all(child)
+    widget.close()
+
+
+#: The frame of one result card in the live app (the static view's card has the same in its HTML).
+CARD_LAYOUT = dict(border="1px solid #ddd", padding="8px 12px", margin="8px 0", max_width="760px")
+
+
 class PredictApp:
     """The interactive prediction app: FileUpload, sample picker, model selector, threshold slider.
 
-    ``handle_upload(value)`` is the FileUpload handler (callable directly with upload-like dicts);
-    results are rendered into ``self.output`` (an HTML widget) and kept only in memory: uploaded bytes
-    are decoded in memory and the FileUpload value is cleared right after, so no image stays in widget state.
+    ``handle_upload(value)`` is the FileUpload handler (callable directly with upload-like dicts). Nothing
+    image-like is kept in the kernel once a result is drawn: uploads are decoded in memory, the FileUpload
+    value is emptied right after, each result's pictures go to the browser in a widget whose kernel copy is
+    emptied (:func:`shown_once`), and the decoded images are dropped; a new threshold redraws only the text.
+    The browser holds the pictures on show until they are replaced, :meth:`clear` is called or the page closes.
     """
 
     def __init__(
@@ -60,8 +86,9 @@ class PredictApp:
         self.samples = samples if isinstance(samples, SampleSet) else SampleSet([Path(p) for p in samples])
         self._predictors: dict[Path, Predictor] = {}
         self.predictions: list[Prediction] = []
-        self._overlays: list[tuple[np.ndarray | None, str | None]] = []
         self._truths: list[str | None] = []
+        self._files: list[str | None] = []  # each result's file on disk (a sample), None for an upload
+        self._details: list[ipywidgets.HTML | None] = []
         self.predictor: Predictor | None = None
 
         label_style = {"description_width": "70px"}
@@ -84,7 +111,8 @@ class PredictApp:
         )
         self.sample_button = ipywidgets.Button(description="Predict sample", disabled=not self.samples.paths)
         self.status = ipywidgets.HTML("")
-        self.output = ipywidgets.HTML("")
+        self.summary = ipywidgets.HTML("")
+        self.output = ipywidgets.VBox([self.summary])
         sample_note = ipywidgets.HTML(banner_html(self.samples.note, "note") if self.samples.note else "")
         self.widget = ipywidgets.VBox([
             self.header, self.model_selector, self.threshold_slider, ipywidgets.HBox([self.upload]),
@@ -121,7 +149,7 @@ class PredictApp:
     def _on_threshold(self, change: Mapping[str, Any]) -> None:
         if self.predictor is not None and self.predictions:
             self.predictor.rethreshold(self.predictions, float(change["new"]))
-            self._render()
+            self._draw_text()
 
     # -- inputs ---------------------------------------------------------------------------
     def _on_upload(self, change: Mapping[str, Any]) -> None:
@@ -144,43 +172,81 @@ class PredictApp:
 
     def predict_named(self, named: Sequence[tuple[str, Any]],
                       truths: Sequence[str | None] | None = None) -> list[Prediction]:
-        """Decode in memory, predict, explain and render; never raises (errors are shown per file).
+        """Decode in memory, predict, explain and draw; never raises (errors are shown per file).
         ``truths``: each image's known class (a sample's), or None."""
         if self.predictor is None:
             self.status.value = banner_html(NO_MODEL_MESSAGE, "error")
             return []
         self.status.value = banner_html("Predicting…", "note")
         try:
-            self.predictions = self.predictor.predict_named(named, self.threshold_slider.value)
-            self._truths = list(truths) if truths is not None else [None] * len(self.predictions)
-            self._overlays = gradcam_overlays(self.predictor, self.predictions)
-            self._render()
+            predictions = self.predictor.predict_named(named, self.threshold_slider.value)
+            self._files = [str(source) if isinstance(source, (str, os.PathLike)) else None for _, source in named]
+            self._draw(predictions, list(truths) if truths is not None else [None] * len(predictions))
         except Exception as error:  # the UI stays alive whatever happens
             self.status.value = banner_html(f"Prediction failed: {error}", "error")
             return []
         failed = sum(not prediction.ok for prediction in self.predictions)
         self.status.value = (
-            banner_html(f"{failed} of {len(self.predictions)} {'file' if len(self.predictions) == 1 else 'files'} "
-                        "could not be predicted.", "error") if failed else ""
+            banner_html(f"{failed} of {_plural(len(self.predictions), 'file')} could not be predicted.", "error")
+            if failed else ""
         )
         return self.predictions
 
     def _predict_shown_again(self) -> None:
-        """Predict the images on show with the model now selected."""
-        shown = [(prediction.source, prediction.image, truth)
-                 for prediction, truth in zip(self.predictions, self._truths) if prediction.image is not None]
-        if shown:
-            self.predict_named([(source, image) for source, image, _ in shown], [truth for _, _, truth in shown])
+        """Predict the samples on show with the model now selected; uploads, not kept, are dropped."""
+        again = [(file, truth) for file, truth in zip(self._files, self._truths) if file is not None]
+        dropped = len(self.predictions) - len(again)
+        if again:
+            self.predict_named([(Path(file).name, file) for file, _ in again], [truth for _, truth in again])
+        else:
+            self.clear()
+        if dropped:
+            self.status.value += banner_html(f"{_plural(dropped, 'uploaded image')} not kept: upload "
+                                             f"{'it' if dropped == 1 else 'them'} again to see this model's answer.",
+                                             "note")
 
-    def _render(self) -> None:
-        if self.predictor is not None:
-            self.output.value = view_html(self.predictor, self.predictions, self.threshold_slider.value, self._overlays,
-                                          self._truths, with_disclaimer=False)
+    # -- drawing --------------------------------------------------------------------------
+    def _draw(self, predictions: list[Prediction], truths: list[str | None]) -> None:
+        """One card per result (pictures sent once, then dropped from the kernel) under the summary."""
+        overlays = gradcam_overlays(self.predictor, predictions)
+        cards, details = [], []
+        for prediction, (overlay_image, message), truth in zip(predictions, overlays, truths):
+            if not prediction.ok:
+                cards.append(ipywidgets.HTML(result_html(prediction, self.predictor)))
+                details.append(None)
+                continue
+            text = ipywidgets.HTML(details_html(prediction, self.predictor, truth), layout={"flex": "1 1 260px"})
+            pictures = shown_once(pictures_html(prediction, self.predictor, overlay_image, message))
+            card = ipywidgets.VBox([ipywidgets.HTML(name_html(prediction)), ipywidgets.HBox([pictures, text])],
+                                   layout=CARD_LAYOUT)
+            cards.append(card.add_class("bclib-result"))
+            details.append(text)
+            prediction.forget_pixels()
+        del overlays
+        self._drop_cards()
+        self.predictions, self._truths, self._details = predictions, truths, details
+        self._draw_text()
+        self.output.children = [self.summary, *cards]
+
+    def _draw_text(self) -> None:
+        """The summary and every card's text again (a new threshold): no picture is sent."""
+        if self.predictor is None:
+            return
+        self.summary.value = summary_html(self.predictor, self.predictions, self.threshold_slider.value, self._truths)
+        for prediction, truth, text in zip(self.predictions, self._truths, self._details):
+            if text is not None:
+                text.value = details_html(prediction, self.predictor, truth)
+
+    def _drop_cards(self) -> None:
+        for card in self.output.children[1:]:
+            _close_all(card)
+        self.output.children = [self.summary]
 
     def clear(self) -> None:
-        """Forget every image (predictions, overlays and rendered results)."""
-        self.predictions, self._overlays, self._truths = [], [], []
-        self.output.value = ""
+        """Forget every result (predictions and the cards on show, in the kernel and the browser)."""
+        self._drop_cards()
+        self.predictions, self._truths, self._files, self._details = [], [], [], []
+        self.summary.value = ""
 
     def _ipython_display_(self) -> None:
         """Display the widget, with a sentence instead of its ``VBox(...)`` repr where widgets cannot render."""
