@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench venv clean-venv strip
+.PHONY: run test test-fast bench app venv clean-venv strip
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/bclib bench $(ARGS)
+
+## the prediction app (notebook 08) as a page on http://127.0.0.1:8866/ (ARGS="--run RUN_ID" or "--model PATH")
+app: $(STAMP)
+	$(BIN)/bclib app $(ARGS)
 
 strip:
 	$(BIN)/nbstripout notebooks/*.ipynb

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from bclib import DISCLAIMER, __version__
 
-COMMAND_MODULES = ("data", "run", "evaluate", "predict", "bench", "sweep")
+COMMAND_MODULES = ("data", "run", "evaluate", "predict", "app", "bench", "sweep")
 
 
 class CommandError(Exception):
