@@ -13,7 +13,7 @@ import html
 import io
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -164,7 +164,6 @@ def tile_map_image(image: np.ndarray, tiles: TileMap) -> np.ndarray:
     picture = Image.fromarray(image)
     picture.thumbnail((2 * DISPLAY_SIZE, 2 * DISPLAY_SIZE))
     small = np.asarray(picture)
-    rows, columns = tiles.probabilities.shape
     cells = Image.fromarray(tiles.probabilities.astype(np.float32)).resize(
         (small.shape[1], small.shape[0]), Image.Resampling.NEAREST, box=(0, 0, image.shape[1] / tiles.tile_size,
                                                                           image.shape[0] / tiles.tile_size))
@@ -291,15 +290,19 @@ def _predictor_for(models: ModelSource) -> Predictor | None:
     return Predictor.load(choice.path) if choice else None
 
 
-@dataclass
+@dataclass(repr=False)
 class StaticView:
     """What the static view showed: the model, one prediction per image, its Grad-CAM and the known truths."""
 
-    predictor: Predictor | None = field(repr=False)
+    predictor: Predictor | None
     predictions: list[Prediction]
-    overlays: list[tuple[np.ndarray | None, str | None]] = field(repr=False)
+    overlays: list[tuple[np.ndarray | None, str | None]]
     truths: list[str | None]
-    html: str = field(repr=False)
+    html: str
+
+    def __repr__(self) -> str:
+        model = self.predictor.model_name if self.predictor else "no model"
+        return f"<StaticView of {_plural(len(self.predictions), 'image')} with {model}: displayed above>"
 
     @property
     def text(self) -> str:
