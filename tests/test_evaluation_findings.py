@@ -84,8 +84,10 @@ def test_reliability_grid_labels_every_panel_and_its_counts():
 def test_operating_points_text_reads_both_thresholds():
     values = pd.DataFrame({"model": ["cnn", "cnn"], "operating point": ["screening", "benchmark (Youden)"],
                            "threshold": [0.12, 0.55], "balanced_accuracy": [0.80, 0.86], "f1": [0.65, 0.78],
-                           "sensitivity": [0.92, 0.80], "specificity": [0.68, 0.92]}).set_index(["model", "operating point"])
-    text = findings.operating_points_text(values, "cnn", {"difference": 0.06, "ci": [0.02, 0.10], "excludes_zero": True})
+                           "sensitivity": [0.92, 0.80], "specificity": [0.68, 0.92]})
+    values = values.set_index(["model", "operating point"])
+    change = {"difference": 0.06, "ci": [0.02, 0.10], "excludes_zero": True}
+    text = findings.operating_points_text(values, "cnn", change)
     assert "benchmark threshold 0.550" in text and "balanced accuracy 0.860 and F1 0.780" in text
     assert "screening threshold 0.120 gives 0.800 and 0.650" in text and "+0.060" in text and "beyond noise" in text
     assert "0.8468" in text

@@ -24,7 +24,8 @@ def _session(patient_effect: float, n_patients: int = 40, per_patient: int = 40,
     rows = np.arange(len(patients))
     parts = {"train": rows[: 24 * per_patient], "val": rows[24 * per_patient: 32 * per_patient],
              "test": rows[32 * per_patient:]}
-    cache = SimpleNamespace(images=images, labels=labels, index=SimpleNamespace(frame=pd.DataFrame({"patient_id": patients})))
+    index = SimpleNamespace(frame=pd.DataFrame({"patient_id": patients}))
+    cache = SimpleNamespace(images=images, labels=labels, index=index)
     return SimpleNamespace(cache=cache, positions=parts.__getitem__, seed=0, num_classes=2, positive_label=1)
 
 

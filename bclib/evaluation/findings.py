@@ -368,11 +368,13 @@ def memoriser_text(series: Any) -> str:
     share, chance = neighbours["same_patient_share"], neighbours["chance_same_patient_share"]
     same, other = neighbours["agreement_same_patient"], neighbours["agreement_other_patients"]
     text += (f"Why: {share:.1%} of the leaky model's nearest training patches come from the held-out patch's own "
-             f"patient, {share / chance:.0f} times what chance gives ({chance:.2%}), so it does recognise patients")
+             f"patient, {share / chance:.0f} times what chance gives ({chance:.2%}), so "
+             + ("it does recognise patients" if share > 2 * chance else "it hardly recognises patients"))
     if same is not None and other is not None:
         text += (f"; those neighbours share the patch's label {same:.0%} of the time, other patients' {other:.0%}. "
-                 f"Seeing the patient helps such a look-up by {100 * (same - other):.0f} percentage points, but only {share:.1%} of the look-ups "
-                 f"find the patient, so the expected gain is about {share * (same - other):.2%} of the votes")
+                 f"Seeing the patient helps such a look-up by {100 * (same - other):.0f} percentage points, "
+                 f"{'but only ' if share < 0.1 else 'and '}{share:.1%} of the look-ups find the patient, so the "
+                 f"expected gain is about {share * (same - other):.2%} of the votes")
     return text + (". How much a split leaks depends on how many patches each patient gives to training and on how "
                    "much more alike one patient's patches are than two patients'. It is a lesson, never a result.")
 

@@ -191,7 +191,8 @@ def memoriser_lesson(session: Any, seeds: int, neighbours: int = 5, n_boot: int 
                   "excludes_zero": interval is not None and (interval[0] > 0 or interval[1] < 0),
                   "a": float(table[f"{HONEST} ROC-AUC"].mean()), "b": float(table[f"{LEAKY} ROC-AUC"].mean()),
                   "n_patients": int(len(test_patients)), "n_images": int(table["test images"].iloc[0]),
-                  "seeds": int(seeds), "n_boot": int(n_boot), "test_patients_seen": seen // int(seeds), "model": MEMORISER, "k": int(neighbours)}
+                  "seeds": int(seeds), "n_boot": int(n_boot), "test_patients_seen": seen // int(seeds),
+                  "model": MEMORISER, "k": int(neighbours)}
     return LeakageSeries(table, difference, {
         "same_patient_share": float(np.mean(same_share)), "chance_same_patient_share": float(np.mean(chance_share)),
         "agreement_same_patient": float(np.nanmean(agree_same)) if not np.isnan(agree_same).all() else None,

@@ -115,7 +115,8 @@ def reliability_grid(run: Any, columns: int = 3) -> matplotlib.figure.Figure:
             width = (table["bin_high"] - table["bin_low"]) / len(series)
             filled = table[table["count"] > 0]
             ece = expected_calibration_error(truth, values)
-            ax.plot(filled["mean_probability"], filled["positive_fraction"], "o-", ms=4, label=f"{label} (ECE {ece:.3f})")
+            ax.plot(filled["mean_probability"], filled["positive_fraction"], "o-", ms=4,
+                    label=f"{label} (ECE {ece:.3f})")
             ax_count.bar(table["bin_low"] + width * (offset + 0.5), table["count"], width=width, alpha=0.8)
         ax.set(ylabel="observed positive fraction", title=f"{name}: reliability on test", xlim=(0, 1), ylim=(0, 1))
         ax.tick_params(labelbottom=False)  # the counts below carry the x axis
