@@ -208,13 +208,15 @@ def test_a_large_image_is_tiled_in_bounded_batches(model_path, monkeypatch):
     monkeypatch.setattr(predict, "TILE_BATCH", 5)
     monkeypatch.setattr(predictor, "predict_batch", lambda batch: sizes.append(len(batch)) or original(batch))
     (result,) = predictor.predict_images([image], ["slide.png"])
+    assert sizes[0] == 1 and max(sizes[1:]) == 5 and sum(sizes[1:]) == 24  # the squeezed image, then tiles in 5s
+    assert "more than 4x" in result.cautions[0]
     grid = result.tiles.probabilities
     assert grid.shape == (6, 8) and result.tiles.tile_size == 50  # 260 px: the last row of tiles is partial
     assert np.isnan(grid[3:]).all() and np.isfinite(grid[:3]).all()  # background tiles are not predicted
     assert grid[:3, :4].min() > grid[:3, 4:].max()
     assert result.tiles.predicted == 24 and result.tiles.called(0.0) == 24 and result.tiles.called(1.01) == 0
-    assert sizes[0] == 1 and max(sizes[1:]) == 5 and sum(sizes[1:]) == 24  # the squeezed image, then tiles in 5s
-    assert "more than 4x" in result.cautions[0]
+    (edge,) = predictor.predict_images([image[100:150, 350:400]])  # a tile predicted as a patch of its own
+    assert grid[2, 7] == pytest.approx(edge.probabilities["IDC"])
     monkeypatch.setattr(predict, "MAX_TILES", 10)
     (result,) = predictor.predict_images([image], ["slide.png"])
     assert result.tiles is None and "not cut into patches" in result.cautions[-1]

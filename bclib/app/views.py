@@ -220,12 +220,13 @@ def details_html(prediction: Prediction, predictor: Predictor, truth: str | None
         )
     binary = len(predictor.class_names) == 2
     rule = f"P({positive_name}) ≥ {prediction.threshold:.2f}" if binary else "the most probable class"
+    called = prediction.decision or ""
     if prediction.tiles is not None:
         rule = f"per patch, {rule}"
+        called = positive_name if prediction.tiles.called(prediction.threshold) else ""
     return render(
         "result-details", cautions=cautions, probabilities=probabilities, rule=html.escape(rule),
-        colour=_colour(prediction.decision or "", positive_name),
-        decision=html.escape(decision_text(prediction, predictor)),
+        colour=_colour(called, positive_name), decision=html.escape(decision_text(prediction, predictor)),
         truth="" if truth is None else render("truth", truth=html.escape(truth)),
     )
 
