@@ -163,7 +163,9 @@ def _upload(driver, button, path: Path) -> None:
 
     driver.execute_script(EXPOSE_FILE_INPUT)
     driver.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", button)
-    driver.find_element(By.ID, "bclib-test-file-input").send_keys(str(path))
+    file_input = driver.find_element(By.ID, "bclib-test-file-input")
+    driver.execute_script("arguments[0].value = '';", file_input)  # this file only, not the last one too
+    file_input.send_keys(str(path))
 
 
 def _set_threshold(driver, value: float) -> None:
@@ -178,6 +180,13 @@ def _set_threshold(driver, value: float) -> None:
     readout.click()
     readout.send_keys(Keys.CONTROL, "a")
     readout.send_keys(f"{value:.2f}", Keys.ENTER)
+
+
+def _screenshot(driver, button, path: Path) -> Path:
+    """The app (from its disclaimer down) in a PNG at ``path``."""
+    driver.execute_script("arguments[0].closest('.widget-vbox').scrollIntoView({block: 'start'});", button)
+    assert driver.save_screenshot(str(path)) and path.stat().st_size > 0
+    return path
 
 
 def _decision(driver, name: str) -> str:
@@ -229,13 +238,12 @@ def test_app_page_offline_upload_bad_file_and_threshold(app_server, offline_brow
     assert _wait_for(lambda: f"{above:.2f}" in _decision(browser, patch.name) and "non-IDC" in
                      _decision(browser, patch.name), 30, f"the decision at threshold {above:.2f} (non-IDC)")
 
+    screenshot = _screenshot(browser, button, tmp_path / "app_page.png")  # the patch, its Grad-CAM and decision
+
     _upload(browser, button, bad)
     error = _wait_for(lambda: _result_for(browser, bad.name, ".bclib-error"), 60, "the bad file's message")
     assert "could not be predicted" in error.text
-
-    screenshot = tmp_path / "app_page.png"
-    browser.execute_script("arguments[0].closest('.widget-vbox').scrollIntoView({block: 'start'});", button)
-    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 0
+    bad_screenshot = _screenshot(browser, button, tmp_path / "app_page_bad_file.png")
 
     urls = _requested_urls(browser)
     assert any(WIDGET_MANAGER in url for url in urls), "the widget manager was not loaded from this server"
@@ -246,7 +254,7 @@ def test_app_page_offline_upload_bad_file_and_threshold(app_server, offline_brow
     _wait_for(lambda: browser.find_element(By.CSS_SELECTOR, ".widget-upload"), 180, "the upload button, again")
     second_visit = time.monotonic() - started
     assert not _off_host(_requested_urls(browser))
-    print(f"\napp page screenshot: {screenshot}")
+    print(f"\napp page screenshots: {screenshot}, {bad_screenshot}")
     print(f"page load (open -> upload button drawn): first visit {page_load:.1f} s, second visit {second_visit:.1f} s; "
           f"upload -> result with Grad-CAM drawn: {upload_to_result * 1000:.0f} ms "
           f"(P(IDC) {p_idc:.3f}; {len(urls)} requests, none off 127.0.0.1)")

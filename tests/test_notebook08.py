@@ -1,7 +1,8 @@
-"""Notebook 08: stored clean (parameters, no outputs, no widget state) and runs under papermill."""
+"""Notebook 08: stored clean (parameters, no outputs, no widget state), takes `bclib app`'s choices, runs under papermill."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from bclib import DISCLAIMER
 from bclib.app.widgets import TEXT_FALLBACK
+from bclib.run.commands.app import CHOICE_VARIABLES
 from bclib.run.quality import check_notebook
 from test_predict import save_tiny_model, write_patch, write_tiny_idc
 
@@ -34,12 +36,31 @@ def test_notebook_is_stored_clean_with_its_parameters():
     assert notebook.metadata["bclib"]["save_widget_state"] is False
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
-    install, imports, parameters, *app_cells = code
+    install, imports, parameters, app_choice, *app_cells = code
     assert "pip" in install.source and "import bclib" in imports.source and "parameters" in parameters.metadata["tags"]
     assert _parameters_of(parameters.source) == PARAMETERS
+    assert all(f'os.environ.get("{variable}")' in app_choice.source for variable in CHOICE_VARIABLES.values())
     assert all(len(cell.source.splitlines()) <= 3 for cell in app_cells)  # the app lives in bclib.app
     text = " ".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
     assert DISCLAIMER.rstrip(".") in text and "nbstripout" in text and "Save Widget State" in text
+    assert "`bclib app`" in text and "`make app`" in text
+
+
+def test_bclib_app_choices_override_the_parameters_only_when_given(monkeypatch):
+    """Voila cannot pass parameters: the cell after them takes `bclib app`'s run, model and data folder."""
+    code = [cell for cell in nbformat.read(NOTEBOOK, as_version=4).cells if cell.cell_type == "code"]
+    parameters, app_choice = code[2], code[3]
+    for variable in CHOICE_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+    values = {"os": os, **_parameters_of(parameters.source)}
+    exec(compile(app_choice.source, "app-choice", "exec"), values)
+    assert {key: values[key] for key in ("run_id", "model_path", "data_dir")} == {
+        "run_id": None, "model_path": None, "data_dir": None}
+    monkeypatch.setenv(CHOICE_VARIABLES["run"], "run-7")
+    monkeypatch.setenv(CHOICE_VARIABLES["model"], "/models/model.keras")
+    monkeypatch.setenv(CHOICE_VARIABLES["data"], "/data/idc")
+    exec(compile(app_choice.source, "app-choice", "exec"), values)
+    assert (values["run_id"], values["model_path"], values["data_dir"]) == ("run-7", "/models/model.keras", "/data/idc")
 
 
 @pytest.mark.slow
