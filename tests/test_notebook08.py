@@ -1,4 +1,5 @@
-"""Notebook 08: stored clean (parameters, no outputs, no widget state), takes `bclib app`'s choices, runs under papermill."""
+"""Notebook 08: stored clean (parameters, no outputs, no widget state), takes `bclib app`'s choices, runs
+under papermill."""
 from __future__ import annotations
 
 import json

@@ -2,8 +2,9 @@
 
 Voila cannot pass papermill parameters, so the run, model and data chosen here reach notebook 08
 through environment variables that its cell after ``parameters`` reads (:data:`CHOICE_VARIABLES`).
-The page uses a small Voila template (``lab`` without its CDN stylesheets), so everything it loads,
-the widget manager included, comes from this server.
+The page uses a small Voila template (``lab`` without what it would fetch from the internet), so
+everything it loads, the widget manager included, comes from this server. Voila keeps one kernel
+pre-heated (the notebook already executed, model loaded and compiled) for the next visit.
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ INDEX_TEMPLATE = """{%- extends 'voila/templates/lab/index.html.j2' -%}
 {%- endblock notebook_css -%}
 {%- block html_head_js_mermaidjs -%}
 {%- endblock html_head_js_mermaidjs -%}
-{% block markdowncell scoped %}{{ super() | replace('<img src="http', '<img data-web-src="http') }}{% endblock markdowncell %}
+{% block markdowncell scoped %}
+{{ super() | replace('<img src="http', '<img data-web-src="http') }}
+{% endblock markdowncell %}
 """
 
 
@@ -106,7 +109,8 @@ def check_port_free(port: int) -> None:
         try:
             sock.bind((HOST, port))
         except OSError as error:
-            reason = "is in use (is another `bclib app` running?)" if error.errno == errno.EADDRINUSE else f"cannot be used ({error.strerror})"
+            reason = ("is in use (is another `bclib app` running?)" if error.errno == errno.EADDRINUSE
+                      else f"cannot be used ({error.strerror})")
             raise CommandError(f"port {port} {reason}: choose another with --port") from None
 
 
