@@ -22,7 +22,7 @@ DEFAULT_BATCH_SIZE = 64
 #: An image longer than this many training patches on a side gets a caution and is tiled.
 TILE_FACTOR = 4
 #: Tiles predicted in one batch (bounds memory), and the most tiles one image is cut into.
-TILE_BATCH = 256
+TILE_BATCH = DEFAULT_BATCH_SIZE
 MAX_TILES = 4096
 #: A pixel whose darkest channel is at least this is background (the slide's white), not tissue.
 BACKGROUND_LEVEL = 220
@@ -32,6 +32,7 @@ MIN_TISSUE = 0.05
 #: and at least this median saturation (not grey).
 HE_MIN_SHARE = 0.3
 HE_MIN_SATURATION = 0.03
+COLOUR_PIXELS = 1_000_000
 #: What each dataset's images are: (stain, magnification); None where unknown.
 DATASET_INPUTS: dict[str, tuple[str | None, str | None]] = {
     "idc": ("H&E", "40x"), "pcam": ("H&E", "10x"), "breakhis": ("H&E", None),
@@ -120,7 +121,10 @@ def tissue_share(image: np.ndarray) -> float:
 
 
 def he_like(image: np.ndarray) -> bool | None:
-    """Whether the tissue pixels are coloured like H&E (pink and purple); None when too little tissue to judge."""
+    """Whether the tissue pixels are coloured like H&E (pink and purple); None when too little tissue to judge.
+    Large images are judged on every n-th pixel of every n-th row (about a megapixel)."""
+    step = max(1, int((image.shape[0] * image.shape[1] / COLOUR_PIXELS) ** 0.5))
+    image = image[::step, ::step]
     pixels = image.reshape(-1, 3)
     pixels = pixels[pixels.min(axis=1) < BACKGROUND_LEVEL].astype(np.int16)
     if len(pixels) < MIN_TISSUE * max(1, image.shape[0] * image.shape[1]):
