@@ -91,3 +91,13 @@ def test_operating_points_text_reads_both_thresholds():
     assert "benchmark threshold 0.550" in text and "balanced accuracy 0.860 and F1 0.780" in text
     assert "screening threshold 0.120 gives 0.800 and 0.650" in text and "+0.060" in text and "beyond noise" in text
     assert "0.8468" in text
+
+
+def test_calibration_methods_text_does_not_claim_an_offset_the_run_does_not_show(table):
+    shrunk = table.copy()
+    values = table.attrs["values"].copy()
+    values.loc[("weighted", "uncalibrated"), "mean_probability"] = 0.03
+    shrunk.attrs.update(values=values, positive_fraction=table.attrs["positive_fraction"])
+    text = findings.calibration_methods_text(shrunk)
+    assert "this run does not show that offset" in text and "Why a temperature alone" not in text
+    assert "a temperature cannot remove it" in text

@@ -185,7 +185,7 @@ def _change(row: pd.Series) -> str:
     return "no interval" if interval is None else ci_text(*interval, signed=True)
 
 
-def calibration_methods_text(table: pd.DataFrame) -> str:
+def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> str:
     """What temperature and Platt scaling did to each model's test ECE, judged by their paired intervals, and
     why a temperature cannot undo class weights (``table`` from :func:`bclib.evaluation.calibration.methods_table`)."""
     values, positive = table.attrs["values"], table.attrs["positive_fraction"]
@@ -204,20 +204,32 @@ def calibration_methods_text(table: pd.DataFrame) -> str:
                 if lowered else "; no change it makes can be told from noise here. "))
     if temperature_worse:
         text += f"Temperature scaling made {_names(temperature_worse)} worse. "
+    ece = values["ece"].unstack("method")
+    platt_worse = [name for name in names if ece.loc[name, "Platt"] > ece.loc[name, "uncalibrated"] + 0.0005]
+    if platt_worse:
+        text += (f"Platt scaling made {_names(platt_worse)} worse: two parameters fitted on few validation patients "
+                 "can follow their quirks rather than the test patients'. ")
     offset = float(np.log(positive / (1 - positive)))
     weighted = [name for name in names if values.loc[(name, "uncalibrated"), "class_weights"]]
     if weighted:
-        name = weighted[0]
+        name = max(weighted, key=lambda model: values.loc[(model, "uncalibrated"), "mean_probability"])
         before, scaled, platt = (values.loc[(name, method)] for method in ("uncalibrated", "temperature", "Platt"))
-        text += (f"Why a temperature alone cannot fix a class-weighted model: class weights make {name} train as "
-                 f"if both classes were equally common, so its mean probability is {before['mean_probability']:.3f} "
-                 f"where {positive:.3f} of the test patches are positive: the base rate puts an offset of about "
-                 f"log({positive:.2f} / {1 - positive:.2f}) = {offset:+.2f} into every logit, which the weights "
-                 f"took out. Dividing by "
-                 f"T = {scaled['temperature']:.2f} stretches or shrinks the logits around zero but adds nothing to "
-                 f"them, so the mean probability only moves to {scaled['mean_probability']:.3f} and no patch "
-                 f"crosses 0.5. Platt's intercept adds the missing shift (fitted: {platt['intercept']:+.2f}, with "
-                 f"slope {platt['slope']:.2f}), and the mean probability becomes {platt['mean_probability']:.3f}. ")
+        temperature = (f"Dividing by T = {scaled['temperature']:.2f} stretches or shrinks the logits around zero but "
+                       f"adds nothing to them: the mean probability moves only to {scaled['mean_probability']:.3f} "
+                       f"and no patch crosses 0.5. Platt's intercept adds a shift (fitted: {platt['intercept']:+.2f}, "
+                       f"with slope {platt['slope']:.2f}); the mean probability becomes "
+                       f"{platt['mean_probability']:.3f}. ")
+        if before["mean_probability"] > positive + base_rate_tolerance:
+            text += (f"Why a temperature alone cannot fix a class-weighted model: class weights make {name} train as "
+                     f"if both classes were equally common, so its mean probability is "
+                     f"{before['mean_probability']:.3f} where {positive:.3f} of the test patches are positive: the "
+                     f"base rate puts an offset of about log({positive:.2f} / {1 - positive:.2f}) = {offset:+.2f} "
+                     f"into every logit, which the weights took out. " + temperature)
+        else:
+            text += (f"Class weights, which count both classes as equally common, should raise the mean probability "
+                     f"above the positive share; {_names(weighted)} trained with them, yet {name}'s mean probability "
+                     f"is {before['mean_probability']:.3f} against a positive share of {positive:.3f}, so this run "
+                     "does not show that offset. Whatever the offset, a temperature cannot remove it. " + temperature)
     return text + "Neither changes an AUC: both keep the ranking, so a threshold must be chosen again after them."
 
 
