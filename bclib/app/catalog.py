@@ -180,8 +180,8 @@ def sample_images(
 
 
 def _with_a_mistake(candidates: SampleSet, choice: ModelChoice, n: int) -> tuple[list[int], str]:
-    """``n`` of the candidates (balanced order) with, when the model gets any wrong at its threshold, the first
-    of those in front; and what was found, in words."""
+    """The first ``n`` candidates (balanced classes) with, when the model gets none of them but some other
+    candidate wrong at its threshold, that one instead of the last of its class; and what was found, in words."""
     first = list(range(min(n, len(candidates.paths))))
     try:
         predictor = Predictor.load(choice.path)
@@ -192,7 +192,10 @@ def _with_a_mistake(candidates: SampleSet, choice: ModelChoice, n: int) -> tuple
     where = f"{predictor.model_name} at its threshold {predictor.threshold:.2f}"
     if not wrong:
         return first, f"; {where} calls all {len(decisions)} candidates as labelled, so none shown is wrong"
-    shown = [wrong[0], *[i for i in range(len(candidates.paths)) if i != wrong[0]][: n - 1]]
+    shown = first
+    if not set(first) & set(wrong):
+        same_class = [i for i in first if candidates.labels[i] == candidates.labels[wrong[0]]] or first
+        shown = [wrong[0] if i == same_class[-1] else i for i in first]
     count = sum(i in wrong for i in shown)
     return shown, (f"; {count} of them {'is' if count == 1 else 'are'} called wrongly by {where} "
                    f"({len(wrong)} of {len(decisions)} candidates are)")
