@@ -290,13 +290,23 @@ def test_samples_include_one_the_model_gets_wrong_or_say_none_is(run_folder, tmp
     assert [p.decision != t for p, t in zip(view.predictions, samples.labels)] == [True, False]
     assert "1 is called as labelled and 1 is not" in static_text(view)
 
-    def always_right(self, sources, **kwargs):
-        truth = {str(path): label for path, label in zip(candidates.paths, candidates.labels)}
-        return [Prediction(str(source), decision=truth[str(source)]) for source in sources]
-
     candidates = sample_images(None, dataset="idc", data_dir=data, n=12)
-    monkeypatch.setattr(Predictor, "predict_sources", always_right)
+    truth = {str(path): label for path, label in zip(candidates.paths, candidates.labels)}
+    wrong = {str(candidates.paths[7])}  # not among the first two: it replaces the one of its class
+
+    def right_but_one(self, sources, **kwargs):
+        flipped = {"IDC": "non-IDC", "non-IDC": "IDC"}
+        return [Prediction(str(s), decision=flipped[truth[str(s)]] if str(s) in wrong else truth[str(s)])
+                for s in sources]
+
+    monkeypatch.setattr(Predictor, "predict_sources", right_but_one)
     samples = sample_images(models, dataset="idc", data_dir=data, n=2)
+    assert samples.note.endswith("1 of them is called wrongly by tiny_transfer at its threshold 0.30 (1 of 12 "
+                                 "candidates is)")
+    assert str(candidates.paths[7]) in map(str, samples.paths) and sorted(samples.labels) == ["IDC", "non-IDC"]
+    wrong.clear()
+    samples = sample_images(models, dataset="idc", data_dir=data, n=2)
+    assert samples.paths == candidates.paths[:2]
     assert samples.note.endswith("tiny_transfer at its threshold 0.30 calls all 12 candidates as labelled, so none "
                                  "shown is wrong")
 

@@ -198,4 +198,4 @@ def _with_a_mistake(candidates: SampleSet, choice: ModelChoice, n: int) -> tuple
         shown = [wrong[0] if i == same_class[-1] else i for i in first]
     count = sum(i in wrong for i in shown)
     return shown, (f"; {count} of them {'is' if count == 1 else 'are'} called wrongly by {where} "
-                   f"({len(wrong)} of {len(decisions)} candidates are)")
+                   f"({len(wrong)} of {len(decisions)} candidates {'is' if len(wrong) == 1 else 'are'})")
