@@ -73,7 +73,8 @@ def test_calibration_methods_text_explains_why_temperature_cannot_fix_class_weig
 
 
 def test_reliability_grid_labels_every_panel_and_its_counts():
-    figure = evaluation_plots.reliability_grid(_Run())
+    assert len(evaluation_plots.reliability_grid(_Run()).axes[0].get_lines()) == 3  # diagonal, before, T
+    figure = evaluation_plots.reliability_grid(_Run(), platt=True)
     titles = [ax.get_title() for ax in figure.axes]
     assert titles.count("test patches per bin (colours as above)") == 2
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]

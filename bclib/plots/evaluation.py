@@ -88,10 +88,10 @@ def patients(run: Any, name: str) -> matplotlib.figure.Figure:
     return fig
 
 
-def reliability_grid(run: Any, columns: int = 3) -> matplotlib.figure.Figure:
+def reliability_grid(run: Any, columns: int = 3, platt: bool = False) -> matplotlib.figure.Figure:
     """One reliability diagram per model of ``run`` on test, with the bin counts below it: the observed
-    positive fraction per bin of predicted probability, uncalibrated and after the temperature and the
-    Platt scaling fitted on validation."""
+    positive fraction per bin of predicted probability, uncalibrated and after the temperature (and, with
+    ``platt``, the Platt scaling) fitted on validation."""
     from bclib.evaluation.calibration import (
         apply_platt, apply_temperature, expected_calibration_error, fit_platt, reliability_data,
     )
@@ -106,10 +106,10 @@ def reliability_grid(run: Any, columns: int = 3) -> matplotlib.figure.Figure:
         ax = fig.add_subplot(cell[0])
         ax_count = fig.add_subplot(cell[1], sharex=ax)
         temperature, scores = run.temperature(name), run.scores(name, "test")
-        slope, intercept = fit_platt(run.truth("val").astype(int), run.scores(name, "val"))
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-        series = {"uncalibrated": scores, f"T = {temperature:.2f}": apply_temperature(scores, temperature),
-                  "Platt": apply_platt(scores, slope, intercept)}
+        series = {"uncalibrated": scores, f"T = {temperature:.2f}": apply_temperature(scores, temperature)}
+        if platt:
+            series["Platt"] = apply_platt(scores, *fit_platt(run.truth("val").astype(int), run.scores(name, "val")))
         for offset, (label, values) in enumerate(series.items()):
             table = reliability_data(truth, values)
             width = (table["bin_high"] - table["bin_low"]) / len(series)
