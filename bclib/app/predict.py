@@ -32,6 +32,7 @@ MIN_TISSUE = 0.05
 #: and at least this median saturation (not grey).
 HE_MIN_SHARE = 0.3
 HE_MIN_SATURATION = 0.03
+#: About how many pixels of a large image the colour check reads (every n-th of every n-th row).
 COLOUR_PIXELS = 1_000_000
 #: What each dataset's images are: (stain, magnification); None where unknown.
 DATASET_INPUTS: dict[str, tuple[str | None, str | None]] = {
@@ -121,8 +122,7 @@ def tissue_share(image: np.ndarray) -> float:
 
 
 def he_like(image: np.ndarray) -> bool | None:
-    """Whether the tissue pixels are coloured like H&E (pink and purple); None when too little tissue to judge.
-    Large images are judged on every n-th pixel of every n-th row (about a megapixel)."""
+    """Whether the tissue pixels are coloured like H&E (pink and purple); None when too little tissue to judge."""
     step = max(1, int((image.shape[0] * image.shape[1] / COLOUR_PIXELS) ** 0.5))
     image = image[::step, ::step]
     pixels = image.reshape(-1, 3)
