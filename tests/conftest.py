@@ -8,6 +8,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("BCLIB_OFFLINE", "1")  # tests never reach for the internet (first-run tests use a local server)
 
 
 def shared_data_dir() -> Path | None:

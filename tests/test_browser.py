@@ -168,7 +168,7 @@ def test_upload_in_jupyterlab_shows_probability_and_heatmap(lab, browser, tmp_pa
     patch = _real_or_synthetic_patch(tmp_path)
     browser.find_element(By.ID, "bclib-test-file-input").send_keys(str(patch))
 
-    uploaded = ".widget-html .bclib-result"
+    uploaded = ".bclib-result"
     result = _wait_for(
         lambda: next((e for e in browser.find_elements(By.CSS_SELECTOR, uploaded) if patch.name in e.text), None),
         60, "the uploaded patch's result",
