@@ -15,7 +15,7 @@ import pytest
 
 from bclib.run import cli
 from bclib.run.commands import app
-from test_browser import CHROMEDRIVER, CHROMIUM, EXPOSE_FILE_INPUT, _free_port, _wait_for
+from test_browser import CHROMEDRIVER, CHROMIUM, EXPOSE_FILE_INPUT, _free_port, _wait_for, start_chromium
 from test_predict import save_tiny_model, write_tiny_idc
 
 RUN_ID = "run-app-page"
@@ -115,19 +115,9 @@ def app_server(tmp_path):
 @pytest.fixture()
 def offline_browser(tmp_path):
     """Headless Chromium that resolves no host but localhost, and logs every request it makes."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1300,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
+    driver = start_chromium(tmp_path, "--window-size=1300,1000",
+                            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+                            log_requests=True)
     try:
         yield driver
     finally:

@@ -99,8 +99,8 @@ def lab(tmp_path):
         log.close()
 
 
-@pytest.fixture()
-def browser(tmp_path):
+def start_chromium(tmp_path: Path, *extra_flags: str, log_requests: bool = False):
+    """Headless Chromium with a profile under ``tmp_path``; ``log_requests`` keeps Chrome's performance log."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -108,10 +108,18 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1400,1100", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", *extra_flags):
         options.add_argument(flag)
+    if log_requests:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_script_timeout(30)
+    return driver
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    driver = start_chromium(tmp_path, "--window-size=1400,1100")
     try:
         yield driver
     finally:
