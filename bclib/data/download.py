@@ -7,6 +7,7 @@ Before fetching on its own, ``bclib run`` asks :func:`offline_requested` and :fu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -365,6 +366,26 @@ def download(dataset: str, destination: Path | str | None = None, url: str | Non
     if destination is None:
         destination = paths.data_dir() / paths.DATASET_FOLDERS.get(source.name, (source.name,))[0]
     destination = Path(destination).expanduser()
+    with _one_process_at_a_time(destination.parent / f".{destination.name}.lock"):  # a second one waits, then reuses
+        return _download_into(source, destination, url, progress, timeout, force)
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time(lock_path: Path):
+    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; no lock elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:  # closing the file releases the lock
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _download_into(source: DatasetSource, destination: Path, url: str | None, progress: bool, timeout: float,
+                   force: bool) -> Path:
     record = (None if force else read_marker(destination)) or {"dataset": source.name, "files": [], "installed": []}
     if record.get("complete") and (url is None or url in {entry.get("url") for entry in record["files"]}):
         _say(progress, f"{source.name} is already downloaded in {destination}")

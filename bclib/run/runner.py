@@ -153,44 +153,29 @@ class DataChoice:
     note: str | None = None
 
 
-@contextlib.contextmanager
-def _one_process_at_a_time(lock_path: Path):
-    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; no lock elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:  # closing the file releases the lock
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def _fallback_dataset(offline: bool, log: Callable[[str], Any], progress: bool) -> tuple[Path | None, str]:
     """BreastMNIST's location and how it was had, or ``(None, why it cannot be had)``."""
     from bclib.data import download
 
     source = download.SOURCES[FALLBACK_DATASET]
-    with _one_process_at_a_time(paths.data_dir() / f".{FALLBACK_DATASET}.lock"):  # parallel runs fetch it once
-        found = paths.find_dataset_dir(FALLBACK_DATASET)
-        if found is not None and (found.is_file() or (found / f"{FALLBACK_DATASET}.npz").is_file()):
-            log(f"this run uses BreastMNIST at {found}, a real dataset ({source.title}; licence {source.licence})")
-            return found, f"BreastMNIST at {found}"
-        if offline:
-            return None, f"offline (--offline or {download.OFFLINE_ENVIRONMENT}=1)"
-        url = source.files[0].url
-        reason = download.unreachable_reason(url)
-        if reason is not None:
-            return None, reason
-        destination = paths.data_dir() / FALLBACK_DATASET
-        log(f"this run uses BreastMNIST, a real dataset: fetching {source.title}, licence {source.licence}, "
-            f"from {url} into {destination} (MD5-checked; --offline or {download.OFFLINE_ENVIRONMENT}=1 skips this)")
-        try:
-            location = download.download(FALLBACK_DATASET, destination, progress=progress)
-        except (download.DownloadError, OSError) as error:
-            return None, str(error).splitlines()[0]
-        return location, f"BreastMNIST downloaded into {location}"
+    found = paths.find_dataset_dir(FALLBACK_DATASET)
+    if found is not None and (found.is_file() or (found / f"{FALLBACK_DATASET}.npz").is_file()):
+        log(f"this run uses BreastMNIST at {found}, a real dataset ({source.title}; licence {source.licence})")
+        return found, f"BreastMNIST at {found}"
+    if offline:
+        return None, f"offline (--offline or {download.OFFLINE_ENVIRONMENT}=1)"
+    url = source.files[0].url
+    reason = download.unreachable_reason(url)
+    if reason is not None:
+        return None, reason
+    destination = paths.data_dir() / FALLBACK_DATASET
+    log(f"this run uses BreastMNIST, a real dataset: fetching {source.title}, licence {source.licence}, "
+        f"from {url} into {destination} (MD5-checked; --offline or {download.OFFLINE_ENVIRONMENT}=1 skips this)")
+    try:
+        location = download.download(FALLBACK_DATASET, destination, progress=progress)
+    except (download.DownloadError, OSError) as error:
+        return None, str(error).splitlines()[0]
+    return location, f"BreastMNIST downloaded into {location}"
 
 
 def choose_data(dataset: str, data: str | os.PathLike | None, profile: str, offline: bool | None = None,
