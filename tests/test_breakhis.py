@@ -136,7 +136,7 @@ def test_odd_names_are_problems_and_other_files_are_ignored(synthetic_breakhis: 
     assert len(index) == len(SYNTHETIC)
     assert index.ignored_files == 2
     assert [Path(p.path).name for p in index.problems] == ["random_name.png"]
-    assert index.counts()["unreadable"] == 1
+    assert index.counts()["skipped"] == 1
 
 
 def test_missing_and_wrong_layout(tmp_path: Path) -> None:

@@ -107,8 +107,8 @@ class DatasetIndex:
         return replace(self, frame=self.frame.iloc[rows], problems=list(self.problems))
 
     def counts(self) -> dict:
-        """Images, patients and images per class (by name), files the scan skipped (``skipped``;
-        ``unreadable`` repeats it for older callers) and ignored non-image files. No image is decoded:
+        """Images, patients and images per class (by name), files the scan skipped and ignored
+        non-image files. No image is decoded:
         :func:`bclib.data.check.check_dataset` finds the files that do not decode."""
         return {
             "dataset": self.name,
@@ -117,7 +117,6 @@ class DatasetIndex:
             "patients": int(self.frame["patient_id"].nunique()),
             "per_class": {name: int((self.frame["label"] == label).sum()) for label, name in enumerate(self.class_names)},
             "skipped": len(self.problems),
-            "unreadable": len(self.problems),
             "ignored_files": int(self.ignored_files),
             "synthetic": bool(self.synthetic),
         }
