@@ -108,7 +108,7 @@ def test_ece_resamples_centre_on_the_ece_and_pair_the_methods():
     y, prob = _shifted(3000)
     patients = np.repeat(np.arange(100), 30)
     better = calibration.apply_platt(prob, *calibration.fit_platt(y, prob))
-    resampled = calibration._ece_resamples(y.astype(bool), {"a": prob, "b": better}, patients, n_boot=200, seed=0)
+    resampled = calibration.ece_resamples(y.astype(bool), {"a": prob, "b": better}, patients, n_boot=200, seed=0)
     assert resampled["a"].shape == (200,)
     low, high = np.percentile(resampled["a"], [2.5, 97.5])
     assert low < calibration.expected_calibration_error(y, prob) < high

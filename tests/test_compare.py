@@ -75,13 +75,6 @@ def test_test_table_calibration_and_patients(run):
         low, high = table.attrs["intervals"][name]["specificity"]
         assert low <= values.loc[name, "specificity"] <= high
     assert "specificity from" in findings.test_table_text(table)
-    calibrated = run.calibration_table(n_boot=30)
-    assert (calibrated["temperature"] > 0).all() and calibrated["ece"].between(0, 1).all()
-    assert calibrated.attrs["positive_fraction"] == pytest.approx(run.truth("test").mean())
-    assert not calibrated["class weights"].any()  # the fixture trains without class weights
-    for name in run.names:  # a temperature moves the mean probability
-        scaled = calibration.apply_temperature(run.scores(name, "test"), run.temperature(name))
-        assert calibrated.loc[name, "mean_probability_scaled"] == pytest.approx(scaled.mean())
     patients = run.patient_table(run.names[0])
     assert patients["n"].sum() == len(run.truth("test"))
     worst = run.worst_patients(run.names[0], k=2)
@@ -142,7 +135,7 @@ def test_figures_and_evaluation_file(run):
     assert len(figures) == 1 and slides["split"].tolist() == ["test"]
     assert slides.loc[0, "patches"] == int((run.patient_ids("test") == str(test_patient)).sum())
     ranking = run.ranking(n_boot=10)
-    path = run.write_evaluation(session, run.table(n_boot=10), run.calibration_table(n_boot=10), ranking)
+    path = run.write_evaluation(session, run.table(n_boot=10), calibration.methods_table(run, n_boot=10), ranking)
     saved = json.loads(path.read_text())
     assert saved["models"] == run.names and len(saved["ranking"]) == len(run.names)
     assert saved["test"][0]["roc_auc"] == pytest.approx(run.table(n_boot=10).attrs["values"]["roc_auc"].iloc[0])
@@ -176,8 +169,6 @@ def test_leakage_lesson_scores_both_models_on_the_same_test_patches(run):
     assert gap["n_images"] == table["test images"].iloc[0] and gap["test_patients_seen"] > 0
     assert gap["difference"] == pytest.approx(table.loc[leakage.LEAKY, "test ROC-AUC"]
                                               - table.loc[leakage.HONEST, "test ROC-AUC"])
-    text = findings.leakage_text(gap, 1)
-    assert f"{gap['difference']:+.3f}" in text and "after 1 epoch," in text
 
 
 # --------------------------------------------------------------------------- figures
@@ -215,27 +206,6 @@ def test_ranking_text_calls_a_difference_real_only_when_its_interval_excludes_ze
     assert "model_1 started from random weights (ImageNet weights were missing)" in real
 
 
-def _calibration(ece_scaled, intervals, mean_probability, mean_scaled, class_weights=(False, True)) -> pd.DataFrame:
-    table = pd.DataFrame({"temperature": [1.4, 0.8], "ece": [0.10, 0.05], "ece_scaled": ece_scaled,
-                          "mean_probability": mean_probability, "mean_probability_scaled": mean_scaled,
-                          "class weights": list(class_weights)}, index=pd.Index(["a", "b"], name="model"))
-    table.attrs.update(positive_fraction=0.28, change_intervals=dict(zip("ab", intervals)))
-    return table
-
-
-def test_calibration_text_judges_changes_by_their_intervals_and_explains_them_by_the_means():
-    text = findings.calibration_text(_calibration([0.04, 0.08], [[-0.09, -0.02], [0.01, 0.05]], [0.30, 0.45],
-                                                  [0.29, 0.49]))
-    assert "really lowered it for a" in text and "really raised it for b" in text
-    assert "for b, the mean probability moved away from the positive share 0.280 (b 0.450 -> 0.490)" in text
-    assert "The mean probabilities of b (0.450) sit far from the positive share" in text
-    assert "b trained with class weights" in text and "cannot move" not in text
-    noisy = findings.calibration_text(_calibration([0.09, 0.06], [[-0.05, 0.02], [-0.01, 0.04]], [0.30, 0.29],
-                                                   [0.30, 0.285]))
-    assert "No change can be told from noise" in noisy and "really" not in noisy
-    assert "moved closer to the positive share" in noisy and "shifted base rate" not in noisy
-
-
 def test_models_text_calls_a_near_tie_and_names_missing_imagenet_weights():
     table = pd.DataFrame({"started from": ["trained from scratch", "random weights (ImageNet weights were missing)"],
                           "validation ROC-AUC": [0.8754, 0.8750]}, index=["cnn", "mobilenetv2"])
@@ -264,19 +234,3 @@ def test_slides_text_says_which_patients_the_model_learnt_from():
     assert "10253 (549 patches, within-slide AUC 0.970)" in text
     assert "the held-out test patient 9001 (40 patches, within-slide AUC n/a)" in text and "(s)" not in text
     assert "no test patient is shown" in findings.slides_text(table.iloc[:1])
-
-
-def test_leakage_text_follows_the_sign_and_the_interval():
-    base = {"a": 0.80, "n_images": 100, "n_patients": 10}
-    flattered = findings.leakage_text({**base, "b": 0.90, "difference": 0.10, "ci": [0.05, 0.15],
-                                          "excludes_zero": True}, 3)
-    assert "+0.100" in flattered and "flattered" in flattered
-    noise = findings.leakage_text({**base, "b": 0.81, "difference": 0.01, "ci": [-0.02, 0.04],
-                                      "excludes_zero": False}, 1)
-    assert "cannot be told from noise" in noise
-    lower = findings.leakage_text({**base, "b": 0.70, "difference": -0.10, "ci": [-0.15, -0.05],
-                                      "excludes_zero": True}, 1)
-    assert "scored lower, beyond noise" in lower and "flattered" not in lower
-    single = findings.leakage_text({**base, "b": 0.80, "difference": 0.0, "ci": [0.0, 0.0], "excludes_zero": False,
-                                       "test_patients_seen": 0}, 1)
-    assert "cannot leak this way" in single

@@ -114,7 +114,7 @@ def apply_platt(p, slope: float, intercept: float) -> np.ndarray:
     return expit(float(slope) * _logit(np.asarray(p, dtype=np.float64)) + float(intercept))
 
 
-def _ece_resamples(truth: np.ndarray, scores: dict[str, np.ndarray], patient_ids: np.ndarray, n_boot: int,
+def ece_resamples(truth: np.ndarray, scores: dict[str, np.ndarray], patient_ids: np.ndarray, n_boot: int,
                    seed: int, n_bins: int = 10) -> dict[str, np.ndarray]:
     """Each score set's ECE on the same ``n_boot`` patient resamples (one value per resample)."""
     from bclib.evaluation.bootstrap import _resample_weights, patient_codes
@@ -152,7 +152,7 @@ def methods_table(run, n_boot: int = 1000, n_bins: int = 10) -> pd.DataFrame:
         slope, intercept = fit_platt(val_truth, val_scores)
         calibrated = {"uncalibrated": scores, "temperature": apply_temperature(scores, temperature),
                       "Platt": apply_platt(scores, slope, intercept)}
-        resampled = _ece_resamples(truth, calibrated, patients, n_boot, run.session.seed, n_bins)
+        resampled = ece_resamples(truth, calibrated, patients, n_boot, run.session.seed, n_bins)
         weighted = bool(run.entry(name).card["params"].get("class_weight"))
         for method, p in calibrated.items():
             ece = expected_calibration_error(truth.astype(int), p, n_bins)

@@ -17,8 +17,7 @@ import pandas as pd
 
 from bclib.evaluation import calibration, metrics, modelcard
 from bclib.evaluation.bootstrap import (
-    _resample_weights, binary_metrics_with_ci, format_interval, paired_bootstrap_difference, patient_codes,
-    percentile_interval,
+    binary_metrics_with_ci, format_interval, paired_bootstrap_difference, percentile_interval,
 )
 from bclib.evaluation.conclusions import METRIC_LABELS, load_predictions
 from bclib.evaluation.experiment import Predictions, predict_split
@@ -45,16 +44,12 @@ def value_with_interval(value: float | None, interval: Any) -> str:
 def ece_change_interval(truth: np.ndarray, before: np.ndarray, after: np.ndarray, patient_ids: np.ndarray,
                         n_boot: int, seed: int, n_bins: int = 10) -> list[float] | None:
     """95 % interval of ECE(after) - ECE(before) over the same patient resamples (``None``: one patient)."""
-    codes, n_patients = patient_codes(patient_ids, len(truth))
-    if n_patients < 2:
+    if len(np.unique(np.asarray(patient_ids))) < 2:
         return None
-    error = np.asarray(truth, dtype=float)
-    # ECE = sum over bins of |sum of (p - y) in the bin| / N, each image weighted by its patient's draws
-    gaps = [np.eye(n_bins)[calibration._bin_index(np.asarray(p, dtype=float), n_bins)] * (p - error)[:, None]
-            for p in (before, after)]
-    changes = [(np.abs(weights @ gaps[1]).sum(1) - np.abs(weights @ gaps[0]).sum(1)) / weights.sum(1)
-               for weights in _resample_weights(codes, n_patients, int(n_boot), seed)]
-    interval = percentile_interval(np.concatenate(changes))
+    resampled = calibration.ece_resamples(truth, {"before": np.asarray(before, dtype=float),
+                                                  "after": np.asarray(after, dtype=float)},
+                                          patient_ids, n_boot, seed, n_bins)
+    interval = percentile_interval(resampled["after"] - resampled["before"])
     return None if interval is None else list(interval)
 
 
@@ -212,24 +207,6 @@ class RunComparison:
               "cell: the value and its 95 % interval over patients (the Brier score and the threshold: value only)")
         return self._attrs(pd.DataFrame(rows).set_index("model"), values=pd.DataFrame(values).T,
                            intervals=intervals, rules=sorted({entry.threshold_rule for entry in self.models}))
-
-    def calibration_table(self, n_boot: int = 1000) -> pd.DataFrame:
-        """Test ECE before and after temperature scaling fitted on validation, the change with its paired
-        patient interval, and the mean predicted probability before and after beside the positive share."""
-        truth, patients = self.truth("test"), self.patient_ids("test")
-        rows, intervals = [], {}
-        for name in self.names:
-            temperature, scores = self.temperature(name), self.scores(name, "test")
-            scaled = calibration.apply_temperature(scores, temperature)
-            ece, ece_scaled = (calibration.expected_calibration_error(truth.astype(int), p) for p in (scores, scaled))
-            intervals[name] = ece_change_interval(truth, scores, scaled, patients, n_boot, self.session.seed)
-            rows.append({"model": name, "temperature": temperature, "ece": ece, "ece_scaled": ece_scaled,
-                         "ece change [95% CI]": f"{ece_scaled - ece:+.3f} {format_interval(intervals[name])}",
-                         "mean_probability": float(scores.mean()), "mean_probability_scaled": float(scaled.mean()),
-                         "class weights": bool(self.entry(name).card["params"].get("class_weight"))})
-        print(f"test split: {truth.mean():.3f} of the patches are {self.positive_name} (the positive share)")
-        return self._attrs(pd.DataFrame(rows).set_index("model"), positive_fraction=float(truth.mean()),
-                           change_intervals=intervals)
 
     def patient_table(self, name: str) -> pd.DataFrame:
         """One row per test patient: true and predicted positive fractions, per-patient rates."""

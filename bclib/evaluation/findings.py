@@ -132,54 +132,6 @@ def operating_points_text(values: pd.DataFrame, best: str, change: dict) -> str:
                    "unless this run used their split. Both thresholds were chosen on validation only.")
 
 
-def calibration_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> str:
-    """What temperature scaling did to each model's test ECE, judged by its paired interval, and what the mean
-    probabilities say about it (``table`` from ``RunComparison.calibration_table``).
-
-    A mean probability further than ``base_rate_tolerance`` from the positive share is a shifted base rate.
-    """
-    positive, intervals = table.attrs["positive_fraction"], table.attrs["change_intervals"]
-    changes = "; ".join(f"{name} {row['ece']:.3f} -> {row['ece_scaled']:.3f} (T = {row['temperature']:.2f}; change "
-                        f"{'without interval' if intervals[name] is None else ci_text(*intervals[name], signed=True)})"
-                        for name, row in table.iterrows())
-    lowered = [str(name) for name in table.index if intervals[name] and intervals[name][1] < 0]
-    raised = [str(name) for name in table.index if intervals[name] and intervals[name][0] > 0]
-    noise = [str(name) for name in table.index if str(name) not in lowered + raised]
-    text = f"test ECE before -> after temperature scaling fitted on validation: {changes}. "
-    if lowered:
-        text += f"Scaling really lowered it for {_names(lowered)} (the interval of the change lies below zero). "
-    if raised:
-        text += f"It really raised it for {_names(raised)} (the interval lies above zero). "
-    if noise:
-        text += (f"For {_names(noise)} the change is within noise (the interval includes zero). " if lowered or raised
-                 else "No change can be told from noise: every interval includes zero. ")
-    before, after = ((table[column] - positive).abs() for column in ("mean_probability", "mean_probability_scaled"))
-    rose = table.index[table["ece_scaled"] > table["ece"]]
-    away = [str(name) for name in rose if after[name] > before[name]]
-    closer = [str(name) for name in rose if after[name] <= before[name]]
-    text += ("A temperature moves the mean probability too: T > 1 pulls every probability toward 0.5, T < 1 pushes "
-             "it away. ")
-    if away:
-        text += (f"Where ECE rose, for {_names(away)}, the mean probability moved away from the positive share "
-                 f"{positive:.3f} (" + ", ".join(f"{name} {table.loc[name, 'mean_probability']:.3f} -> "
-                                                f"{table.loc[name, 'mean_probability_scaled']:.3f}" for name in away)
-                 + "). ")
-    if closer:
-        text += (f"For {_names(closer)} ECE rose although the mean probability moved closer to the positive share: "
-                 "the temperature fitted on the validation patients spreads the test probabilities less well. ")
-    shifted = [str(name) for name in table.index if before[name] > base_rate_tolerance]
-    if shifted:
-        weighted = [name for name in shifted if table.loc[name, "class weights"]]
-        text += (f"The mean probabilities of {_names(shifted)} ("
-                 + ", ".join(f"{table.loc[name, 'mean_probability']:.3f}" for name in shifted)
-                 + f") sit far from the positive share: a shifted base rate"
-                 + (f"; {_names(weighted)} trained with class weights, which count both classes as equally common"
-                    if weighted else "")
-                 + ". A temperature stretches or shrinks the logits around zero, so every probability stays on its "
-                 "side of 0.5 and such an offset stays; an intercept, as in Platt scaling, shifts it (exercise 4). ")
-    return text + "The AUCs are unchanged: a temperature keeps the ranking."
-
-
 def _change(row: pd.Series) -> str:
     interval = row["change_ci"]
     return "no interval" if interval is None else ci_text(*interval, signed=True)
@@ -329,29 +281,6 @@ def slides_text(table: pd.DataFrame) -> str:
     else:
         parts.append("no test patient is shown: add a test patient's id to `slide_patients` for an honest map")
     return "; ".join(parts) + "."
-
-
-def leakage_text(difference: dict, epochs: int) -> str:
-    """What the leaky split did to the test AUC (``difference`` from ``LeakageLesson.difference``, with
-    ``test_patients_seen``: how many test patients the leaky training set holds)."""
-    gap, interval = difference["difference"], difference["ci"]
-    if not difference.get("test_patients_seen", 1):
-        return ("no test patient has a second image that could move into training (one image per patient here), so "
-                "this dataset cannot leak this way: both copies trained on the same images.")
-    text = (f"after {_plural(epochs, 'epoch')}, the copy trained with other patches of the test patients scores "
-            f"ROC-AUC {difference['b']:.3f} on the same {difference['n_images']} test patches where the patient-level "
-            f"copy scores {difference['a']:.3f}: a gap of {gap:+.3f} ")
-    if interval is None:
-        return text + "(no interval: too few patients). It is a lesson, never a result."
-    text += f"({ci_text(*interval, signed=True)} over {difference['n_patients']} patients). "
-    if not difference["excludes_zero"]:
-        return text + ("The interval includes zero: with this little training the leak cannot be told from noise "
-                       "here. Whether longer training, which lets a model memorise more of each patient, opens a gap "
-                       "is exercise 2; this run does not show one.")
-    return text + ("Seeing the test patients flattered the model: an image-level split would overstate its AUC by "
-                   "about this much, by rewarding it for recognising patients rather than the disease. " if gap > 0 else
-                   "The leaky copy scored lower, beyond noise: at this length of training the patches it gave up were "
-                   "worth more than seeing the test patients. ") + "It is a lesson, never a result."
 
 
 def memoriser_text(series: Any) -> str:
