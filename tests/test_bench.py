@@ -21,12 +21,14 @@ RATIO_KEYS = {
     "pipeline": ("pipeline_img_per_s", "in_ram_img_per_s"),
     "features": ("head_epochs_per_s", "frozen_epochs_per_s"),
     "inference": ("predict_img_per_s", "raw_predict_img_per_s"),
+    "app": ("app_median_ms", "predict_median_ms"),
     "memory": ("anon_growth_mb", "packed_mb"),
 }
 #: Figures that must be positive wherever a row reports them (memory growth may be zero or negative).
 POSITIVE_KEYS = {"decode_img_per_s", "cached_img_per_s", "pipeline_img_per_s", "in_ram_img_per_s",
                  "head_epochs_per_s", "frozen_epochs_per_s", "predict_img_per_s", "raw_predict_img_per_s",
-                 "median_ms", "p90_ms", "peak_rss_mb", "packed_mb", "images"}
+                 "median_ms", "p90_ms", "peak_rss_mb", "packed_mb", "images", "app_median_ms", "app_p90_ms",
+                 "predict_median_ms", "predict_p90_ms", "start_s", "first_ms"}
 
 
 def test_parse_sections_keeps_table_order_and_rejects_typos():
@@ -135,6 +137,35 @@ def test_bench_tiny_writes_every_section(capsys):
     assert len(latency) == 2 and all(row["measured"]["median_ms"] <= row["measured"]["p90_ms"] for row in latency)
     aucs = data["sections"]["features"][0]["measured"]
     assert all(0.0 <= aucs[key] <= 1.0 for key in ("head_val_auc", "frozen_val_auc"))
+
+
+def test_app_section_times_uploads_against_predict_and_the_first_upload():
+    """The app section on the tiny data with a small CNN: upload-to-result and bclib predict figures, without
+    and with Grad-CAM, and the first upload against the median; every printed figure present and positive."""
+    from dataclasses import replace
+
+    from bclib.run.bench import run_bench, tiny_settings
+
+    report = run_bench(tiny=True, only="app", settings=replace(tiny_settings(), app_model="baseline_cnn"),
+                       log=lambda message: None)
+    table = report.table()
+    rows = report.rows
+    assert [row.status for row in rows] == ["ok"] * 4, [row.note for row in rows]
+    assert [row.what.split(":")[0] for row in rows] == [
+        "app / bclib predict, predict only", "app first upload / median upload, predict only",
+        "app / bclib predict, with Grad-CAM", "app first upload / median upload, with Grad-CAM"]
+    for versus_predict, first_upload in (rows[0:2], rows[2:4]):
+        figures = versus_predict.measured
+        assert set(figures) == {"app_median_ms", "app_p90_ms", "predict_median_ms", "predict_p90_ms"}
+        assert versus_predict.ratio == pytest.approx(figures["app_median_ms"] / figures["predict_median_ms"])
+        assert figures["app_median_ms"] <= figures["app_p90_ms"]
+        assert set(first_upload.measured) == {"start_s", "first_ms", "median_ms"}
+        assert first_upload.measured["median_ms"] == figures["app_median_ms"]  # the same uploads
+        assert first_upload.ratio == pytest.approx(first_upload.measured["first_ms"] / figures["app_median_ms"])
+        for row in (versus_predict, first_upload):
+            assert all(value > 0 for value in row.measured.values()), row.measured
+            assert row.measured_text() in table and row.what in table
+    assert "baseline_cnn" in rows[0].what and "Grad-CAM" in rows[2].note and "Grad-CAM" not in rows[0].note
 
 
 def test_calibrate_batchnorm_matches_the_data_and_keeps_weights():

@@ -217,6 +217,23 @@ def test_gradcam_overlay_or_a_clear_fallback(run_folder, files, monkeypatch, bro
     assert "Grad-CAM failed for this model: no convolution to explain" in shown
 
 
+def test_the_app_compiles_each_model_when_it_loads_and_can_skip_gradcam(run_folder, files, browser):
+    from bclib.evaluation import explain
+
+    models = find_models(run_id=run_folder.name, reports_root=run_folder.parent)
+    app = PredictApp(models)
+    forward = explain._FORWARD_CACHE[app.predictor.model][None]
+    assert forward._compiled is not None and app.predictor.model.predict_function is not None  # before any upload
+    app.model_selector.value = 1
+    assert explain._FORWARD_CACHE[app.predictor.model][None]._compiled is not None
+    plain = PredictApp(models, explain=False)
+    assert plain.predictor.model not in explain._FORWARD_CACHE
+    plain.upload.value = upload_value([files["rgb"]])
+    shown = on_screen(plain, browser)
+    assert plain.predictions[0].ok and "bclib-input" in shown and "bclib-heatmap" not in shown
+    assert "Grad-CAM" not in shown
+
+
 def test_a_card_with_a_bad_threshold_is_not_offered_and_not_loaded(tmp_path):
     import json
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import ipywidgets
+import numpy as np
 from IPython.display import display
 
 from bclib.app.catalog import NO_MODEL_MESSAGE, ModelChoice, SampleSet, sort_best_first
@@ -20,6 +21,7 @@ from bclib.app.views import (
 )
 from bclib.data.imageio import IMAGE_SUFFIXES
 from bclib.display import banner_html
+from bclib.evaluation.explain import EAGER_CALLS
 from bclib.evaluation.findings import _plural
 from bclib.evaluation.modelcard import ModelLoadError
 
@@ -62,6 +64,21 @@ def _close_all(widget: ipywidgets.Widget) -> None:
     widget.close()
 
 
+def warm_up(predictor: Predictor, explain: bool = True) -> Predictor:
+    """``predictor`` after predicting (and explaining) a blank patch until the model and Grad-CAM are
+    compiled, so an upload does not pay for it; a model that fails here shows its error on its first upload."""
+    size = predictor.trained_on.patch_size
+    blank = np.full((size, size, 3), 255, np.uint8)
+    try:
+        for _ in range(EAGER_CALLS + 1):  # Grad-CAM compiles on the call after its eager ones
+            predictions = predictor.predict_images([blank])
+            if explain:
+                gradcam_overlays(predictor, predictions)
+    except Exception:  # the upload will say what is wrong, in the page
+        pass
+    return predictor
+
+
 #: The frame of one result card in the live app (the static view's card has the same in its HTML).
 CARD_LAYOUT = dict(border="1px solid #ddd", padding="8px 12px", margin="8px 0", max_width="760px")
 
@@ -74,6 +91,8 @@ class PredictApp:
     value is emptied right after, each result's pictures go to the browser in a widget whose kernel copy is
     emptied (:func:`shown_once`), and the decoded images are dropped; a new threshold redraws only the text.
     The browser holds the pictures on show until they are replaced, :meth:`clear` is called or the page closes.
+    Each model is compiled when it is loaded (:func:`warm_up`), not on its first upload. ``explain=False``
+    draws no Grad-CAM.
     """
 
     def __init__(
@@ -81,8 +100,10 @@ class PredictApp:
         models: Sequence[ModelChoice],
         samples: SampleSet | Sequence[str | os.PathLike] = (),
         threshold: float | None = None,
+        explain: bool = True,
     ):
         self.models = sort_best_first(models)
+        self.explain = explain
         self.samples = samples if isinstance(samples, SampleSet) else SampleSet([Path(p) for p in samples])
         self._predictors: dict[Path, Predictor] = {}
         self.predictions: list[Prediction] = []
@@ -134,7 +155,7 @@ class PredictApp:
         choice = self.models[index]
         try:
             if choice.path not in self._predictors:
-                self._predictors[choice.path] = Predictor.load(choice.path)
+                self._predictors[choice.path] = warm_up(Predictor.load(choice.path), self.explain)
             self.predictor = self._predictors[choice.path]
         except ModelLoadError as error:
             self.predictor = None
@@ -208,7 +229,8 @@ class PredictApp:
     # -- drawing --------------------------------------------------------------------------
     def _draw(self, predictions: list[Prediction], truths: list[str | None]) -> None:
         """One card per result (pictures sent once, then dropped from the kernel) under the summary."""
-        overlays = gradcam_overlays(self.predictor, predictions)
+        overlays = (gradcam_overlays(self.predictor, predictions) if self.explain
+                    else [(None, None)] * len(predictions))
         cards, details = [], []
         for prediction, (overlay_image, message), truth in zip(predictions, overlays, truths):
             if not prediction.ok:

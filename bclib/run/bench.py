@@ -2,8 +2,10 @@
 
 Sections: ``pack`` (PNG decode against the complete cache), ``pipeline`` (tf.data with augmentation
 against ``model.fit`` on an array in RAM), ``features`` (a head on cached features against the frozen
-backbone), ``inference`` (``bclib predict`` on a folder against raw ``model.predict``; latency) and
-``memory`` (peak resident memory against the packed array). Targets are goals for this machine, never
+backbone), ``inference`` (``bclib predict`` on a folder against raw ``model.predict``; latency), ``app``
+(the prediction app's upload-to-drawn-result time against ``bclib predict``'s per image; its first upload
+against the later ones), ``memory`` (peak resident memory against the packed array) and ``large`` (peak
+memory of ``bclib predict`` on large images against patches). Targets are goals for this machine, never
 asserted by tests: figures on a shared, loaded CPU vary.
 """
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from bclib.run.bench_tools import (BenchError, BenchReport, BenchRow, describe_environment, folder_throughput,
-                                   linked_folder, measure_latency, measure_memory, measure_memory_in_subprocess,
-                                   ratio_row, run_fresh_python, saved_for_predict, subsample)
+                                   linked_folder, measure_app_latency, measure_latency, measure_memory,
+                                   measure_memory_in_subprocess, ratio_row, run_fresh_python, saved_for_predict,
+                                   subsample)
 
 @dataclass
 class BenchSettings:
@@ -37,6 +40,8 @@ class BenchSettings:
     inference_images: int = 1024
     latency_calls: int = 50
     gradcam_calls: int = 10  # Grad-CAM latency is measured on fewer calls (it is slower)
+    app_model: str = "mobilenetv2"  # the model behind the app section (any bclib.models.builders name)
+    app_uploads: int = 30  # timed uploads per app, after its first
     memory_train_images: int = 4096
     max_images: int | None = None  # cap on the whole dataset (None: all of it)
     workers: int = 2
@@ -48,7 +53,7 @@ def tiny_settings() -> BenchSettings:
     """Every section on a small synthetic dataset (the CI run)."""
     return BenchSettings(mobilenet_size=32, batch_size=32, pipeline_images=192, mobilenet_images=64,
                          timed_epochs=2, feature_images=128, feature_epochs=2, inference_images=64,
-                         latency_calls=3, gradcam_calls=2, memory_train_images=128, memory_subprocess=False)
+                         latency_calls=3, gradcam_calls=2, app_uploads=3, memory_train_images=128, memory_subprocess=False)
 
 
 @dataclass
@@ -231,6 +236,42 @@ def bench_inference(context: BenchContext) -> list[BenchRow]:
     return rows
 
 
+def bench_app(context: BenchContext) -> list[BenchRow]:
+    """The prediction app (notebook 08, ``bclib app``) from an upload to its drawn result, without and with
+    Grad-CAM, against ``bclib predict``'s per-image time on the same model and image; and its first upload
+    against the later ones, which shows whether compiling happened when the app started."""
+    from bclib.data.imageio import read_image
+    from bclib.models.builders import build_model
+
+    settings, index = context.settings, context.index
+    name, size, n = settings.app_model, settings.mobilenet_size, settings.app_uploads
+    model = build_model(name, input_size=size, weights=None, seed=settings.seed)
+    model_path = saved_for_predict(model, context.work_dir / "app_model", size, pack_size=settings.pack_size)
+    image_file = Path(index.frame["path"].iloc[int(subsample(len(index), 1, settings.seed)[0])])
+    image = read_image(image_file)
+    rows = []
+    for explain in (False, True):
+        mode = "with Grad-CAM" if explain else "predict only"
+        app = measure_app_latency(model_path, image_file, n, explain)
+        predict = measure_latency(model, image, n=n, with_gradcam=explain)
+        rows.append(ratio_row(
+            "app", f"app / bclib predict, {mode}: {name} {size}",
+            {"app_median_ms": app["median_ms"], "app_p90_ms": app["p90_ms"],
+             "predict_median_ms": predict["median_ms"], "predict_p90_ms": predict["p90_ms"]},
+            "app_median_ms", "predict_median_ms", None, "report",
+            note=f"upload to drawn result: {n} uploads of one {image.shape[1]}x{image.shape[0]} PNG ({image_file.name}), in-process "
+                 "(FileUpload value set, result drawn: decode, pack, predict" + (", Grad-CAM" if explain else "")
+                 + ", pictures encoded), against bclib predict's prepare + predict"
+                 + (" + Grad-CAM" if explain else "") + f" of the decoded image ({n} calls after its warm-up)"))
+        rows.append(ratio_row(
+            "app", f"app first upload / median upload, {mode}: {name} {size}",
+            {"start_s": app["start_s"], "first_ms": app["first_ms"], "median_ms": app["median_ms"]},
+            "first_ms", "median_ms", 2.0, "<= 2x", higher_is_better=False,
+            note=f"the app started in {app['start_s']:.2f} s (model loaded, then compiled on a blank patch), "
+                 f"so its first upload should cost about what the {n} later ones do"))
+    return rows
+
+
 def bench_memory(context: BenchContext) -> list[BenchRow]:
     """Peak memory while packing (a quarter and all of the data) and while training.
 
@@ -312,7 +353,7 @@ def bench_large_images(context: BenchContext) -> list[BenchRow]:
 
 SECTION_FUNCTIONS: dict[str, Callable[[BenchContext], list[BenchRow]]] = {
     "pack": bench_pack, "pipeline": bench_pipeline, "features": bench_features,
-    "inference": bench_inference, "memory": bench_memory, "large": bench_large_images,
+    "inference": bench_inference, "app": bench_app, "memory": bench_memory, "large": bench_large_images,
 }
 SECTIONS = tuple(SECTION_FUNCTIONS)
 

@@ -267,14 +267,43 @@ def measure_latency(model: Any, image: np.ndarray, n: int = 50, with_gradcam: bo
             "warmup_calls": warmup}
 
 
-def saved_for_predict(model: Any, directory: Path, size: int) -> Path:
-    """``model.keras`` and a model card in ``directory``, as ``bclib predict`` loads them."""
+def measure_app_latency(model_path: Path, image_file: Path, n: int, explain: bool) -> dict[str, float]:
+    """The prediction app's time from an upload to its drawn result, in ms, driven in-process as the page
+    drives it: start the app (it loads and compiles the model), then set the upload's value ``n + 1`` times.
+    The first upload is reported apart (``first_ms``), ``start_s`` is the app's start."""
+    from datetime import datetime, timezone
+
+    from bclib.app.catalog import find_models
+    from bclib.app.widgets import PredictApp
+
+    content = Path(image_file).read_bytes()
+    start = time.perf_counter()
+    app = PredictApp(find_models(model_path=model_path), explain=explain)
+    start_seconds = time.perf_counter() - start
+    timings = []
+    for _ in range(n + 1):
+        upload = {"name": Path(image_file).name, "type": "image/png", "size": len(content),
+                  "content": memoryview(content), "last_modified": datetime.now(timezone.utc)}
+        start = time.perf_counter()
+        app.upload.value = (upload,)  # the observer predicts and draws before this returns
+        timings.append((time.perf_counter() - start) * 1000.0)
+        if len(app.predictions) != 1 or not app.predictions[0].ok or len(app.output.children) != 2:
+            raise BenchError(f"the app drew no result for {image_file}: {app.status.value}")
+    app.clear()
+    later = timings[1:]
+    return {"start_s": start_seconds, "first_ms": timings[0], "median_ms": float(np.median(later)),
+            "p90_ms": float(np.percentile(later, 90)), "n": n}
+
+
+def saved_for_predict(model: Any, directory: Path, size: int, pack_size: int | None = None) -> Path:
+    """``model.keras`` and a model card in ``directory``, as ``bclib predict`` loads them (``pack_size``: the
+    square images were packed at before the model's resize, as training records it)."""
     from bclib.evaluation.modelcard import write_card
 
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / "model.keras")
     write_card({"model_name": "mobilenetv2", "notebook": "bench", "class_names": ["non-IDC", "IDC"],
-                "positive_label": 1, "input_size": size,
+                "positive_label": 1, "input_size": size, **({"pack_size": pack_size} if pack_size else {}),
                 "threshold": {"value": 0.5, "method": "fixed", "chosen_on": "none"},
                 "weights": {"requested": None, "used": "random", "note": "bench: speed only, untrained"}}, directory)
     return directory / "model.keras"
