@@ -63,8 +63,10 @@ SMALL_DATASET_TRAINING: dict[str, dict[str, dict[str, int]]] = {
 }
 
 
-#: The split used when a notebook's ``split`` parameter is None: official where one is published.
-DEFAULT_SPLITS: dict[str, str] = {"breastmnist": "official", "pcam": "official"}
+#: The split used when a notebook's ``split`` parameter is None: IDC's benchmark split (test = the 2016
+#: benchmark's held-out patients; falls back to ``patient`` on data without them), official where one is
+#: published, else by patient.
+DEFAULT_SPLITS: dict[str, str] = {"idc": "benchmark", "breastmnist": "official", "pcam": "official"}
 
 
 def default_split(dataset: str) -> str:

@@ -25,7 +25,7 @@ from IPython.display import display
 
 from bclib import __version__, paths, profiles
 from bclib.display import SYNTHETIC_BANNER, in_notebook, show_banner
-from bclib.data.datasets import DatasetIndex, scan
+from bclib.data.datasets import DatasetError, DatasetIndex, scan
 
 #: Set to "1" by ``bclib run`` for the kernels it starts, where widgets (progress bars) do not render.
 BATCH_ENVIRONMENT = "BCLIB_BATCH"
@@ -195,8 +195,13 @@ class Session:
         plt.close(fig)
 
     def card_base(self, model_name: str) -> dict[str, Any]:
-        """The model-card fields every trained model of this session shares."""
-        return {
+        """The model-card fields every trained model of this session shares, with the ``input`` it was trained
+        on (patch size, magnification when known, stain), which the app and ``bclib predict`` read."""
+        from dataclasses import asdict
+
+        from bclib.app.predict import training_input
+
+        card = {
             "model_name": model_name,
             "notebook": self.notebook,
             "run_id": self.run_id,
@@ -225,6 +230,8 @@ class Session:
             "params": {"profile": self.settings["profile"]},
             "versions": library_versions(),
         }
+        card["input"] = asdict(training_input(card))
+        return card
 
     def show(self) -> None:
         """Print data, classes, split, cache, run folder and device, below the synthetic-data banner if any."""
@@ -240,6 +247,7 @@ class Session:
             f"{counts['images']:,} images from {counts['patients']:,} patients; per class "
             + ", ".join(f"{name} {count:,}" for name, count in counts["per_class"].items()),
             f"{self.settings['split']} split (seed {self.seed}): {split_counts}",
+            *(note for note in self.split.warnings if note.startswith(("benchmark split:", "split by patient instead"))),
             f"packed at {self.pack_size}x{self.pack_size} px; outputs go to {self.out_dir}",
             devices.describe(),
         ]
@@ -265,8 +273,9 @@ def start(
 ) -> Session:
     """Find, scan, pack and split the data for ``notebook`` and open its run folder.
 
-    ``split=None`` takes the dataset's official split where one is published, else a
-    patient-level split. ``max_images`` keeps a seeded subset drawn from many patients.
+    ``split=None`` takes the dataset's default (:func:`bclib.profiles.default_split`), falling back to
+    a patient-level split (with a note) where the data cannot be split that way. ``max_images`` keeps a
+    seeded subset drawn from many patients.
     Configures the devices (mixed precision on a GPU) and shows a summary.
     """
     import pandas as pd
@@ -276,7 +285,7 @@ def start(
     from bclib.data.splits import make_split
     from bclib.evaluation.modelcard import write_json
 
-    split = split or profiles.default_split(dataset)
+    chosen_split, split = split, split or profiles.default_split(dataset)
     settings = profiles.resolve(profile, dataset, {"seed": seed, "split": split, "max_images": max_images})
     settings["dataset_options"] = dict(dataset_options or {})
     device_info = devices.configure()
@@ -298,10 +307,19 @@ def start(
     if dataset == "folder" and len(index):
         settings["pack_size"] = int(min(settings["pack_size"], max(index.load_image(0).shape[:2])))
     cache = pack(index, settings["pack_size"], progress=os.environ.get(BATCH_ENVIRONMENT) != "1")
+    try:
+        made_split = make_split(cache.index, split, seed=seed)
+    except DatasetError as error:
+        if chosen_split is not None or split == "patient":
+            raise
+        made_split = make_split(cache.index, "patient", seed=seed)  # e.g. the synthetic demo: no benchmark patients
+        reason = str(error).split(" Use the patient split")[0]
+        made_split.warnings.append(f"split by patient instead of the default {split!r} split: {reason}")
+        settings["split"] = split = "patient"
     session = Session(
         notebook=notebook, settings=settings, run_id=run_id, run_dir=run_dir, out_dir=out_dir,
         data_path=data_path, synthetic=synthetic, index=index, cache=cache,
-        split=make_split(cache.index, split, seed=seed),
+        split=made_split,
     )
     write_json(settings, out_dir / "settings.json")
     if show:

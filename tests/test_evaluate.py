@@ -221,3 +221,52 @@ def test_patients_figure_labels_the_worst_patients():
     labelled = {text.get_text() for text in fig.axes[0].texts}
     assert labelled == set(metrics.worst_patients(table)["patient_id"].astype(str)) and len(labelled) == 5
     plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def benchmark_tree(tmp_path_factory) -> Path:
+    """Real benchmark patient ids (all official validation ones, some training, some unlisted), random patches."""
+    from bclib.data.official_splits import IDC_OFFICIAL_SPLITS
+
+    root = tmp_path_factory.mktemp("benchmark_idc")
+    rng = np.random.default_rng(1)
+    patients = list(IDC_OFFICIAL_SPLITS["val"]) + list(IDC_OFFICIAL_SPLITS["train"][:12]) + ["90001", "90002", "90003"]
+    for number, patient in enumerate(patients):
+        for i, label in enumerate((0, 0, 1) if number % 4 else (0, 1, 1)):
+            folder = root / patient / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            patch = rng.integers(0, 255, (50, 50, 3), dtype=np.uint8) // (2 if label else 1)
+            Image.fromarray(patch).save(folder / f"{patient}_idx5_x{1 + 50 * i}_y1_class{label}.png")
+    return root
+
+
+def test_official_validation_patients_are_honest_test_data_of_a_benchmark_card(benchmark_tree, tmp_path):
+    from bclib.data.official_splits import IDC_OFFICIAL_SPLITS
+    from bclib.data.splits import make_split
+
+    index = idc.scan(benchmark_tree)
+    folder = tmp_path / "benchmark_model"
+    folder.mkdir()
+    _tiny_model(32).save(folder / "model.keras")
+    split = make_split(index, "benchmark", seed=0)
+    card = _card(split.patients_hash(), threshold={"value": 0.5, "method": "sensitivity@0.90", "chosen_on": "val"},
+                 benchmark_threshold={"value": 0.45, "method": "youden", "chosen_on": "val"})
+    card["split"]["method"] = "benchmark"
+    modelcard.write_card(card, folder)
+    result = evaluate.evaluate_model(folder / "model.keras", "idc", benchmark_tree, split="official:val", n_boot=100)
+    assert result["n_patients"] == len(IDC_OFFICIAL_SPLITS["val"]) and result["split_matches_card"] is True
+    assert not any("may have been" in note or "validation numbers" in note for note in result["notes"])
+    at = result["benchmark_threshold"]
+    assert at["value"] == 0.45 and set(at) >= {"balanced_accuracy", "f1", "ci"}
+    low, high = at["ci"]["balanced_accuracy"]
+    assert low <= at["balanced_accuracy"] <= high
+    assert "at the benchmark threshold 0.4500" in evaluate.format_table(result)
+
+    card["split"]["method"] = "patient"   # trained on a random patient split: official val patients may be in it
+    modelcard.write_card(card, folder)
+    result = evaluate.evaluate_model(folder / "model.keras", "idc", benchmark_tree, split="official:val", n_boot=0)
+    assert any("may have been in its training or validation data" in note for note in result["notes"])
+    card["split"]["method"] = "official"   # the official split chose its threshold on these very patients
+    modelcard.write_card(card, folder)
+    result = evaluate.evaluate_model(folder / "model.keras", "idc", benchmark_tree, split="official:val", n_boot=0)
+    assert any("validation numbers" in note for note in result["notes"])

@@ -22,7 +22,7 @@ def test_profiles_resolve_explicit_values_over_profile_defaults():
     assert values["pack_size"] == 50
     assert profiles.resolve("quick", "breastmnist", {})["image_size"] == 28
     assert profiles.default_split("breastmnist") == "official"
-    assert profiles.default_split("idc") == "patient"
+    assert profiles.default_split("idc") == "benchmark"
     with pytest.raises(ValueError, match="unknown profile"):
         profiles.resolve("huge", "idc", {})
 
@@ -83,6 +83,7 @@ def test_session_summary_names_the_data_split_and_device(smoke_session, capsys):
     text = capsys.readouterr().out
     assert "SYNTHETIC DEMO DATA" in text
     assert f"{len(smoke_session.cache.index):,} images" in text and "patient split" in text and "CPU" in text
+    assert "split by patient instead of the default 'benchmark' split" in text   # the demo has no benchmark patients
 
 
 def test_exploration_tables(smoke_session):
@@ -119,6 +120,8 @@ def test_finish_writes_model_card_metrics_and_threshold_from_validation(smoke_se
         assert (out / name).exists(), name
     assert card["params"] == {"profile": "smoke", "epochs": 3} and card["epochs_run"] == 3
     assert card["threshold"]["chosen_on"] == "val"
+    benchmark = card["benchmark_threshold"]   # Youden's J on validation, beside the screening threshold
+    assert benchmark["method"] == "youden" and benchmark["chosen_on"] == "val" and 0 <= benchmark["value"] <= 1
     assert card["threshold"]["info"]["n_val"] == len(smoke_session.positions("val"))
     assert 0.0 <= card["threshold"]["value"] <= 1.0
     test = card["metrics"]["test"]

@@ -184,3 +184,52 @@ def test_patient_split_does_not_warn_on_healthy_data(synthetic_index):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_split(synthetic_index, "patient", seed=0)
+
+
+def _benchmark_shaped_index(with_test: bool) -> DatasetIndex:
+    """IDC-named patients: some official train, all official val, optionally official test, and unlisted ones."""
+    patients = list(IDC_TRAIN_PATIENTS[:20]) + list(IDC_VAL_PATIENTS) + [str(90000 + p) for p in range(20)]
+    if with_test:
+        patients += list(IDC_TEST_PATIENTS[:6])
+    return make_index({p: [0, 0, 1] if int(p) % 3 else [0, 0, 0] for p in patients}, name="idc")
+
+
+def test_benchmark_split_tests_on_the_official_validation_patients_when_test_ones_are_held_out():
+    index = _benchmark_shaped_index(with_test=False)
+    split = make_split(index, "benchmark", seed=0)
+    assert_partition(split, index)
+    assert split.patients("test") == sorted(IDC_VAL_PATIENTS, key=int)
+    others = set(index.frame["patient_id"]) - set(IDC_VAL_PATIENTS)
+    assert set(split.patients("train")) | set(split.patients("val")) == others   # unlisted patients train too
+    assert not set(split.patients("train")) & set(split.patients("val"))
+    assert abs(len(split.patients("val")) / len(others) - 0.15 / 0.85) < 0.05
+    assert all(set(index.labels[split.positions(name)]) == {0, 1} for name in ("train", "val", "test"))
+    assert any("official validation patients are the test set" in note for note in split.warnings)
+    again, other_seed = make_split(index, "benchmark", seed=0), make_split(index, "benchmark", seed=1)
+    assert again.patients_hash() == split.patients_hash() != other_seed.patients_hash()
+    assert other_seed.patients("test") == split.patients("test")   # the seed never moves the test patients
+
+
+def test_benchmark_split_uses_the_official_test_patients_where_present():
+    index = _benchmark_shaped_index(with_test=True)
+    split = make_split(index, "benchmark", seed=0)
+    assert split.patients("test") == sorted(IDC_TEST_PATIENTS[:6], key=int)
+    assert set(IDC_VAL_PATIENTS) <= set(split.patients("train")) | set(split.patients("val"))
+
+
+def test_benchmark_split_refuses_data_without_benchmark_patients(synthetic_index):
+    with pytest.raises(DatasetError, match="synthetic"):
+        make_split(synthetic_index, "benchmark")
+    with pytest.raises(DatasetError, match="benchmark's patient lists"):
+        make_split(make_index({str(p): [p % 2] for p in range(9)}), "benchmark")
+
+
+def test_official_patients_of_one_list():
+    from bclib.data.splits import official_patients
+
+    index = _benchmark_shaped_index(with_test=False)
+    assert official_patients(index, "val") == sorted(IDC_VAL_PATIENTS, key=int)
+    with pytest.raises(DatasetError, match="official 'test' patients"):
+        official_patients(index, "test")
+    column = make_index({str(p): [p % 2] for p in range(4)}, split_column=["train", "train", "val", "test"])
+    assert official_patients(column, "val") == ["2"]

@@ -1,11 +1,15 @@
 """Train / validation / test splits of a :class:`DatasetIndex`, deterministic for a seed.
 
-Three methods:
+Four methods:
 
-* ``patient`` (default): every patient's images go to one split (70/15/15 % of the patients),
+* ``patient``: every patient's images go to one split (70/15/15 % of the patients),
   stratified by their majority class, and each split holds every class where the data allows;
 * ``official``: the published split (IDC: Janowczyk & Madabhushi 2016 patient lists; other
   datasets: the index's ``split`` column);
+* ``benchmark`` (IDC): test = the 2016 benchmark's held-out patients (its test list where the data
+  holds it, else its validation list: the shared development subset holds the test patients out);
+  every other patient, listed or not, is split by patient into train and val (70:15), so nothing
+  is ever chosen on the test patients and the test numbers compare with the published ones;
 * ``image``: images shuffled one by one. Images of one patient land in several splits, which
   inflates every metric; it exists only to show that leak once (a :class:`LeakageWarning`).
 """
@@ -24,7 +28,7 @@ from bclib.data.index import DatasetError, DatasetIndex
 from bclib.data.official_splits import CITATION, IDC_OFFICIAL_SPLITS
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-METHODS: tuple[str, ...] = ("patient", "official", "image")
+METHODS: tuple[str, ...] = ("patient", "official", "benchmark", "image")
 FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
 
@@ -109,9 +113,9 @@ class Split:
         }
 
 
-def _targets(total: int) -> np.ndarray:
-    """Items per split in the proportions of :data:`FRACTIONS` (largest remainder), at least one each."""
-    raw = np.asarray(FRACTIONS) * total
+def _targets(total: int, fractions: tuple[float, ...] = FRACTIONS) -> np.ndarray:
+    """Items per split in the proportions of ``fractions`` (largest remainder), at least one each."""
+    raw = np.asarray(fractions) / sum(fractions) * total
     counts = np.floor(raw).astype(int)
     for position in np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]:
         counts[position] += 1
@@ -152,7 +156,7 @@ def _patient_table(index: DatasetIndex) -> pd.DataFrame:
     return table
 
 
-def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray) -> None:
+def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray, n_splits: int) -> None:
     """Move patients (in place, ``owner[i]`` = split of patient i) so that every split holds every
     class where the data allows.
 
@@ -160,7 +164,6 @@ def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray
     leave its split with every class it had; the receiving split then gives back a patient it
     can spare, so split sizes stay as planned. Ties go to the earlier patient in dealing order.
     """
-    n_splits = len(SPLIT_NAMES)
 
     def holders_per_split() -> np.ndarray:
         return np.stack([has_class[owner == split].sum(axis=0) for split in range(n_splits)])
@@ -198,11 +201,16 @@ def _repair_classes(has_class: np.ndarray, images: np.ndarray, owner: np.ndarray
             return
 
 
-def _patient_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
+def _patient_split(index: DatasetIndex, seed: int, names: tuple[str, ...] = SPLIT_NAMES,
+                   fractions: tuple[float, ...] = FRACTIONS,
+                   patients: list[str] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Row positions of ``names`` dealing ``patients`` (default: all) in ``fractions``, and notes."""
     table = _patient_table(index)
-    if len(table) < len(SPLIT_NAMES):
-        raise DatasetError(f"a patient-level split into {len(SPLIT_NAMES)} parts needs at least "
-                           f"{len(SPLIT_NAMES)} patients; {index.name!r} holds {len(table)}")
+    if patients is not None:
+        table = table.loc[patients]
+    if len(table) < len(names):
+        raise DatasetError(f"a patient-level split into {len(names)} parts needs at least "
+                           f"{len(names)} patients; {index.name!r} holds {len(table)}")
     rng = np.random.default_rng(seed)
     order: list[str] = []
     for stratum in sorted(table["stratum"].unique()):
@@ -211,15 +219,39 @@ def _patient_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarray
     table = table.loc[order]
     class_columns = list(range(index.num_classes))
     has_class = table[class_columns].to_numpy() > 0
-    owner = _deal(len(order), _targets(len(order)))
-    _repair_classes(has_class, table["images"].to_numpy(), owner)
+    owner = _deal(len(order), _targets(len(order), fractions))
+    _repair_classes(has_class, table["images"].to_numpy(), owner, len(names))
     notes = [f"split {split_name!r} holds no {class_name!r} images: only {int(has_class[:, label].sum())} "
              "patient(s) have that class, too few to reach every split"
-             for split, split_name in enumerate(SPLIT_NAMES) for label, class_name in enumerate(index.class_names)
+             for split, split_name in enumerate(names) for label, class_name in enumerate(index.class_names)
              if has_class[:, label].any() and not has_class[owner == split, label].any()]
     split_of_patient = dict(zip(order, owner.tolist()))
-    split_of_row = index.frame["patient_id"].map(split_of_patient).to_numpy(dtype=int)
-    return {name: np.flatnonzero(split_of_row == i) for i, name in enumerate(SPLIT_NAMES)}, notes
+    split_of_row = index.frame["patient_id"].map(split_of_patient).to_numpy(dtype=float, na_value=-1)
+    return {name: np.flatnonzero(split_of_row == i) for i, name in enumerate(names)}, notes
+
+
+def _benchmark_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Test: the benchmark's held-out patients present; train/val: the others, by patient."""
+    if index.name != "idc":
+        raise DatasetError(f"split 'benchmark' uses the IDC benchmark's patient lists; {index.name!r} has none: "
+                           "use split='official' or split='patient'")
+    present = set(index.frame["patient_id"])
+    held_out = "test" if present.intersection(IDC_OFFICIAL_SPLITS["test"]) else "val"
+    test_patients = [patient for patient in IDC_OFFICIAL_SPLITS[held_out] if patient in present]
+    if not test_patients:
+        hint = ("this is synthetic data, whose made-up patients are in no official list" if index.synthetic
+                else "none of the benchmark's validation or test patients are in the data")
+        raise DatasetError(f"split 'benchmark' needs the 2016 benchmark's held-out patients: {hint}. "
+                           "Use the patient split instead (split='patient', `--split patient`).")
+    others = _sorted_patients(present.difference(test_patients))
+    assignment, notes = _patient_split(index, seed, ("train", "val"), FRACTIONS[:2], others)
+    assignment["test"] = np.flatnonzero(index.frame["patient_id"].isin(test_patients).to_numpy())
+    notes.append(f"benchmark split: test = the {len(test_patients)} official {held_out!r} patients of the 2016 "
+                 f"benchmark in the data (Janowczyk & Madabhushi 2016)"
+                 + ("; the official test patients are not in the data, so the official validation patients are "
+                    "the test set and validation is drawn from the other patients" if held_out == "val" else "")
+                 + f"; train and val: the other {len(others)} patients, by patient")
+    return assignment, notes
 
 
 def _image_split(index: DatasetIndex, seed: int) -> dict[str, np.ndarray]:
@@ -274,10 +306,27 @@ def _official_split(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[st
     return assignment, _sorted_patients(missing), notes
 
 
+def official_patients(index: DatasetIndex, name: str) -> list[str]:
+    """The patients of the published split ``name`` (train, val or test) present in ``index``."""
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"unknown split {name!r}; choose one of {list(SPLIT_NAMES)}")
+    present = set(index.frame["patient_id"])
+    if index.name == "idc":
+        patients = [patient for patient in IDC_OFFICIAL_SPLITS[name] if patient in present]
+    elif "split" in index.frame.columns:
+        patients = list(pd.unique(index.frame.loc[index.frame["split"] == name, "patient_id"]))
+    else:
+        raise DatasetError(f"dataset {index.name!r} has no official split (no 'split' column in its index)")
+    if not patients:
+        raise DatasetError(f"none of the official {name!r} patients are in the {index.name!r} data at "
+                           f"{str(index.root)!r}")
+    return _sorted_patients(patients)
+
+
 def make_split(index: DatasetIndex, method: str = "patient", seed: int = 0) -> Split:
     """Split ``index`` into train / val / test row positions (see the module docstring).
 
-    ``seed`` applies to the ``patient`` and ``image`` methods. Raises :class:`DatasetError` when
+    ``seed`` applies to the ``patient``, ``benchmark`` (train/val) and ``image`` methods. Raises :class:`DatasetError` when
     the data cannot be split that way (too few patients, an empty official split, no official
     split for the dataset).
     """
@@ -289,6 +338,8 @@ def make_split(index: DatasetIndex, method: str = "patient", seed: int = 0) -> S
     missing: list[str] = []
     if method == "patient":
         assignment, notes = _patient_split(index, seed)
+    elif method == "benchmark":
+        assignment, notes = _benchmark_split(index, seed)
     elif method == "image":
         assignment, notes = _image_split(index, seed), []
     else:
@@ -305,6 +356,6 @@ def make_split(index: DatasetIndex, method: str = "patient", seed: int = 0) -> S
         warnings.warn(message, LeakageWarning, stacklevel=2)
     else:
         for note in notes:
-            if not note.startswith("official split:"):
+            if not note.startswith(("official split:", "benchmark split:")):
                 warnings.warn(note, UserWarning, stacklevel=2)
     return split

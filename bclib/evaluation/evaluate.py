@@ -20,7 +20,9 @@ from bclib.evaluation.bootstrap import BOOTSTRAP_METRICS, binary_metrics_with_ci
 from bclib.evaluation.explain import model_input_size
 from bclib.data.imageio import fit_to_square
 
-SPLIT_CHOICES = ("test", "val", "all", "official:test")
+SPLIT_CHOICES = ("test", "val", "all", "official:test", "official:val")
+#: Metrics shown again at the card's benchmark threshold.
+BENCHMARK_METRICS = ("balanced_accuracy", "f1", "sensitivity", "specificity")
 
 
 def _decode_batch(index, positions: range, image_size: int, pool: ThreadPoolExecutor) -> np.ndarray:
@@ -81,26 +83,39 @@ def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -
                 "patients: these metrics are optimistic; use split='test'"
             )
         return np.arange(len(index)), {"split": "all", "split_method": None, "seed": None, "split_matches_card": None}
-    from bclib.data.splits import make_split
+    from bclib.data.splits import make_split, official_patients
 
-    if split == "official:test":
-        method, name, used_seed = "official", "test", 0
-    else:
-        method = card_split.get("method") or "patient"
-        name = split
-        used_seed = int(card_split.get("seed", 0) if seed is None else seed)
+    card_method = card_split.get("method") or "patient"
+    used_seed = int(card_split.get("seed", 0) if seed is None else seed)
     split_index = index
     max_images = card_split.get("max_images")
-    if method != "official" and max_images:
+    if card_method != "official" and max_images:
         from bclib.session import subsample_patients
 
         split_index = subsample_patients(index, int(max_images), used_seed)
-    made = make_split(split_index, method, seed=used_seed)
-    patients = set(made.patients(name))
+    if split.startswith("official:"):
+        method, name = "official", split.split(":", 1)[1]
+        patients = set(official_patients(index, name))
+        matches, honest = None, card_method == "official" and name == "test"
+        if card_method == "benchmark":  # its test set is the benchmark's held-out patients
+            made = make_split(split_index, card_method, seed=used_seed)
+            honest = set(made.patients("test")) == patients
+            matches = (card_split.get("patients_hash") == made.patients_hash()) if card_split.get("patients_hash") else None
+        elif card_method == "official":
+            matches = None
+        if card_method == "official" and name == "val":
+            notes.append("the model's threshold and epochs were chosen on the official validation patients: these are "
+                         "validation numbers, optimistic by construction")
+        elif not honest:
+            notes.append(f"the model was trained on a {card_method!r} split whose test set is not these patients: "
+                         f"official {name} patients may have been in its training or validation data")
+    else:
+        method, name = card_method, split
+        made = make_split(split_index, method, seed=used_seed)
+        patients = set(made.patients(name))
+        stored_hash = card_split.get("patients_hash")
+        matches = (stored_hash == made.patients_hash()) if stored_hash else None
     positions = np.flatnonzero(index.frame["patient_id"].isin(patients).to_numpy())
-    stored_hash = card_split.get("patients_hash")
-    comparable = bool(stored_hash) and (split != "official:test" or card_split.get("method") == "official")
-    matches = (stored_hash == made.patients_hash()) if comparable else None
     if method == "image":
         notes.append("the card's split is image-level: patients leak between train and test, metrics are inflated")
     if matches is False:
@@ -108,12 +123,7 @@ def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -
             "the re-made split's patients differ from those recorded in the model card (other data, seed or "
             "max_images): some of these patients may have been used for training; treat the metrics as optimistic"
         )
-    if split == "official:test" and card_split.get("method") not in (None, "official"):
-        notes.append(
-            f"the model was trained on a {card_split.get('method')!r} split: official test patients may have been "
-            "in its training data"
-        )
-    if max_images and method != "official":
+    if max_images and card_method != "official":
         notes.append(f"all images of the {len(patients)} {name} patients are evaluated "
                      f"(training used a subsample of {max_images} images)")
     return positions, {"split": split, "split_method": method, "seed": used_seed, "split_matches_card": matches}
@@ -125,7 +135,8 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
     """Metrics of a saved model on ``dataset`` at the card's threshold, with patient bootstrap CIs.
 
     ``split``: ``"test"`` / ``"val"`` (the card's split method, re-made with ``seed`` or the
-    card's seed), ``"official:test"`` (the published test patients), or ``"all"`` (every image:
+    card's seed), ``"official:test"`` / ``"official:val"`` (the published test or validation patients), or
+    ``"all"`` (every image:
     for a folder the model has never seen). Raises :class:`bclib.evaluation.modelcard.ModelLoadError` for a
     missing/corrupt model or card, :class:`bclib.data.datasets.DatasetError` for bad data.
     Returns the flat metric dict of :func:`bclib.evaluation.metrics.binary_metrics` (or
@@ -162,6 +173,15 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
         scores = metrics.positive_probability(probabilities, positive_label)
         result = binary_metrics_with_ci(labels, scores, patients, float(threshold["value"]), positive_label,
                                         class_names, n_boot=int(n_boot), seed=selection["seed"] or 0)
+        benchmark = card.get("benchmark_threshold")
+        if benchmark:  # the operating point published benchmarks report (Youden's J on validation)
+            at = binary_metrics_with_ci(labels, scores, patients, float(benchmark["value"]), positive_label,
+                                        class_names, n_boot=int(n_boot), seed=selection["seed"] or 0)
+            result["benchmark_threshold"] = {
+                "value": float(benchmark["value"]), "method": benchmark.get("method"),
+                **{name: at.get(name) for name in BENCHMARK_METRICS},
+                "ci": {name: (at.get("ci") or {}).get(name) for name in BENCHMARK_METRICS},
+            }
     if modelcard.imagenet_missing(card):
         notes.append("this transfer model started from random weights (its ImageNet weights were missing)")
     if index.synthetic:
@@ -205,6 +225,14 @@ def format_table(result: dict) -> str:
         value = result.get(name)
         shown = "n/a" if value is None else f"{value:.3f}"
         lines.append(f"{name:<20}{shown:>8}   {format_interval(ci.get(name))}")
+    benchmark = result.get("benchmark_threshold")
+    if benchmark:
+        lines += ["", f"at the benchmark threshold {benchmark['value']:.4f} ({benchmark.get('method')}, chosen on val), "
+                      "to compare with published numbers:"]
+        for name in BENCHMARK_METRICS:
+            value = benchmark.get(name)
+            shown = "n/a" if value is None else f"{value:.3f}"
+            lines.append(f"{name:<20}{shown:>8}   {format_interval(benchmark['ci'].get(name))}")
     matrix = result.get("confusion_matrix")
     if matrix is not None and len(matrix) == 2:
         (tn, fp), (fn, tp) = matrix

@@ -93,6 +93,8 @@ def finish(
     card["input_size"] = image_size
     card["weights"] = weights or {"requested": None, "used": "random", "note": "trained from scratch"}
     card["threshold"] = threshold
+    if session.num_classes == 2 and threshold["method"] != "youden" and len(np.unique(val.labels)) == 2:
+        card["benchmark_threshold"] = choose_threshold(session, val, "youden")  # to compare with published numbers
     card["metrics"] = {"val": val_metrics, "test": test_metrics}
     card["params"].update(params or {})
     logs = getattr(history, "history", None)

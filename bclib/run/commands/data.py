@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bclib import paths
 from bclib.data.index import DatasetIndex, one_line
+from bclib.data.splits import METHODS
 from bclib.evaluation.modelcard import json_text
 from bclib.run.cli import CommandError, add_data_arguments
 
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     split = commands.add_parser("split", help="train/val/test patients, images and positive fraction")
     add_data_arguments(split)
-    split.add_argument("--split", default="patient", choices=("patient", "official", "image"), help="split method")
+    split.add_argument("--split", default="patient", choices=METHODS, help="split method (see bclib.data.splits)")
     split.add_argument("--seed", type=int, default=0, help="random seed (patient and image splits)")
     split.add_argument("--json", action="store_true", help="print JSON, with the patient ID lists")
     split.set_defaults(func=run_split)

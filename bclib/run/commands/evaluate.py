@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="path to model.keras (its model_card.json must sit beside it)")
     add_data_arguments(parser)
     parser.add_argument("--split", default="test", choices=SPLIT_CHOICES,
-                        help="test/val of the card's split, the official test patients, or all images (default: test)")
+                        help="test/val of the card's split, the official test or validation patients, or all images (default: test)")
     parser.add_argument("--seed", type=int, default=None, help="split seed (default: the card's)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of patients (0: no intervals)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per model call")
