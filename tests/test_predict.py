@@ -290,6 +290,42 @@ def test_cli_folder_with_bad_files_keeps_going(model_path, odd_files, capsys):
     assert err.count("error:") == len(BAD)
 
 
+def test_cli_prints_the_apps_cautions(odd_files, tmp_path, capsys):
+    """The same cautions the app shows (image over 4x the training patch, colours unlike H&E), on stderr and in
+    the JSON records; a large image is said to get the squeezed answer here."""
+    from bclib.data.imageio import read_image
+
+    model = save_tiny_model(tmp_path / "idc_model", dataset=IDC_DATASET)
+    green = write_patch(tmp_path / "green.png", colour=(60, 160, 60))
+    inputs = [odd_files["rgb"], odd_files["big"], green]
+    code, out, err = _cli(["predict", "--model", str(model), *map(str, inputs)], capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 3
+    trained = Predictor.load(model).trained_on
+    expected = {path: input_cautions(read_image(path), trained) for path in inputs}
+    assert expected[odd_files["rgb"]] == [] and len(expected[odd_files["big"]]) == len(expected[green]) == 1
+    expected[odd_files["big"]].append(predict.NOT_TILED)
+    printed = [line for line in err.splitlines() if line.startswith("caution: ")]
+    assert printed == [f"caution: {path}: {caution}" for path in inputs for caution in expected[path]]
+    assert "This image is 900x700 px, more than 4x" in printed[0] and "squeezed answer" in printed[1]
+    code, out, _ = _cli(["predict", "--model", str(model), "--json", *map(str, inputs)], capsys)
+    assert [json.loads(line)["cautions"] for line in out.strip().splitlines()] == [expected[path] for path in inputs]
+
+
+def test_cli_escapes_tabs_and_newlines_in_names(model_path, tmp_path, capsys):
+    odd = write_patch(tmp_path / "odd\tname\nline\\x.png")
+    broken = tmp_path / "bad\tfile.png"
+    broken.write_text("not an image")
+    code, out, err = _cli(["predict", "--model", str(model_path), str(odd), str(broken)], capsys)
+    assert code == 1
+    (line,) = out.splitlines()  # one line per image however its name is spelled
+    assert line.startswith(str(tmp_path / "odd\\tname\\nline\\\\x.png") + "\tnon-IDC=")
+    assert line.count("\t") == 3  # path, two probabilities, decision
+    (error,) = [text for text in err.splitlines() if text.startswith("error: ")]
+    assert error.startswith(f"error: {tmp_path}/bad\\tfile.png: ")
+    code, out, _ = _cli(["predict", "--model", str(model_path), "--json", str(odd)], capsys)
+    assert json.loads(out)["path"] == str(odd)  # JSON keeps the name as it is
+
+
 def test_cli_bad_threshold_and_models(model_path, odd_files, tmp_path, capsys):
     image = str(odd_files["rgb"])
     code, _, err = _cli(["predict", "--model", str(model_path), "--threshold", "1.5", image], capsys)

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from bclib.data.imageio import ImageReadError, fit_to_square, is_image_file, read_image
+from bclib.data.index import one_line
 from bclib.evaluation.modelcard import MODEL_FILE, load_model, validate_card
 
 DEFAULT_BATCH_SIZE = 64
@@ -39,6 +40,9 @@ DATASET_INPUTS: dict[str, tuple[str | None, str | None]] = {
     "idc": ("H&E", "40x"), "pcam": ("H&E", "10x"), "breakhis": ("H&E", None),
     "breastmnist": ("none (ultrasound)", None), "mias": ("none (mammogram)", None),
 }
+#: What ``bclib predict`` adds to a large image's caution: it gives the squeezed answer, the app a patch map.
+NOT_TILED = ("bclib predict does not cut it into patches: its line gives that squeezed answer (`bclib app` maps "
+             "the image patch by patch).")
 
 
 class PredictError(ValueError):
@@ -188,7 +192,7 @@ class Prediction:
         self.image = self.model_input = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: path, probabilities named from the card, decision and threshold (or error)."""
+        """JSON-ready: path, probabilities named from the card, decision, threshold and cautions (or error)."""
         if self.error is not None:
             return {"path": self.source, "error": self.error}
         return {
@@ -196,14 +200,16 @@ class Prediction:
             "probabilities": {name: round(float(p), 6) for name, p in self.probabilities.items()},
             "decision": self.decision,
             "threshold": self.threshold,
+            "cautions": list(self.cautions),
         }
 
     def to_line(self) -> str:
-        """One tab-separated line: path, ``class=probability`` for every class, ``decision=...``."""
+        """One tab-separated line: path, ``class=probability`` for every class, ``decision=...``; tabs, newlines
+        and backslashes in names written as ``\\t``, ``\\n``, ``\\\\`` (:func:`~bclib.data.index.one_line`)."""
         if self.error is not None:
-            return f"{self.source}\terror: {self.error}"
-        probabilities = "\t".join(f"{name}={p:.4f}" for name, p in self.probabilities.items())
-        return f"{self.source}\t{probabilities}\tdecision={self.decision}"
+            return f"{one_line(self.source)}\terror: {one_line(self.error)}"
+        probabilities = "\t".join(f"{one_line(name)}={p:.4f}" for name, p in self.probabilities.items())
+        return f"{one_line(self.source)}\t{probabilities}\tdecision={one_line(str(self.decision))}"
 
 
 class Predictor:
@@ -327,8 +333,17 @@ class Predictor:
                 prediction.decision = decide(values, self.class_names, self.positive_label, threshold)
                 prediction.threshold = threshold
 
-    def _load_one(self, source: str | os.PathLike | bytes) -> np.ndarray:
-        return read_image(source, transform=self.prepare)  # prepared before the next large image decodes
+    def _load_one(self, source: str | os.PathLike | bytes) -> tuple[np.ndarray, list[str]]:
+        """The image prepared for the model, and its cautions (judged on the decoded image, which is then dropped)."""
+        cautions: list[str] = []
+
+        def judge_and_prepare(image: np.ndarray) -> np.ndarray:
+            cautions.extend(input_cautions(image, self.trained_on))
+            if max(image.shape[:2]) > TILE_FACTOR * self.trained_on.patch_size:
+                cautions.append(NOT_TILED)
+            return self.prepare(image)
+
+        return read_image(source, transform=judge_and_prepare), cautions  # before the next large image decodes
 
     def predict_sources(
         self,
@@ -337,7 +352,8 @@ class Predictor:
         threshold: float | None = None,
         workers: int | None = None,
     ) -> Iterator[Prediction]:
-        """Predict files in order: decode in a thread pool, predict in batches; bad files yield an error."""
+        """Predict files in order: decode in a thread pool, predict in batches; bad files yield an error.
+        Each result carries the image's cautions (:func:`input_cautions`); large images are not tiled here."""
         if batch_size < 1:
             raise PredictError(f"batch size must be at least 1, got {batch_size}")
         sources = [str(source) for source in sources]
@@ -346,20 +362,23 @@ class Predictor:
             for start in range(0, len(sources), batch_size):
                 chunk = sources[start : start + batch_size]
                 futures = [pool.submit(self._load_one, source) for source in chunk]
-                ready: list[tuple[int, np.ndarray]] = []
+                ready: list[tuple[int, tuple[np.ndarray, list[str]]]] = []
                 errors: dict[int, str] = {}
                 for position, future in enumerate(futures):
                     try:
                         ready.append((position, future.result()))
                     except Exception as error:  # a decoder bug must not stop the other files
                         errors[position] = _read_error_message(error, chunk[position])
-                probabilities = self.predict_batch(np.stack([a for _, a in ready])) if ready else []
-                by_position = {position: row for (position, _), row in zip(ready, probabilities)}
+                probabilities = self.predict_batch(np.stack([image for _, (image, _) in ready])) if ready else []
+                by_position = {position: (row, cautions) for (position, (_, cautions)), row in zip(ready, probabilities)}
                 for position, source in enumerate(chunk):
                     if position in errors:
                         yield Prediction(source=source, error=errors[position])
                     else:
-                        yield self.result(source, by_position[position], threshold)
+                        row, cautions = by_position[position]
+                        result = self.result(source, row, threshold)
+                        result.cautions = cautions
+                        yield result
 
 
 def _read_error_message(error: Exception, source: str | os.PathLike | bytes) -> str:

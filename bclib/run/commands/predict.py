@@ -5,8 +5,9 @@ import argparse
 import sys
 
 from bclib import DISCLAIMER
-from bclib.evaluation.modelcard import json_text, weights_description
 from bclib.app.predict import DEFAULT_BATCH_SIZE, Predictor, check_threshold, collect_image_paths
+from bclib.data.index import one_line
+from bclib.evaluation.modelcard import json_text, weights_description
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="predict image files or folders with a saved model and its card",
         description=(
             "Print, for every image, the probability of each class (named from the model card) and the "
-            f"decision at the card's threshold. Folders are walked. {DISCLAIMER}"
+            "decision at the card's threshold. Folders are walked. An image far from what the model was trained "
+            "on (over 4x its training patch, or not coloured like H&E where it was trained on H&E) gets a "
+            "'caution:' line on stderr (in --json, a 'cautions' list). Tabs, newlines and backslashes in file "
+            f"names are written as \\t, \\n and \\\\ in the text output. {DISCLAIMER}"
         ),
     )
     parser.add_argument("--model", required=True, help="path to model.keras (its model_card.json must sit beside it)")
@@ -38,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
         nonlocal failures
         if prediction.error is not None:
             failures += 1
-            print(f"error: {prediction.source}: {prediction.error}", file=sys.stderr)
+            print(f"error: {one_line(prediction.source)}: {one_line(prediction.error)}", file=sys.stderr)
             if not args.json:
                 return
+        for caution in prediction.cautions:
+            print(f"caution: {one_line(prediction.source)}: {caution}", file=sys.stderr)
         print(json_text(prediction.to_dict(), indent=None, ensure_ascii=False) if args.json else prediction.to_line(),
               flush=False)
 
