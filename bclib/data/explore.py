@@ -1,13 +1,64 @@
-"""Dataset exploration for notebook 01: tables a learner reads before any model is trained."""
+"""Dataset exploration for notebook 01: tables a learner reads before any model is trained, the words
+the series' sentences use for a dataset, and notebook 01's conclusions."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from bclib.data.index import DatasetIndex
+
+
+@dataclass(frozen=True)
+class DatasetWords:
+    """How sentences name a dataset and its images, so that a conclusion is true on every dataset."""
+
+    title: str                   # "IDC", "BreastMNIST"
+    image: str                   # "patch" (cut from a larger image) or "image"
+    images: str                  # the plural
+    kind: str                    # what the images are: "H&E histopathology patches", "ultrasound images"
+    stained_tissue: bool         # H&E histology: tissue, stain and nuclei words apply
+    one_image_per_patient: bool  # no patient ids published: every image counts as its own patient
+
+    @property
+    def indefinite(self) -> str:
+        """``a patch``, ``an image``."""
+        return ("an " if self.image[0] in "aeiou" else "a ") + self.image
+
+    def count(self, number: int) -> str:
+        """``1 patch``, ``1,234 patches``."""
+        return f"{number:,} {self.image if number == 1 else self.images}"
+
+
+#: name -> (title, image, images, kind, stained tissue); any other dataset gets neutral words.
+_DATASET_WORDS = {
+    "idc": ("IDC", "patch", "patches", "H&E histopathology patches", True),
+    "pcam": ("PCam", "patch", "patches", "H&E histopathology patches", True),
+    "breakhis": ("BreakHis", "image", "images", "H&E histopathology images", True),
+    "breastmnist": ("BreastMNIST", "image", "images", "ultrasound images", False),
+    "mias": ("MIAS", "image", "images", "mammograms", False),
+}
+
+
+def dataset_words(name: str, one_image_per_patient: bool = False) -> DatasetWords:
+    """The words for dataset ``name`` (a registry name, e.g. ``"breastmnist"``)."""
+    title, image, images, kind, stained = _DATASET_WORDS.get(name, (name, "image", "images", "images", False))
+    return DatasetWords(title, image, images, kind, stained, one_image_per_patient)
+
+
+def index_words(index: DatasetIndex) -> DatasetWords:
+    """The words for a scanned dataset; it has one image per patient when no patient id repeats."""
+    return dataset_words(index.name, bool(len(index)) and index.frame["patient_id"].nunique() == len(index))
+
+
+def card_words(card: dict) -> DatasetWords:
+    """The words for the dataset a model card records (IDC's for a card without one)."""
+    dataset, split = card.get("dataset") or {}, card.get("split") or {}
+    images, patients = split.get("images") or {}, split.get("patients") or {}
+    return dataset_words(dataset.get("name", "idc"), bool(images) and images == patients)
 
 
 def class_balance(index: DatasetIndex) -> pd.DataFrame:
@@ -109,3 +160,116 @@ def balanced_sample(images: np.ndarray, labels: np.ndarray, per_class: int, seed
     chosen = sample_positions(labels, per_class, seed)
     positions = np.sort(np.concatenate(list(chosen.values())))
     return np.asarray(images[positions]), np.asarray(labels[positions])
+
+
+# ----- notebook 01's conclusions -------------------------------------------------------------------------
+def about_text(index: DatasetIndex, words: DatasetWords) -> str:
+    """What this run's data is: the dataset, its images, patients and classes."""
+    title = f"the synthetic {words.title} demo" if index.synthetic else words.title
+    patients = int(index.frame["patient_id"].nunique())
+    text = f"this run uses {title}: {len(index):,} {words.kind}"
+    text += "" if words.one_image_per_patient else f" of {patients:,} patients"
+    names = [str(name) for name in index.class_names]
+    if index.positive_label is None:
+        text += f" in {len(names)} classes: {', '.join(names)}."
+    else:
+        negative = names[1 - index.positive_label]
+        text += (f", labelled {names[index.positive_label]} (the positive class: the disease, which the models look "
+                 f"for) or {negative} (the negative class).")
+    if words.one_image_per_patient:
+        text += (f" {words.title} publishes no patient ids, so every image counts as its own patient: where the "
+                 "notebooks say patients, read images.")
+    return text
+
+
+def class_balance_text(balance: pd.DataFrame, words: DatasetWords) -> str:
+    """The majority class against always answering it (``balance``: ``images`` and ``share`` by class, largest first)."""
+    majority, minority = balance.index[0], balance.index[-1]
+    share = balance["share"].iloc[0]
+    ratio = balance["images"].iloc[0] / balance["images"].iloc[-1]
+    return (f"{share:.1%} of the {words.images} are {majority}, {ratio:.2f} per {minority} {words.image}. A model "
+            f"that always answers '{majority}' is right {share:.1%} of the time without looking at a single image: "
+            "accuracy alone says little on such data, so this series reports metrics that look at each class "
+            "separately (notebook 02 defines them).")
+
+
+def patient_spread_text(patients: pd.DataFrame, words: DatasetWords, positive_name: str | None) -> str:
+    """How many images the patients give and how their positive share varies (``patients``: ``images`` and
+    ``positive_share`` by patient)."""
+    sizes = patients["images"]
+    if words.one_image_per_patient:
+        text = (f"{words.title} gives no patient ids, so each of its {len(patients):,} images counts as a patient of "
+                "its own")
+        return text + ("." if positive_name is None else
+                       f": a patient's {positive_name} share is 0 % or 100 %, and how alike the images of one "
+                       "person are cannot be seen here.")
+    heavy = sizes.quantile(0.9) > 2 * sizes.median()
+    text = (f"{len(patients):,} patients give between {sizes.min():,} and {sizes.max():,} {words.images} "
+            f"(median {sizes.median():.0f}): "
+            + (f"the top tenth give more than {sizes.quantile(0.9):.0f} each, so a few patients weigh much more than "
+               "the others." if heavy else "they weigh about the same."))
+    if positive_name is not None:
+        text += (f" Their {positive_name} share ranges from {patients['positive_share'].min():.0%} to "
+                 f"{patients['positive_share'].max():.0%}: how much disease {words.indefinite} shows depends on "
+                 "whose it is.")
+    return text
+
+
+def brightness_text(colours: pd.DataFrame, words: DatasetWords) -> str:
+    """Whether the classes differ in mean brightness beyond the spread within a class (``colours`` from
+    :func:`colour_statistics`, indexed by class)."""
+    brightness = colours[["R_mean", "G_mean", "B_mean"]].mean(axis=1)
+    gap, spread = brightness.max() - brightness.min(), colours["patch_brightness_std"].mean()
+    subject = f"{brightness.idxmin()} tissue" if words.stained_tissue else f"{brightness.idxmin()} {words.images}"
+    text = (f"{subject} {'is' if words.stained_tissue else 'are'} darker on average (mean intensity "
+            f"{brightness.min():.0f} against {brightness.max():.0f} for {brightness.idxmax()}, a gap of {gap:.0f}), while "
+            f"the {words.images} of one class spread by about {spread:.0f} around their class's mean brightness: ")
+    if spread > gap / 2:
+        return text + (f"the classes overlap widely, so brightness alone cannot tell {words.indefinite}'s "
+                       f"class and the network must learn {'the tissue' if words.stained_tissue else 'the image'}'s "
+                       "structure.")
+    return text + ("the classes barely overlap in brightness, so on this data brightness alone goes a long way (a model "
+                   + ("could learn the stain rather than the tissue: notebook 04's stain jitter works against that)."
+                      if words.stained_tissue else
+                      "could learn the brightness rather than what the images show: notebook 04's brightness and "
+                      "contrast jitter works against that)."))
+
+
+def size_text(anomalies: pd.DataFrame, n_images: int, pack_size: int, words: DatasetWords) -> str:
+    """How many images are not ``pack_size`` square, and what the cache does with them (``anomalies`` from
+    :func:`size_anomalies`)."""
+    if not len(anomalies):
+        return f"every {words.image} here is {pack_size}x{pack_size}: nothing to pad or shrink."
+    area = anomalies["width"] * anomalies["height"]
+    smaller = int(((anomalies["width"] <= pack_size) & (anomalies["height"] <= pack_size)).sum())
+    extreme = anomalies.loc[area.idxmin() if smaller else area.idxmax()]
+    text = (f"{len(anomalies):,} of {words.count(n_images)} {'is' if len(anomalies) == 1 else 'are'} not "
+            f"{pack_size}x{pack_size} (the {'smallest' if smaller else 'largest'} is "
+            f"{extreme['width']}x{extreme['height']}): the cache ")
+    if len(anomalies) == 1:
+        return text + ("pads it with white" if smaller else "shrinks it keeping its aspect ratio, then pads it") + \
+            "; nothing is stretched."
+    actions = []
+    if smaller:
+        actions.append("pads the smaller ones with white")
+    if smaller < len(anomalies):
+        actions.append("shrinks the larger ones keeping their aspect ratio, then pads them")
+    return text + " and ".join(actions) + "; nothing is stretched."
+
+
+def split_text(summary: pd.DataFrame, overlap: set, words: DatasetWords, positive_name: str | None) -> str:
+    """Patients on both sides of the split, and the positive share of each part (``summary`` from
+    ``Split.summary()``)."""
+    if words.one_image_per_patient:
+        text = (f"{words.title} gives no patient ids, so a split by patient is a split by image: if one person gave "
+                "several images, they may sit in two parts, and no split of this data can prevent it.")
+    else:
+        text = f"{len(overlap)} patients are in both train and test."
+    if positive_name is None or "positive_fraction" not in summary.columns:
+        return text
+    shares = summary["positive_fraction"]
+    why = "the luck of the draw" if words.one_image_per_patient else "whole patients move together"
+    parts = ", ".join(f"{share:.1%} in {name}" for name, share in shares.items())
+    return text + (f" The {positive_name} share is {parts}: {why}, so the shares differ by up to "
+                   f"{100 * (shares.max() - shares.min()):.1f} points between the parts"
+                   + ("." if words.one_image_per_patient else ", the price of an honest test."))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bclib.data.explore import DatasetWords, card_words, dataset_words
 from bclib.evaluation.bootstrap import paired_bootstrap_difference
 from bclib.evaluation.metrics import positive_probability
 from bclib.evaluation.modelcard import MODEL_FILE, read_card
@@ -86,7 +87,7 @@ def first_model_conclusion(card: dict) -> None:
 
 def first_model_text(card: dict) -> str:
     """The sentence of :func:`first_model_conclusion`."""
-    values = card["metrics"]["val"]
+    values, words = card["metrics"]["val"], card_words(card)
     auc, interval = values.get("roc_auc"), (values.get("ci") or {}).get("roc_auc")
     if auc is None:
         return "the validation split holds one class only, so no AUC can be computed."
@@ -100,29 +101,29 @@ def first_model_text(card: dict) -> str:
         accuracy, threshold = values.get("accuracy"), card.get("threshold", {})
         parts.append(
             f"at threshold {threshold.get('value', float('nan')):.3f}, chosen on validation by the rule "
-            f"'{_rule_words(threshold.get('method', ''))}', sensitivity is {values.get('sensitivity'):.3f} and "
+            f"'{_rule_words(threshold.get('method', ''), words)}', sensitivity is {values.get('sensitivity'):.3f} and "
             f"specificity {values.get('specificity'):.3f}; accuracy, {accuracy:.3f}, "
-            + _against_majority(accuracy, majority, (values.get("ci") or {}).get("accuracy"))
+            + _against_majority(accuracy, majority, (values.get("ci") or {}).get("accuracy"), words)
             + f". That is why this series ranks models by AUC and balanced accuracy ({values.get('balanced_accuracy'):.3f} "
             "here, 0.5 for any constant answer)"
         )
     return "; ".join(parts) + "."
 
 
-def _against_majority(accuracy: float, majority: float, interval: list | None) -> str:
+def _against_majority(accuracy: float, majority: float, interval: list | None, words: DatasetWords) -> str:
     """Accuracy against always answering the majority class, judged by the accuracy's interval."""
     if interval is not None and interval[0] <= majority <= interval[1]:
         return (f"cannot be told from the {majority:.3f} of always answering the majority class (its "
                 f"{ci_text(*interval)} contains it)")
     text = f"is {'below' if accuracy < majority else 'above'} the {majority:.3f} of always answering the majority class"
-    return text + (": a threshold low enough to find the rare class calls many common patches positive too, and "
-                   "accuracy counts every common patch" if accuracy < majority else "")
+    return text + (f": a threshold low enough to find the rare class calls many common {words.images} positive too, "
+                   f"and accuracy counts every common {words.image}" if accuracy < majority else "")
 
 
-def _rule_words(method: str) -> str:
+def _rule_words(method: str, words: DatasetWords = dataset_words("idc")) -> str:
     """A card's threshold method in words: ``sensitivity@0.90`` -> ``find 90 % of the positive patches``."""
     if method.startswith("sensitivity@"):
-        return f"find {float(method.split('@')[1]):.0%} of the positive patches".replace("%", " %")
+        return f"find {float(method.split('@')[1]):.0%} of the positive {words.images}".replace("%", " %")
     return {"youden": "maximise sensitivity + specificity (Youden)", "f1": "maximise F1"}.get(method, method)
 
 

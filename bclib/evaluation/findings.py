@@ -3,7 +3,9 @@ calibration, patients, Grad-CAM, whole slides, the leakage lesson and the rankin
 
 Each ``*_text`` function returns one sentence for :func:`bclib.evaluation.conclusions.conclude`; it reads
 the table a :class:`~bclib.evaluation.compare.RunComparison` method returned (numbers in ``attrs``). A
-difference is called real only when its paired patient-bootstrap interval excludes zero.
+difference is called real only when its paired patient-bootstrap interval excludes zero. ``words``
+(:func:`bclib.data.explore.index_words` of the session's index) names the dataset and its images; without
+it the texts speak of IDC's patches.
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bclib.data.explore import DatasetWords, dataset_words, index_words
 from bclib.evaluation.conclusions import ci_text
+
+IDC_WORDS = dataset_words("idc")
 
 
 def _names(names: list[str]) -> str:
@@ -65,7 +70,8 @@ def models_text(table: pd.DataFrame) -> str:
     return text + f". Where one model is needed below, it is {best}, chosen without looking at test."
 
 
-def threshold_text(rules: pd.DataFrame, card_threshold: float, card_rule: str) -> str:
+def threshold_text(rules: pd.DataFrame, card_threshold: float, card_rule: str,
+                   words: DatasetWords = IDC_WORDS) -> str:
     """The two threshold rules computed on validation, against the card's threshold; ``rules`` has one row
     per rule (the target rule first) with ``threshold``, ``sensitivity`` and ``specificity`` on validation."""
     (first, target), (second, youden) = list(rules.iterrows())[:2]
@@ -79,10 +85,10 @@ def threshold_text(rules: pd.DataFrame, card_threshold: float, card_rule: str) -
              "made this very choice. " if same else
              f"The model card's threshold {card_threshold:.3f} came from another rule ({card_rule}). ")
     return text + ("No test image played a part; which rule is right is a clinical choice: missing a positive "
-                   "patch and raising a false alarm do not cost the same.")
+                   f"{words.image} and raising a false alarm do not cost the same.")
 
 
-def test_table_text(table: pd.DataFrame) -> str:
+def test_table_text(table: pd.DataFrame, words: DatasetWords = IDC_WORDS) -> str:
     """Every model on test: above chance or not, the spread of AUC, sensitivity and specificity
     (``table`` from ``RunComparison.table``)."""
     values, intervals = table.attrs["values"], table.attrs["intervals"]
@@ -100,7 +106,7 @@ def test_table_text(table: pd.DataFrame) -> str:
             f"{auc.max():.3f} ({auc.idxmax()}). At the thresholds chosen on validation ({rules}) test sensitivity "
             f"runs from {sensitivity.min():.3f} to {sensitivity.max():.3f}, and specificity from "
             f"{specificity.min():.3f} ({specificity.idxmin()}) to {specificity.max():.3f} ({specificity.idxmax()}): "
-            f"to find that share of the positive patches, {specificity.idxmin()} also calls "
+            f"to find that share of the positive {words.images}, {specificity.idxmin()} also calls "
             f"{1 - specificity.min():.0%} of the negative ones positive."
             + _random_transfer(table.attrs["without_imagenet"])
             + " Overlapping intervals of two models do not settle which is better: the ranking at the end compares "
@@ -111,7 +117,7 @@ def test_table_text(table: pd.DataFrame) -> str:
 BENCHMARK_2016 = {"balanced_accuracy": 0.8468, "f1": 0.7648}
 
 
-def operating_points_text(values: pd.DataFrame, best: str, change: dict) -> str:
+def operating_points_text(values: pd.DataFrame, best: str, change: dict, words: DatasetWords = IDC_WORDS) -> str:
     """The screening and the benchmark operating point of ``best`` on test. ``values``: one row per (model,
     operating point) with ``threshold``, ``balanced_accuracy``, ``f1``, ``sensitivity``, ``specificity``, the
     screening point first; ``change``: the paired balanced-accuracy change between the two thresholds."""
@@ -126,7 +132,11 @@ def operating_points_text(values: pd.DataFrame, best: str, change: dict) -> str:
         text += (f"The change of balanced accuracy, {change['difference']:+.3f} "
                  f"({ci_text(*change['ci'], signed=True)} on the same patient resamples), "
                  + ("is beyond noise. " if change["excludes_zero"] else "cannot be told from noise. "))
-    return text + (f"Published numbers are usually at such a balanced point: the 2016 benchmark (Janowczyk & "
+    if words.title != "IDC":
+        return text + ("Published numbers are usually given at such a balanced point; say which threshold a number is "
+                       f"at when comparing. The 2016 benchmark of this series was measured on IDC, not on "
+                       f"{words.title}. Both thresholds were chosen on validation only.")
+    return text + (f"Published numbers are usually at such a balanced point: on IDC, the 2016 benchmark (Janowczyk & "
                    f"Madabhushi) reports balanced accuracy {BENCHMARK_2016['balanced_accuracy']:.4f} and F1 "
                    f"{BENCHMARK_2016['f1']:.4f}, on its own test patients, so the comparison is only indicative "
                    "unless this run used their split. Both thresholds were chosen on validation only.")
@@ -137,7 +147,8 @@ def _change(row: pd.Series) -> str:
     return "no interval" if interval is None else ci_text(*interval, signed=True)
 
 
-def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05) -> str:
+def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0.05,
+                             words: DatasetWords = IDC_WORDS) -> str:
     """What temperature and Platt scaling did to each model's test ECE, judged by their paired intervals, and
     why a temperature cannot undo class weights (``table`` from :func:`bclib.evaluation.calibration.methods_table`)."""
     values, positive = table.attrs["values"], table.attrs["positive_fraction"]
@@ -168,13 +179,14 @@ def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0
         before, scaled, platt = (values.loc[(name, method)] for method in ("uncalibrated", "temperature", "Platt"))
         temperature = (f"Dividing by T = {scaled['temperature']:.2f} stretches or shrinks the logits around zero but "
                        f"adds nothing to them: the mean probability moves only to {scaled['mean_probability']:.3f} "
-                       f"and no patch crosses 0.5. Platt's intercept adds a shift (fitted: {platt['intercept']:+.2f}, "
+                       f"and no {words.image} crosses 0.5. Platt's intercept adds a shift (fitted: {platt['intercept']:+.2f}, "
                        f"with slope {platt['slope']:.2f}); the mean probability becomes "
                        f"{platt['mean_probability']:.3f}. ")
         if before["mean_probability"] > positive + base_rate_tolerance:
             text += (f"Why a temperature alone cannot fix a class-weighted model: class weights make {name} train as "
                      f"if both classes were equally common, so its mean probability is "
-                     f"{before['mean_probability']:.3f} where {positive:.3f} of the test patches are positive: the "
+                     f"{before['mean_probability']:.3f} where {positive:.3f} of the test {words.images} are positive: "
+                     "the "
                      f"base rate puts an offset of about log({positive:.2f} / {1 - positive:.2f}) = {offset:+.2f} "
                      f"into every logit, which the weights took out. " + temperature)
         else:
@@ -185,10 +197,19 @@ def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0
     return text + "Neither changes an AUC: both keep the ranking, so a threshold must be chosen again after them."
 
 
-def patients_text(table: pd.DataFrame, name: str, positive_name: str, off_by: float = 0.25) -> str:
+def patients_text(table: pd.DataFrame, name: str, positive_name: str, off_by: float = 0.25,
+                  words: DatasetWords = IDC_WORDS) -> str:
     """How well one model's share of patches called positive follows each test patient's true share
     (``table`` from ``RunComparison.patient_table``)."""
     from bclib.evaluation.metrics import fraction_correlation
+
+    if len(table) and (table["n"] == 1).all():
+        wrong = int((table["predicted_fraction"] != table["true_fraction"]).sum())
+        return (f"every one of the {len(table)} test patients has a single image here (the dataset gives no patient "
+                f"ids, so each image is its own patient): a patient's true share is 0 or 1 and the share {name} "
+                f"calls {positive_name} is its decision on that one image, right for {len(table) - wrong} and wrong "
+                f"for {wrong}. This section repeats the image-level results above; it needs several images per "
+                "patient to say anything about patients.")
 
     correlation = fraction_correlation(table)["pearson_predicted_fraction"]
     far = table[table["abs_fraction_error"] > off_by]
@@ -196,14 +217,14 @@ def patients_text(table: pd.DataFrame, name: str, positive_name: str, off_by: fl
     worst = table.loc[table["abs_fraction_error"].idxmax()]
     strength = ("undefined (too few patients, or a constant share)" if correlation is None else
                 f"{correlation:.2f} (1: the patients lie on one rising line; 0: no linear relation)")
-    text = (f"across {len(table)} test patients, the share of patches {name} calls {positive_name} follows the true "
-            f"share with Pearson r = {strength}. For {_plural(len(far), 'patient')} the two shares "
+    text = (f"across {len(table)} test patients, the share of {words.images} {name} calls {positive_name} follows "
+            f"the true share with Pearson r = {strength}. For {_plural(len(far), 'patient')} the two shares "
             f"differ by more than {off_by:.2f} ({high} too high, {low} too low); the worst is patient "
             f"{worst['patient_id']} ({worst['true_fraction']:.2f} true, {worst['predicted_fraction']:.2f} called "
             f"{positive_name}). ")
     if high > low:
         text += (f"Too high is what a threshold chosen for high sensitivity does: it also calls many of a patient's "
-                 f"other patches {positive_name}. ")
+                 f"other {words.images} {positive_name}. ")
     return text + "A patient-level decision needs a rule of its own (exercise 3)."
 
 
@@ -211,6 +232,8 @@ def gradcam_text(run: Any, per_group: int, blank_level: int = 200) -> str:
     """What the Grad-CAM examples of every model show, measured on them: the size of the feature map, the
     share of the heat in the patch's central region, empty maps, and mostly blank patches (over half the
     pixels at least ``blank_level`` in every channel) by group."""
+    session = getattr(run, "session", None)
+    words = index_words(session.index) if hasattr(session, "index") else IDC_WORDS
     parts, coarse, borders, blank_missed, blank_called = [], [], [], [], []
     for name in run.names:
         examples = run.gradcam(name, per_group)
@@ -237,28 +260,32 @@ def gradcam_text(run: Any, per_group: int, blank_level: int = 200) -> str:
         coarse += [name] if max(examples.feature_size) <= 4 else []
         borders += [name] if central < 0.8 * area else []
     text = (f"Grad-CAM explains the P({run.positive_name}) score, whatever the decision. Share of the heat in the "
-            f"central region of the patches shown ({area:.0%} of each patch; an even spread puts as much there): "
+            f"central region of the {words.images} shown ({area:.0%} of each {words.image}; an even spread puts as "
+            "much there): "
             + "; ".join(parts) + ". ")
     if coarse:
         text += (f"The heatmaps of {_names(coarse)} are blown up from a grid of a few cells: at best they point at "
-                 "a coarse part of the patch, hence the smooth blobs. ")
+                 f"a coarse part of the {words.image}, hence the smooth blobs. ")
     if borders:
         text += (f"{_names(borders)} put{'s' if len(borders) == 1 else ''} more heat near the borders: check on the "
-                 "images whether it follows tissue or the patch's frame, where the convolutions meet the padding. ")
+                 f"images whether it follows {'tissue' if words.stained_tissue else 'what the image shows'} or the "
+                 f"{words.image}'s frame, where the convolutions meet the padding. ")
     if blank_missed:
         whose = "every model's" if len(blank_missed) == len(run.names) else f"the {_names(blank_missed)}"
-        text += (f"Mostly blank patches are among {whose} missed {run.positive_name} patches: the labels come from "
-                 "regions outlined on the whole slide, and a patch of such a region can hold little tissue. ")
+        text += (f"Mostly blank {words.images} are among {whose} missed {run.positive_name} {words.images}"
+                 + (": the labels come from regions outlined on the whole slide, and a patch of such a region can hold "
+                    "little tissue. " if words.title == "IDC" else ": a label cannot be read from what is not there. "))
     if blank_called:
-        text += (f"A mostly blank patch called {run.positive_name} ({_names(blank_called)}) shows a model reacting "
-                 "to something other than tissue. ")
+        text += (f"A mostly blank {words.image} called {run.positive_name} ({_names(blank_called)}) shows a model "
+                 f"reacting to something other than {'tissue' if words.stained_tissue else 'what the image shows'}. ")
     return text + "A heatmap shows where a model looked, not where the disease is."
 
 
 def slides_text(table: pd.DataFrame) -> str:
     """The slide maps' patients by split (``table`` from :func:`bclib.evaluation.mosaic.slides`)."""
     if not len(table):
-        return "no patient of this dataset could be placed on a slide."
+        return ("no patient of this dataset could be placed on a slide: only IDC's file names give each patch's "
+                "position on its slide.")
 
     def describe(rows: pd.DataFrame) -> str:
         return ", ".join(f"{row['patient']} ({row['patches']} patches, within-slide AUC "
@@ -283,41 +310,45 @@ def slides_text(table: pd.DataFrame) -> str:
     return "; ".join(parts) + "."
 
 
-def memoriser_text(series: Any) -> str:
+def memoriser_text(series: Any, words: DatasetWords = IDC_WORDS) -> str:
     """What the image-level split did to the memoriser's test AUC over the seeds, and why (``series`` from
     :func:`bclib.evaluation.leakage.memoriser_lesson`)."""
     result, neighbours = series.difference, series.neighbours
     if not result.get("test_patients_seen", 1):
-        return ("no test patient has a second image that could move into training (one image per patient here), so "
-                "this dataset cannot leak this way.")
+        return ("no test patient has a second image that could move into training (one image per test patient "
+                "here), so the lesson cannot be measured on this data. Where a dataset gives no patient ids and each "
+                "image counts as its own patient, that does not mean it cannot leak: images of one person may sit "
+                "on both sides of its split, and nothing here can check it.")
     gap, interval = result["difference"], result["ci"]
-    text = (f"over {_plural(result['seeds'], 'seed')} (each moves a different half of every test patient's patches "
-            f"into training), {result['k']} nearest neighbours on colour statistics score a mean test ROC-AUC of "
-            f"{result['b']:.3f} after the image-level split and {result['a']:.3f} after the patient-level one, on the "
-            f"same {result['n_images']} held-out patches of {result['n_patients']} patients: a difference of "
-            f"{gap:+.3f} ")
+    text = (f"over {_plural(result['seeds'], 'seed')} (each moves a different half of every test patient's "
+            f"{words.images} into training), {result['k']} nearest neighbours on colour statistics score a mean test "
+            f"ROC-AUC of {result['b']:.3f} after the image-level split and {result['a']:.3f} after the patient-level "
+            f"one, on the same {result['n_images']} held-out {words.images} of {result['n_patients']} patients: a "
+            f"difference of {gap:+.3f} ")
     text += ("(no interval: too few patients). " if interval is None else
              f"({ci_text(*interval, signed=True)}, the same patients resampled for every seed). ")
     if result["excludes_zero"] and gap > 0:
         text += ("The image-level split flatters this model beyond noise: it rewards recognising patients rather "
                  "than the disease, and any test number from such a split is optimistic by about this much. ")
     elif result["excludes_zero"]:
-        text += "The leaky copy scored lower, beyond noise: the patches it gave up were worth more. "
+        text += f"The leaky copy scored lower, beyond noise: the {words.images} it gave up were worth more. "
     else:
         text += ("The interval includes zero: on this data an image-level split does not measurably inflate "
                  "this model's test AUC. ")
     share, chance = neighbours["same_patient_share"], neighbours["chance_same_patient_share"]
     same, other = neighbours["agreement_same_patient"], neighbours["agreement_other_patients"]
-    text += (f"Why: {share:.1%} of the leaky model's nearest training patches come from the held-out patch's own "
-             f"patient, {share / chance:.0f} times what chance gives ({chance:.2%}), so "
+    text += (f"Why: {share:.1%} of the leaky model's nearest training {words.images} come from the held-out "
+             f"{words.image}'s own patient, {share / chance:.0f} times what chance gives ({chance:.2%}), so "
              + ("it does recognise patients" if share > 2 * chance else "it hardly recognises patients"))
     if same is not None and other is not None:
-        text += (f"; those neighbours share the patch's label {same:.0%} of the time, other patients' {other:.0%}. "
+        text += (f"; those neighbours share the {words.image}'s label {same:.0%} of the time, other patients' "
+                 f"{other:.0%}. "
                  f"Seeing the patient helps such a look-up by {100 * (same - other):.0f} percentage points, "
                  f"{'but only ' if share < 0.1 else 'and '}{share:.1%} of the look-ups find the patient, so the "
                  f"expected gain is about {share * (same - other):.2%} of the votes")
-    return text + (". How much a split leaks depends on how many patches each patient gives to training and on how "
-                   "much more alike one patient's patches are than two patients'. It is a lesson, never a result.")
+    return text + (f". How much a split leaks depends on how many {words.images} each patient gives to training and on "
+                   f"how much more alike one patient's {words.images} are than two patients'. It is a lesson, never a "
+                   "result.")
 
 
 def ranking_text(ranking: pd.DataFrame) -> str:
