@@ -367,6 +367,53 @@ def test_sample_images_balanced_from_a_dataset(tmp_path):
     assert len(app.sample_picker.options) == 4
 
 
+def test_samples_come_from_the_dataset_the_card_names_not_idc(tmp_path):
+    from test_predict import tiny_card, write_patch
+
+    root = tmp_path / "slides"
+    for label, colour in (("benign", (200, 150, 200)), ("malignant", (150, 60, 140))):
+        (root / label).mkdir(parents=True)
+        for k in range(6):
+            write_patch(root / label / f"{label}-{k}.png", colour=colour)
+    card = tiny_card(class_names=["benign", "malignant"],
+                     dataset={"name": "folder", "root": str(root), "options": {"classes": ["benign", "malignant"]}},
+                     split={"method": "patient", "seed": 0})
+    samples = sample_images(card, dataset="idc", n=2)  # the notebook's parameter says idc; the card says folder
+    assert len(samples.paths) == 2 and all(path.parent.parent == root for path in samples.paths)
+    assert sorted(samples.labels) == ["benign", "malignant"]
+    assert [path.parent.name for path in samples.paths] == samples.labels
+    card["dataset"]["options"] = {"classes": ["benign", "no-such-class"]}  # scanned with the card's options
+    assert sample_images(card, n=2).paths == [] and "no-such-class" in sample_images(card, n=2).note
+
+
+def test_breastmnist_samples_are_written_as_png_files(tmp_path, monkeypatch):
+    import tempfile
+
+    from PIL import Image
+
+    from bclib.data.datasets.breastmnist import CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in (("train", 20), ("val", 6), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (count, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(count) % 2).reshape(-1, 1)
+    (tmp_path / "breastmnist").mkdir()
+    np.savez(tmp_path / "breastmnist" / "breastmnist.npz", **arrays)
+    card = {"class_names": CLASS_NAMES, "positive_label": 0,
+            "dataset": {"name": "breastmnist", "root": str(tmp_path / "breastmnist")},
+            "split": {"method": "official", "seed": 0}}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the PNG copies' folder
+    samples = sample_images(card, n=4)
+    assert len(samples.paths) == 4 and sorted(samples.labels) == sorted(CLASS_NAMES * 2)
+    assert "test split" in samples.note and f"written as PNG files to {samples.paths[0].parent}" in samples.note
+    assert samples.paths[0].parent.parent == tmp_path
+    for path, label in zip(samples.paths, samples.labels):
+        position = int(path.stem.rsplit("-", 1)[1])  # breastmnist-test-00005.png: row 5 of the test images
+        assert path.name.startswith("breastmnist-test-") and label == CLASS_NAMES[position % 2]
+        np.testing.assert_array_equal(np.asarray(Image.open(path))[..., 0], arrays["test_images"][position])
+
+
 def test_sample_picker_predicts_and_shows_the_sample_truth(run_folder, files, browser):
     app = PredictApp(find_models(run_id=run_folder.name, reports_root=run_folder.parent), samples=[files["rgb"]])
     app.sample_button.click()

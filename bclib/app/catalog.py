@@ -6,6 +6,7 @@ test split of the data the best model was trained on, both classes.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from itertools import chain, zip_longest
 from pathlib import Path
@@ -149,34 +150,55 @@ def sample_images(
 ) -> SampleSet:
     """``n`` sample patches (both classes) from the test split of the run's data, for the picker.
 
-    The data folder is ``data_dir``, else the card's ``dataset.root``, else the usual lookup
-    (:func:`bclib.paths.find_dataset_dir`). No data found gives an empty set with a note.
+    The dataset is the one the (best) model's card names, scanned with the card's options; ``dataset``
+    only without a card that names one. The data folder is ``data_dir``, else the card's ``dataset.root``,
+    else the usual lookup (:func:`bclib.paths.find_dataset_dir`). No data found gives an empty set with a note.
     """
     if n <= 0:
         return SampleSet([], "no samples requested")
     card = models if isinstance(models, dict) else (best_model(models).card if models else None)
+    trained_on = (card or {}).get("dataset")
+    trained_on = trained_on if isinstance(trained_on, dict) else {}
+    dataset = str(trained_on.get("name") or dataset)
     root: Path | None = Path(data_dir) if data_dir else None
-    card_root = ((card or {}).get("dataset") or {}).get("root")
+    card_root = trained_on.get("root")
     if root is None and card_root and Path(card_root).exists():
         root = Path(card_root)
     root = root or paths.find_dataset_dir(dataset)
     if root is None:
         return SampleSet([], f"no {dataset!r} data found for sample images (set data_dir)")
     try:
-        index = scan(dataset, root)
-    except (ValueError, OSError) as error:  # DatasetError is a ValueError
+        index = scan(dataset, root, **(trained_on.get("options") or {}))
+    except (ValueError, OSError, TypeError) as error:  # DatasetError is a ValueError; TypeError: an unknown option
         return SampleSet([], f"no sample images: {error}")
     if len(index.frame) == 0:
         return SampleSet([], f"the {dataset!r} data at {root} holds no images")
     index, positions, source = _test_rows(index, card)
     labels = index.frame["label"].to_numpy()
     picked = _balanced_pick(labels, positions, n * CANDIDATES_PER_SAMPLE, seed)
-    candidates = SampleSet([Path(index.frame["path"].iloc[p]) for p in picked], "",
-                           [index.class_names[int(labels[p])] for p in picked])
+    files, where = _sample_files(index, picked)
+    source += where
+    candidates = SampleSet(files, "", [index.class_names[int(labels[p])] for p in picked])
     choice = None if isinstance(models, dict) or not models else best_model(models)
     chosen, mistakes = _with_a_mistake(candidates, choice, n) if choice else (list(range(min(n, len(picked)))), "")
     return SampleSet([candidates.paths[i] for i in chosen], f"{len(chosen)} samples from {source}{mistakes}",
                      [candidates.labels[i] for i in chosen])
+
+
+def _sample_files(index: DatasetIndex, positions: Sequence[int]) -> tuple[list[Path], str]:
+    """Image files of the rows at ``positions``: their own files, or, for a dataset that keeps its images in
+    one array file (BreastMNIST, PCam), PNG copies in a new temporary folder; and that folder, in words."""
+    from PIL import Image
+
+    if "array_key" not in index.frame.columns:
+        return [Path(index.frame["path"].iloc[p]) for p in positions], ""
+    folder = Path(tempfile.mkdtemp(prefix=f"bclib-samples-{index.name}-"))
+    files = []
+    for position in positions:
+        file = folder / f"{index.name}-{index.frame['patient_id'].iloc[position]}.png"
+        Image.fromarray(index.load_image(position)).save(file)
+        files.append(file)
+    return files, f" (images of {Path(index.frame['path'].iloc[0]).name}, written as PNG files to {folder})"
 
 
 def _with_a_mistake(candidates: SampleSet, choice: ModelChoice, n: int) -> tuple[list[int], str]:
