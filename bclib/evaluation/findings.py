@@ -186,8 +186,7 @@ def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0
             text += (f"Why a temperature alone cannot fix a class-weighted model: class weights make {name} train as "
                      f"if both classes were equally common, so its mean probability is "
                      f"{before['mean_probability']:.3f} where {positive:.3f} of the test {words.images} are positive: "
-                     "the "
-                     f"base rate puts an offset of about log({positive:.2f} / {1 - positive:.2f}) = {offset:+.2f} "
+                     f"the base rate puts an offset of about log({positive:.2f} / {1 - positive:.2f}) = {offset:+.2f} "
                      f"into every logit, which the weights took out. " + temperature)
         else:
             text += (f"Class weights, which count both classes as equally common, should raise the mean probability "
@@ -205,8 +204,8 @@ def patients_text(table: pd.DataFrame, name: str, positive_name: str, off_by: fl
 
     if len(table) and (table["n"] == 1).all():
         wrong = int((table["predicted_fraction"] != table["true_fraction"]).sum())
-        return (f"every one of the {len(table)} test patients has a single image here (the dataset gives no patient "
-                f"ids, so each image is its own patient): a patient's true share is 0 or 1 and the share {name} "
+        return (f"every one of the {len(table)} test patients has a single image here (as where a dataset gives no "
+                f"patient ids and each image counts as its own patient): a patient's true share is 0 or 1 and the share {name} "
                 f"calls {positive_name} is its decision on that one image, right for {len(table) - wrong} and wrong "
                 f"for {wrong}. This section repeats the image-level results above; it needs several images per "
                 "patient to say anything about patients.")
