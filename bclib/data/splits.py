@@ -246,11 +246,9 @@ def _benchmark_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarr
     others = _sorted_patients(present.difference(test_patients))
     assignment, notes = _patient_split(index, seed, ("train", "val"), FRACTIONS[:2], others)
     assignment["test"] = np.flatnonzero(index.frame["patient_id"].isin(test_patients).to_numpy())
-    notes.append(f"benchmark split: test = the {len(test_patients)} official {held_out!r} patients of the 2016 "
-                 f"benchmark in the data (Janowczyk & Madabhushi 2016)"
-                 + ("; the official test patients are not in the data, so the official validation patients are "
-                    "the test set and validation is drawn from the other patients" if held_out == "val" else "")
-                 + f"; train and val: the other {len(others)} patients, by patient")
+    notes.append(f"benchmark split: test = the {len(test_patients)} patients of the 2016 benchmark's official "
+                 f"{held_out!r} list in the data" + (" (none of its 'test' list is)" if held_out == "val" else "")
+                 + f"; train and val: the other {len(others)} patients, by patient (Janowczyk & Madabhushi 2016)")
     return assignment, notes
 
 
