@@ -86,12 +86,18 @@ def test_notebook01_on_idc_keeps_patches_tissue_and_patients(idc):
     texts = _notebook01_texts(idc)
     assert "of 10 patients" in texts[0] and "IDC (the positive class" in texts[0]
     assert texts[1].endswith("(notebook 02 defines them).") and " per IDC patch" in texts[1]
-    assert texts[2].startswith("10 patients give between 6 and 6 patches")
+    assert texts[2].startswith("each of the 10 patients gives 6 patches: they weigh the same.")
     assert texts[3].startswith("IDC tissue is darker") and "stain jitter" in texts[3]
     assert texts[4] == ("1 of 60 patches is not 50x50 (the smallest is 20x50): the cache pads it with white; "
                         "nothing is stretched.")
     assert texts[5] == "every patch here is 28x28: nothing to pad or shrink."
     assert texts[6].startswith("0 patients are in both train and test") and "price of an honest test" in texts[6]
+
+
+def test_the_synthetic_demo_is_not_called_histopathology(idc):
+    idc.synthetic = True
+    text = explore.about_text(idc, explore.index_words(idc))
+    assert text.startswith("this run uses the synthetic IDC demo: 60 generated patches in IDC's layout of 10 patients")
 
 
 def test_first_model_text_names_the_cards_images():

@@ -167,7 +167,8 @@ def about_text(index: DatasetIndex, words: DatasetWords) -> str:
     """What this run's data is: the dataset, its images, patients and classes."""
     title = f"the synthetic {words.title} demo" if index.synthetic else words.title
     patients = int(index.frame["patient_id"].nunique())
-    text = f"this run uses {title}: {len(index):,} {words.kind}"
+    kind = f"generated {words.images} in {words.title}'s layout" if index.synthetic else words.kind
+    text = f"this run uses {title}: {len(index):,} {kind}"
     text += "" if words.one_image_per_patient else f" of {patients:,} patients"
     names = [str(name) for name in index.class_names]
     if index.positive_label is None:
@@ -204,10 +205,13 @@ def patient_spread_text(patients: pd.DataFrame, words: DatasetWords, positive_na
                        f": a patient's {positive_name} share is 0 % or 100 %, and how alike the images of one "
                        "person are cannot be seen here.")
     heavy = sizes.quantile(0.9) > 2 * sizes.median()
-    text = (f"{len(patients):,} patients give between {sizes.min():,} and {sizes.max():,} {words.images} "
-            f"(median {sizes.median():.0f}): "
-            + (f"the top tenth give more than {sizes.quantile(0.9):.0f} each, so a few patients weigh much more than "
-               "the others." if heavy else "they weigh about the same."))
+    if sizes.min() == sizes.max():
+        text = f"each of the {len(patients):,} patients gives {words.count(int(sizes.min()))}: they weigh the same."
+    else:
+        text = (f"{len(patients):,} patients give between {sizes.min():,} and {sizes.max():,} {words.images} "
+                f"(median {sizes.median():.0f}): "
+                + (f"the top tenth give more than {sizes.quantile(0.9):.0f} each, so a few patients weigh much more "
+                   "than the others." if heavy else "they weigh about the same."))
     if positive_name is not None:
         text += (f" Their {positive_name} share ranges from {patients['positive_share'].min():.0%} to "
                  f"{patients['positive_share'].max():.0%}: how much disease {words.indefinite} shows depends on "
