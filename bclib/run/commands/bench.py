@@ -13,11 +13,12 @@ from bclib.run.cli import add_data_arguments
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="measure packing, input pipeline, frozen-backbone, inference and memory as ratios",
+        help="measure packing, input pipeline, frozen-backbone, inference, the app and memory as ratios",
         description=(
             "Measure, in one run on this machine, each speed as a ratio against its reference "
             "(cache vs PNG decode, tf.data vs in-RAM fit, cached features vs frozen backbone, "
-            "bclib predict vs raw model.predict, latency vs target, memory vs packed size). "
+            "bclib predict vs raw model.predict, latency vs target, the app's upload-to-result time vs "
+            "bclib predict, memory vs packed size, large-image decoding vs its size). "
             "Prints a table and writes reports/bench/<timestamp>.json."
         ),
     )
