@@ -140,3 +140,15 @@ def test_findings_on_one_image_per_patient_say_so_and_leave_idc_out():
     lesson = SimpleNamespace(difference={"test_patients_seen": 0}, neighbours={})
     assert "cannot be measured" in findings.memoriser_text(lesson, words=words)
     assert "this dataset cannot leak" not in findings.memoriser_text(lesson, words=words)
+
+
+def test_memoriser_text_does_not_call_a_loss_help():
+    lesson = SimpleNamespace(
+        difference={"seeds": 5, "k": 5, "a": 0.755, "b": 0.778, "n_images": 24, "n_patients": 5, "difference": 0.023,
+                    "ci": [0.001, 0.046], "excludes_zero": True},
+        neighbours={"same_patient_share": 0.082, "chance_same_patient_share": 0.0152,
+                    "agreement_same_patient": 0.71, "agreement_other_patients": 0.77})
+    text = findings.memoriser_text(lesson)
+    assert "does not help such a look-up here (-6 percentage points)" in text and "helps such a look-up by" not in text
+    lesson.neighbours.update(agreement_same_patient=0.98, agreement_other_patients=0.87)
+    assert "helps such a look-up by 11 percentage points" in findings.memoriser_text(lesson)

@@ -341,10 +341,14 @@ def memoriser_text(series: Any, words: DatasetWords = IDC_WORDS) -> str:
              + ("it does recognise patients" if share > 2 * chance else "it hardly recognises patients"))
     if same is not None and other is not None:
         text += (f"; those neighbours share the {words.image}'s label {same:.0%} of the time, other patients' "
-                 f"{other:.0%}. "
-                 f"Seeing the patient helps such a look-up by {100 * (same - other):.0f} percentage points, "
-                 f"{'but only ' if share < 0.1 else 'and '}{share:.1%} of the look-ups find the patient, so the "
-                 f"expected gain is about {share * (same - other):.2%} of the votes")
+                 f"{other:.0%}. ")
+        if same <= other:
+            text += (f"Seeing the patient does not help such a look-up here ({100 * (same - other):+.0f} percentage "
+                     "points): the patient's own neighbours agree with its label no more often than others'")
+        else:
+            text += (f"Seeing the patient helps such a look-up by {100 * (same - other):.0f} percentage points, "
+                     f"{'but only ' if share < 0.1 else 'and '}{share:.1%} of the look-ups find the patient, so the "
+                     f"expected gain is about {share * (same - other):.2%} of the votes")
     return text + (f". How much a split leaks depends on how many {words.images} each patient gives to training and on "
                    f"how much more alike one patient's {words.images} are than two patients'. It is a lesson, never a "
                    "result.")
