@@ -170,7 +170,7 @@ def methods_table(run, n_boot: int = 1000, n_bins: int = 10) -> pd.DataFrame:
                            else list(change_interval), "mean_probability": float(p.mean()),
                            "temperature": temperature, "slope": slope, "intercept": intercept,
                            "class_weights": weighted})
-    print(f"test split: {truth.mean():.3f} of the patches are {run.positive_name} (the positive share); "
+    print(f"test split: {truth.mean():.3f} of the images are {run.positive_name} (the positive share); "
           "each calibration fitted on validation")
     table = pd.DataFrame(rows).set_index(["model", "method"])
     table.attrs.update(positive_fraction=float(truth.mean()),
