@@ -102,3 +102,20 @@ def test_calibration_methods_text_does_not_claim_an_offset_the_run_does_not_show
     text = findings.calibration_methods_text(shrunk)
     assert "this run does not show that offset" in text and "Why a temperature alone" not in text
     assert "a temperature cannot remove it" in text
+
+
+def _change(metric: str, a: float, b: float, low: float, high: float) -> dict:
+    return {"metric": metric, "a": a, "b": b, "difference": b - a, "ci": [low, high],
+            "excludes_zero": low > 0 or high < 0}
+
+
+def test_committee_text_decides_on_validation_and_quotes_the_benchmark():
+    test = {"roc_auc": _change("roc_auc", 0.918, 0.928, 0.001, 0.021),
+            "balanced_accuracy": _change("balanced_accuracy", 0.837, 0.851, -0.01, 0.04)}
+    ahead = findings.committee_text(["a", "b", "c"], "a", test, _change("roc_auc", 0.902, 0.906, 0.001, 0.008),
+                                    published={"balanced_accuracy": 0.8468})
+    assert "a, b and c" in ahead and "excludes zero: a real change" in ahead and "includes zero" in ahead
+    assert "rests on validation" in ahead
+    assert "balanced accuracy 0.847" in ahead and "the committee reaches balanced accuracy 0.851" in ahead
+    behind = findings.committee_text(["a", "b"], "a", test, _change("roc_auc", 0.902, 0.900, -0.01, 0.006))
+    assert "would not pick it" in behind and "2016 benchmark" not in behind

@@ -1,5 +1,5 @@
 """The conclusions of notebook 07, drawn from the run's numbers: the models, the threshold, the test table,
-calibration, patients, Grad-CAM, whole slides, the leakage lesson and the ranking.
+calibration, patients, Grad-CAM, whole slides, the leakage lesson, the ranking and the committee.
 
 Each ``*_text`` function returns one sentence for :func:`bclib.evaluation.conclusions.conclude`; it reads
 the table a :class:`~bclib.evaluation.compare.RunComparison` method returned (numbers in ``attrs``). A
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bclib.data.explore import DatasetWords, dataset_words, index_words
-from bclib.evaluation.conclusions import ci_text
+from bclib.evaluation.conclusions import METRIC_LABELS, ci_text, difference_text
 
 IDC_WORDS = dataset_words("idc")
 
@@ -381,4 +381,31 @@ def ranking_text(ranking: pd.DataFrame) -> str:
                  f"patients ({ranking.attrs['val_patients']} in validation, {ranking.attrs['test_patients']} in "
                  "test), some easier than others, and so few validation patients make a noisy estimate; a test "
                  "number above the validation one is the luck of the draw, not a sign of a better model.")
+    return text
+
+
+def committee_text(members: list[str], best: str, test_changes: dict[str, dict], val_change: dict,
+                   published: dict[str, float] | None = None) -> str:
+    """The committee (mean probability of ``members``) against ``best``: paired differences on test
+    (``test_changes``: metric -> :func:`~bclib.evaluation.bootstrap.paired_bootstrap_difference`, b = committee)
+    and the validation ROC-AUC difference that decides whether to use it; ``published``: the benchmark's
+    reported numbers, when the test patients are the benchmark's held-out ones."""
+    text = (f"the committee of {_names(members)} against {best}, the model chosen on validation, each at its own "
+            "Youden threshold chosen on validation, on the same test patient resamples: "
+            + " ".join(difference_text(change) for change in test_changes.values()))
+    gain = val_change["difference"]
+    if val_change["excludes_zero"] and gain > 0:
+        text += (f" On validation the committee ranks higher too ({difference_text(val_change)}), so choosing it "
+                 "rests on validation, not on test.")
+    else:
+        text += (f" On validation: {difference_text(val_change)} Validation does not show the committee ahead, so a "
+                 "choice made without looking at test would not pick it: what it gains on test is a finding of this "
+                 "run, not a reason to switch.")
+    if published:
+        reached = {metric: test_changes[metric]["b"] for metric in published if metric in test_changes}
+        text += (" For reference, the 2016 benchmark reported " + ", ".join(
+            f"{METRIC_LABELS.get(metric, metric)} {value:.3f}" for metric, value in published.items())
+            + " on its test patients (AlexNet trained on its full training set); the committee reaches "
+            + ", ".join(f"{METRIC_LABELS.get(metric, metric)} {value:.3f}" for metric, value in reached.items())
+            + " on the patients of this data that the benchmark held out (the benchmark split, notebook 01).")
     return text
