@@ -270,3 +270,15 @@ def test_official_validation_patients_are_honest_test_data_of_a_benchmark_card(b
     modelcard.write_card(card, folder)
     result = evaluate.evaluate_model(folder / "model.keras", "idc", benchmark_tree, split="official:val", n_boot=0)
     assert any("validation numbers" in note for note in result["notes"])
+
+
+def test_the_command_line_keeps_tensorflow_start_up_messages_out(saved_model, synthetic_idc):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bclib.run.cli", "evaluate", "--model", str(saved_model),
+                           "--data", str(synthetic_idc), "--n-boot", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "roc_auc" in done.stdout
+    for noise in ("absl::InitializeLog", "oneDNN", "cuda", "cpu_feature_guard"):
+        assert noise not in done.stderr, done.stderr

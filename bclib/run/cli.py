@@ -10,9 +10,11 @@ import importlib
 import sys
 from typing import Sequence
 
-from bclib import DISCLAIMER, __version__
+from bclib import DISCLAIMER, __version__, import_tensorflow_quietly
 
 COMMAND_MODULES = ("data", "run", "evaluate", "predict", "app", "bench", "sweep")
+#: Commands that load TensorFlow in this process: imported first with its C++ start-up messages hidden.
+TENSORFLOW_COMMANDS = ("evaluate", "predict", "bench")
 
 
 class CommandError(Exception):
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            import_tensorflow_quietly()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
