@@ -94,7 +94,7 @@ def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -
 
         split_index = subsample_patients(index, int(max_images), used_seed)
     if split.startswith("official:"):
-        method, name = "official", split.split(":", 1)[1]
+        method, name = card_method, split.split(":", 1)[1]   # the model's split, whose patients are checked below
         patients = set(official_patients(index, name))
         matches, honest = None, card_method == "official" and name == "test"
         if card_method == "benchmark":  # its test set is the benchmark's held-out patients
