@@ -228,9 +228,10 @@ def test_threshold_text_names_the_rule_the_card_used():
 
 def test_slides_text_says_which_patients_the_model_learnt_from():
     table = pd.DataFrame({"patient": ["10253", "9001"], "split": ["train", "test"], "patches": [549, 40],
-                          "roc_auc": [0.97, np.nan]})
+                          "positive_fraction": [0.3, 0.1], "mean_probability": [0.31, 0.6], "roc_auc": [0.97, np.nan]})
     text = findings.slides_text(table)
     assert "1 of the 2 patients shown was in the TRAIN split" in text
-    assert "10253 (549 patches, within-slide AUC 0.970)" in text
-    assert "the held-out test patient 9001 (40 patches, within-slide AUC n/a)" in text and "(s)" not in text
+    assert "10253 (549 patches, 30% positive, mean probability 0.31, within-slide AUC 0.970)" in text
+    assert "the held-out test patient 9001 (40 patches, 10% positive, mean probability 0.60, within-slide AUC n/a)" in text
+    assert "(s)" not in text
     assert "no test patient is shown" in findings.slides_text(table.iloc[:1])

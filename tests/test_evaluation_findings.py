@@ -111,11 +111,29 @@ def _change(metric: str, a: float, b: float, low: float, high: float) -> dict:
 
 def test_committee_text_decides_on_validation_and_quotes_the_benchmark():
     test = {"roc_auc": _change("roc_auc", 0.918, 0.928, 0.001, 0.021),
-            "balanced_accuracy": _change("balanced_accuracy", 0.837, 0.851, -0.01, 0.04)}
+            "balanced_accuracy": _change("balanced_accuracy", 0.837, 0.851, -0.01, 0.04),
+            "f1": _change("f1", 0.70, 0.74, 0.01, 0.06)}
     ahead = findings.committee_text(["a", "b", "c"], "a", test, _change("roc_auc", 0.902, 0.906, 0.001, 0.008),
-                                    published={"balanced_accuracy": 0.8468})
+                                    benchmark_list="val")
     assert "a, b and c" in ahead and "excludes zero: a real change" in ahead and "includes zero" in ahead
     assert "rests on validation" in ahead
-    assert "balanced accuracy 0.847" in ahead and "the committee reaches balanced accuracy 0.851" in ahead
+    assert "balanced accuracy 0.851 and F1 0.740" in ahead and "0.8468" in ahead
+    assert "the benchmark's validation patients (its test patients are not in this data)" in ahead
     behind = findings.committee_text(["a", "b"], "a", test, _change("roc_auc", 0.902, 0.900, -0.01, 0.006))
-    assert "would not pick it" in behind and "2016 benchmark" not in behind
+    assert "would not pick it" in behind and "are not theirs, so the comparison is only indicative" in behind
+    from bclib.data.explore import dataset_words
+
+    other = findings.committee_text(["a", "b"], "a", test, _change("roc_auc", 0.9, 0.9, -0.01, 0.01),
+                                    words=dataset_words("breastmnist"))
+    assert "2016" not in other
+
+
+def test_calibration_methods_text_names_an_unweighted_model_that_is_shifted_too(table):
+    values = table.attrs["values"].copy()
+    unweighted = [name for name in dict.fromkeys(values.index.get_level_values("model"))
+                  if not values.loc[(name, "uncalibrated"), "class_weights"]]
+    shifted = table.copy()
+    values.loc[(unweighted[0], "uncalibrated"), "mean_probability"] = table.attrs["positive_fraction"] + 0.2
+    shifted.attrs.update(values=values, positive_fraction=table.attrs["positive_fraction"])
+    assert f"The weights are not the only cause in this run: {unweighted[0]}" in findings.calibration_methods_text(shifted)
+    assert "not the only cause" not in findings.calibration_methods_text(table)

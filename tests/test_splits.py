@@ -204,7 +204,8 @@ def test_benchmark_split_tests_on_the_official_validation_patients_when_test_one
     assert not set(split.patients("train")) & set(split.patients("val"))
     assert abs(len(split.patients("val")) / len(others) - 0.15 / 0.85) < 0.05
     assert all(set(index.labels[split.positions(name)]) == {0, 1} for name in ("train", "val", "test"))
-    assert any("official 'val' list in the data (none of its 'test' list is)" in note for note in split.warnings)
+    assert any("official 'val' list in the data; its 'test' list is not in the data" in note for note in split.warnings)
+    assert split.benchmark_list == "val"
     again, other_seed = make_split(index, "benchmark", seed=0), make_split(index, "benchmark", seed=1)
     assert again.patients_hash() == split.patients_hash() != other_seed.patients_hash()
     assert other_seed.patients("test") == split.patients("test")   # the seed never moves the test patients
@@ -213,7 +214,7 @@ def test_benchmark_split_tests_on_the_official_validation_patients_when_test_one
 def test_benchmark_split_uses_the_official_test_patients_where_present():
     index = _benchmark_shaped_index(with_test=True)
     split = make_split(index, "benchmark", seed=0)
-    assert split.patients("test") == sorted(IDC_TEST_PATIENTS[:6], key=int)
+    assert split.patients("test") == sorted(IDC_TEST_PATIENTS[:6], key=int) and split.benchmark_list == "test"
     assert set(IDC_VAL_PATIENTS) <= set(split.patients("train")) | set(split.patients("val"))
 
 

@@ -15,8 +15,7 @@ CITATION = (
     "doi:10.4103/2153-3539.186902"
 )
 
-#: What the 2016 benchmark reported on its test patients (AlexNet trained on its training patches), at its
-#: balanced operating point: the numbers to set beside a model scored on the benchmark's held-out patients.
+#: What the 2016 benchmark reported on its test patients (AlexNet trained on its full training set).
 PUBLISHED_RESULTS: dict[str, float] = {"balanced_accuracy": 0.8468, "f1": 0.7648}
 
 #: Split name -> patient IDs of that split.

@@ -51,6 +51,7 @@ class Split:
     assignment: dict[str, np.ndarray]
     missing_patients: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    benchmark_list: str | None = None   # benchmark split: the official list its test patients come from
 
     def __post_init__(self) -> None:
         ids = self.index.frame["patient_id"].to_numpy()
@@ -230,8 +231,9 @@ def _patient_split(index: DatasetIndex, seed: int, names: tuple[str, ...] = SPLI
     return {name: np.flatnonzero(split_of_row == i) for i, name in enumerate(names)}, notes
 
 
-def _benchmark_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Test: the benchmark's held-out patients present; train/val: the others, by patient."""
+def _benchmark_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """Test: the benchmark's held-out patients present; train/val: the others, by patient; and which
+    official list the test patients come from."""
     if index.name != "idc":
         raise DatasetError(f"split 'benchmark' uses the IDC benchmark's patient lists; {index.name!r} has none: "
                            "use split='official' or split='patient'")
@@ -247,9 +249,9 @@ def _benchmark_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarr
     assignment, notes = _patient_split(index, seed, ("train", "val"), FRACTIONS[:2], others)
     assignment["test"] = np.flatnonzero(index.frame["patient_id"].isin(test_patients).to_numpy())
     notes.append(f"benchmark split: test = the {len(test_patients)} patients of the 2016 benchmark's official "
-                 f"{held_out!r} list in the data" + (" (none of its 'test' list is)" if held_out == "val" else "")
+                 f"{held_out!r} list in the data" + ("; its 'test' list is not in the data" if held_out == "val" else "")
                  + f"; train and val: the other {len(others)} patients, by patient (Janowczyk & Madabhushi 2016)")
-    return assignment, notes
+    return assignment, notes, held_out
 
 
 def _image_split(index: DatasetIndex, seed: int) -> dict[str, np.ndarray]:
@@ -334,16 +336,17 @@ def make_split(index: DatasetIndex, method: str = "patient", seed: int = 0) -> S
         raise DatasetError(f"cannot split {index.name!r}: the index holds no images")
     seed = int(seed)
     missing: list[str] = []
+    benchmark_list = None
     if method == "patient":
         assignment, notes = _patient_split(index, seed)
     elif method == "benchmark":
-        assignment, notes = _benchmark_split(index, seed)
+        assignment, notes, benchmark_list = _benchmark_split(index, seed)
     elif method == "image":
         assignment, notes = _image_split(index, seed), []
     else:
         assignment, missing, notes = _official_split(index)
     split = Split(index=index, method=method, seed=seed, assignment=assignment, missing_patients=missing,
-                  warnings=notes)
+                  warnings=notes, benchmark_list=benchmark_list if method == "benchmark" else None)
     if method == "image":
         message = (
             f"an image-level split leaks patients: {len(split.overlapping_patients())} of "
