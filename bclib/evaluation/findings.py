@@ -210,7 +210,7 @@ def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0
                        and values.loc[(other, "uncalibrated"), "mean_probability"] > positive + base_rate_tolerance]
             if shifted:
                 text += (f"The weights are not the only cause in this run: {_names(shifted)}, trained without them, "
-                         f"{'has' if len(shifted) == 1 else 'have'} mean probabilities of " + ", ".join(
+                         f"{'has a mean probability' if len(shifted) == 1 else 'have mean probabilities'} of " + ", ".join(
                              f"{values.loc[(other, 'uncalibrated'), 'mean_probability']:.3f}" for other in shifted)
                          + " too (early stopping on AUC does not ask a model to match the base rate), and Platt's "
                          "intercept removes that shift as well. ")
