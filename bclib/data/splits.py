@@ -326,8 +326,8 @@ def official_patients(index: DatasetIndex, name: str) -> list[str]:
 def make_split(index: DatasetIndex, method: str = "patient", seed: int = 0) -> Split:
     """Split ``index`` into train / val / test row positions (see the module docstring).
 
-    ``seed`` applies to the ``patient``, ``benchmark`` (train/val) and ``image`` methods. Raises :class:`DatasetError` when
-    the data cannot be split that way (too few patients, an empty official split, no official
+    ``seed`` applies to the ``patient``, ``benchmark`` (train/val) and ``image`` methods. Raises
+    :class:`DatasetError` when the data cannot be split that way (too few patients, an empty official split, no official
     split for the dataset).
     """
     if method not in METHODS:

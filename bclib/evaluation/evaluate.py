@@ -97,12 +97,10 @@ def _select(index, card: dict, split: str, seed: int | None, notes: list[str]) -
         method, name = card_method, split.split(":", 1)[1]   # the model's split, whose patients are checked below
         patients = set(official_patients(index, name))
         matches, honest = None, card_method == "official" and name == "test"
-        if card_method == "benchmark":  # its test set is the benchmark's held-out patients
+        if card_method == "benchmark":  # its test patients are one official list, whole: never trained or chosen on
             made = make_split(split_index, card_method, seed=used_seed)
-            honest = set(made.patients("test")) == patients
+            honest = made.benchmark_list == name
             matches = (card_split.get("patients_hash") == made.patients_hash()) if card_split.get("patients_hash") else None
-        elif card_method == "official":
-            matches = None
         if card_method == "official" and name == "val":
             notes.append("the model's threshold and epochs were chosen on the official validation patients: these are "
                          "validation numbers, optimistic by construction")
@@ -136,8 +134,7 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
 
     ``split``: ``"test"`` / ``"val"`` (the card's split method, re-made with ``seed`` or the
     card's seed), ``"official:test"`` / ``"official:val"`` (the published test or validation patients), or
-    ``"all"`` (every image:
-    for a folder the model has never seen). Raises :class:`bclib.evaluation.modelcard.ModelLoadError` for a
+    ``"all"`` (every image: for a folder the model has never seen). Raises :class:`bclib.evaluation.modelcard.ModelLoadError` for a
     missing/corrupt model or card, :class:`bclib.data.datasets.DatasetError` for bad data.
     Returns the flat metric dict of :func:`bclib.evaluation.metrics.binary_metrics` (or
     :func:`~bclib.evaluation.metrics.multiclass_metrics`) plus ``ci``, the selection, and ``notes``.
