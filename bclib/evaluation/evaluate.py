@@ -217,19 +217,16 @@ def format_table(result: dict) -> str:
     if "threshold" in result and result.get("threshold") is not None:
         lines.append(f"threshold {result['threshold']:.4f} ({result.get('threshold_method')}, chosen on "
                      f"{result.get('threshold_chosen_on')}); positive class: {result.get('positive_class')}")
+    def metric_line(name: str, value: float | None, interval: Any) -> str:
+        return f"{name:<20}{'n/a' if value is None else f'{value:.3f}':>8}   {format_interval(interval)}"
+
     lines += ["", f"{'metric':<20}{'value':>8}   95% CI (patients resampled)", "-" * 58]
-    for name in names:
-        value = result.get(name)
-        shown = "n/a" if value is None else f"{value:.3f}"
-        lines.append(f"{name:<20}{shown:>8}   {format_interval(ci.get(name))}")
+    lines += [metric_line(name, result.get(name), ci.get(name)) for name in names]
     benchmark = result.get("benchmark_threshold")
     if benchmark:
         lines += ["", f"at the benchmark threshold {benchmark['value']:.4f} ({benchmark.get('method')}, chosen on val), "
                       "to compare with published numbers:"]
-        for name in BENCHMARK_METRICS:
-            value = benchmark.get(name)
-            shown = "n/a" if value is None else f"{value:.3f}"
-            lines.append(f"{name:<20}{shown:>8}   {format_interval(benchmark['ci'].get(name))}")
+        lines += [metric_line(name, benchmark.get(name), benchmark["ci"].get(name)) for name in BENCHMARK_METRICS]
     matrix = result.get("confusion_matrix")
     if matrix is not None and len(matrix) == 2:
         (tn, fp), (fn, tp) = matrix
