@@ -148,8 +148,9 @@ def bootstrap_ci(y_true, prob, patient_ids=None, metrics: Sequence[str] | str = 
 
 
 def binary_metrics_with_ci(y_true, scores, patient_ids, threshold: float, positive_label: int = 1,
-                           class_names: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
-    """:func:`~bclib.evaluation.metrics.binary_metrics` plus ``ci`` from :func:`bootstrap_ci`.
+                           class_names: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
+                           metrics: Sequence[str] | str = BOOTSTRAP_METRICS) -> dict:
+    """:func:`~bclib.evaluation.metrics.binary_metrics` plus ``ci`` (of ``metrics``) from :func:`bootstrap_ci`.
 
     ``ci`` is empty when ``n_boot`` is 0 or the images come from one patient (with a note then).
     """
@@ -158,7 +159,7 @@ def binary_metrics_with_ci(y_true, scores, patient_ids, threshold: float, positi
     result = binary_metrics(y_true, scores, threshold, positive_label, class_names, patient_ids)
     result["ci"] = {}
     if n_boot and result["n_patients"] > 1:
-        result["ci"] = bootstrap_ci(y_true, scores, patient_ids, n_boot=int(n_boot), seed=seed,
+        result["ci"] = bootstrap_ci(y_true, scores, patient_ids, metrics=metrics, n_boot=int(n_boot), seed=seed,
                                     threshold=threshold, positive_label=positive_label)
     elif n_boot:
         result["notes"].append("one patient only: no patient bootstrap interval")

@@ -173,7 +173,8 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str = "idc", data: st
         benchmark = card.get("benchmark_threshold")
         if benchmark:  # the operating point published benchmarks report (Youden's J on validation)
             at = binary_metrics_with_ci(labels, scores, patients, float(benchmark["value"]), positive_label,
-                                        class_names, n_boot=int(n_boot), seed=selection["seed"] or 0)
+                                        class_names, n_boot=int(n_boot), seed=selection["seed"] or 0,
+                                        metrics=BENCHMARK_METRICS)
             result["benchmark_threshold"] = {
                 "value": float(benchmark["value"]), "method": benchmark.get("method"),
                 **{name: at.get(name) for name in BENCHMARK_METRICS},
