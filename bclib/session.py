@@ -282,7 +282,7 @@ def start(
 
     from bclib import devices
     from bclib.data.cache import pack
-    from bclib.data.splits import make_split
+    from bclib.data.splits import SplitUnavailable, make_split
     from bclib.evaluation.modelcard import write_json
 
     chosen_split, split = split, split or profiles.default_split(dataset)
@@ -313,7 +313,7 @@ def start(
         if chosen_split is not None or split == "patient":
             raise
         made_split = make_split(cache.index, "patient", seed=seed)  # e.g. the synthetic demo: no benchmark patients
-        reason = str(error).split(" Use the patient split")[0]
+        reason = error.reason if isinstance(error, SplitUnavailable) else str(error)
         made_split.warnings.append(f"split by patient instead of the default {split!r} split: {reason}")
         settings["split"] = split = "patient"
     session = Session(

@@ -84,6 +84,8 @@ def test_session_summary_names_the_data_split_and_device(smoke_session, capsys):
     assert "SYNTHETIC DEMO DATA" in text
     assert f"{len(smoke_session.cache.index):,} images" in text and "patient split" in text and "CPU" in text
     assert "split by patient instead of the default 'benchmark' split" in text   # the demo has no benchmark patients
+    fallback = next(note for note in smoke_session.split.warnings if note.startswith("split by patient instead"))
+    assert "synthetic" in fallback and "Use the patient split" not in fallback   # why, without advice already taken
 
 
 def test_exploration_tables(smoke_session):

@@ -11,7 +11,7 @@ import pytest
 from bclib.data.datasets import idc
 from bclib.data.index import DatasetError, DatasetIndex
 from bclib.data.official_splits import IDC_OFFICIAL_SPLITS
-from bclib.data.splits import LeakageWarning, make_split
+from bclib.data.splits import LeakageWarning, SplitUnavailable, make_split
 
 
 def make_index(patients_labels: dict[str, list[int]], name: str = "folder", class_names=None, split_column=None) -> DatasetIndex:
@@ -176,8 +176,9 @@ def test_official_from_split_column_and_missing_column():
     bad = make_index({str(p): [p % 2] for p in range(3)}, split_column=["train", "dev", "test"])
     with pytest.raises(DatasetError, match="dev"):
         make_split(bad, "official")
-    with pytest.raises(DatasetError, match="no official split"):
+    with pytest.raises(SplitUnavailable, match="no official split") as raised:
         make_split(make_index({str(p): [p % 2] for p in range(3)}), "official")
+    assert raised.value.reason in str(raised.value) and "patient split" not in raised.value.reason
 
 
 def test_patient_split_does_not_warn_on_healthy_data(synthetic_index):

@@ -27,6 +27,17 @@ import pandas as pd
 from bclib.data.index import DatasetError, DatasetIndex
 from bclib.data.official_splits import CITATION, IDC_OFFICIAL_SPLITS
 
+#: What every "this split cannot be made here" error ends with.
+USE_PATIENT_SPLIT = "Use the patient split instead (split='patient', `--split patient`)."
+
+
+class SplitUnavailable(DatasetError):
+    """A split method the data cannot support (e.g. no benchmark patients); ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason} {USE_PATIENT_SPLIT}")
+        self.reason = reason
+
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 METHODS: tuple[str, ...] = ("patient", "official", "benchmark", "image")
 FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -243,8 +254,7 @@ def _benchmark_split(index: DatasetIndex, seed: int) -> tuple[dict[str, np.ndarr
     if not test_patients:
         hint = ("this is synthetic data, whose made-up patients are in no official list" if index.synthetic
                 else "none of the benchmark's validation or test patients are in the data")
-        raise DatasetError(f"split 'benchmark' needs the 2016 benchmark's held-out patients: {hint}. "
-                           "Use the patient split instead (split='patient', `--split patient`).")
+        raise SplitUnavailable(f"split 'benchmark' needs the 2016 benchmark's held-out patients: {hint}.")
     others = _sorted_patients(present.difference(test_patients))
     assignment, notes = _patient_split(index, seed, ("train", "val"), FRACTIONS[:2], others)
     assignment["test"] = np.flatnonzero(index.frame["patient_id"].isin(test_patients).to_numpy())
@@ -289,8 +299,7 @@ def _official_split(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[st
                                "expected train/val/test")
         hint = ""
     else:
-        raise DatasetError(f"dataset {index.name!r} has no official split (no 'split' column in its index); "
-                           "use split='patient' (`--split patient`)")
+        raise SplitUnavailable(f"dataset {index.name!r} has no official split (no 'split' column in its index).")
     unlisted = index.frame.loc[official.isna(), "patient_id"]
     if len(unlisted):
         notes.append(f"{unlisted.nunique()} patient(s) ({len(unlisted)} images) of the data are in no official list "
@@ -299,9 +308,9 @@ def _official_split(index: DatasetIndex) -> tuple[dict[str, np.ndarray], list[st
     for name, positions in assignment.items():
         if len(positions) == 0:
             listed = f"its {len(IDC_OFFICIAL_SPLITS[name])} patients" if index.name == "idc" else "its images"
-            raise DatasetError(
+            raise SplitUnavailable(
                 f"the official {name!r} split is empty: none of {listed} are in the {index.name!r} data at "
-                f"{str(index.root)!r}.{hint} Use the patient split instead (split='patient', `--split patient`)."
+                f"{str(index.root)!r}.{hint}"
             )
     return assignment, _sorted_patients(missing), notes
 
