@@ -214,6 +214,11 @@ def test_models_text_calls_a_near_tie_and_names_missing_imagenet_weights():
     text = findings.models_text(table)
     assert "cnn was trained from scratch; mobilenetv2 started from random weights" in text
     assert "a near-tie: mobilenetv2 is less than 0.001 behind" in text and "coin toss" in text
+    assert "between the two" in text and "so does" not in text
+    table.loc["resnet50"] = ["random weights (ImageNet weights were missing)", 0.8601]
+    table.attrs["within_noise"] = ["mobilenetv2", "resnet50"]   # a third model tied with the best as well
+    assert "so does the interval of resnet50 against cnn" in findings.models_text(table)
+    assert "among them is close to a coin toss" in findings.models_text(table)
     table.attrs["runner_up"] = {"difference": -0.2, "ci": [-0.3, -0.1], "excludes_zero": True}
     assert "beyond noise" in findings.models_text(table) and "coin toss" not in findings.models_text(table)
 

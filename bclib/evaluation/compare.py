@@ -183,8 +183,10 @@ class RunComparison:
         if table["threshold rule"].nunique() == 1:
             print(f"every threshold was chosen on validation by the rule {table['threshold rule'].iloc[0]}")
             table = table.drop(columns="threshold rule")
+        within_noise = [name for name, result in differences.items()
+                        if result["ci"] is not None and not result["excludes_zero"]]
         return self._attrs(table, best=best, runner_up=differences.get(order[1]) if len(order) > 1 else None,
-                           val_patients=len(np.unique(self.patient_ids("val"))))
+                           within_noise=within_noise, val_patients=len(np.unique(self.patient_ids("val"))))
 
     def table(self, n_boot: int = 1000) -> pd.DataFrame:
         """Test metrics of every model at its validation-chosen threshold, each with its 95 % patient interval.

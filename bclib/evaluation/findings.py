@@ -65,9 +65,11 @@ def models_text(table: pd.DataFrame) -> str:
         text += f"; {gap}, beyond noise ({ci_text(*runner_up['ci'], signed=True)})"
     else:
         near = "a near-tie: " if abs(runner_up["difference"]) < 0.005 else ""
+        others = [name for name in table.attrs.get("within_noise", []) if name != second]
+        also = (f"; so does the interval of {_names(others)} against {best} (the table above)" if others else "")
         text += (f"; {near}{gap} and the paired interval of the difference ({ci_text(*runner_up['ci'], signed=True)} over "
-                 f"{table.attrs['val_patients']} validation patients) includes zero, so the choice between them "
-                 "is close to a coin toss")
+                 f"{table.attrs['val_patients']} validation patients) includes zero{also}, so the choice "
+                 f"{'among them' if others else 'between the two'} is close to a coin toss")
     return text + f". Where one model is needed below, it is {best}, chosen without looking at test."
 
 
@@ -408,8 +410,8 @@ def ranking_text(ranking: pd.DataFrame) -> str:
     if higher:
         text += (f" Test {label} exceeds validation {label} for {_names(higher)}: the two splits hold different "
                  f"patients ({ranking.attrs['val_patients']} in validation, {ranking.attrs['test_patients']} in "
-                 "test), some easier than others, and so few validation patients make a noisy estimate; a test "
-                 "number above the validation one is the luck of the draw, not a sign of a better model.")
+                 "test), some easier than others, and both splits are so small that both estimates are noisy; a "
+                 "test number above the validation one is the luck of the draw, not a sign of a better model.")
     return text
 
 
