@@ -240,3 +240,15 @@ def test_slides_text_says_which_patients_the_model_learnt_from():
     assert "the held-out test patient 9001 (40 patches, 10% positive, mean probability 0.60, within-slide AUC n/a)" in text
     assert "(s)" not in text
     assert "no test patient is shown" in findings.slides_text(table.iloc[:1])
+    assert "the model over-calls 9001: a mean probability more than 0.25 above the positive share" in text
+    assert "only this map shows the model on a new patient" in text
+
+
+def test_slides_text_reads_test_patients_numbers():
+    table = pd.DataFrame({"patient": ["8867", "9078", "8956"], "split": ["test"] * 3, "patches": [87, 114, 110],
+                          "positive_fraction": [5 / 87, 0.10, 0.5], "mean_probability": [0.05, 0.60, 0.15],
+                          "roc_auc": [1.0, 0.801, 0.957]})
+    text = findings.slides_text(table)
+    assert "the model never saw any of the 3" in text and "only these maps" not in text
+    assert "over-calls 9078" in text and "under-calls 8956" in text and "over-calls 8867" not in text
+    assert "8867's within-slide AUC rests on 5 positive patches" in text and "9078's within" not in text

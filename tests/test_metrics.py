@@ -223,6 +223,8 @@ def test_binary_metrics_with_ci(scored):
     assert bootstrap.binary_metrics_with_ci(y, prob, patients, 0.5, n_boot=0)["ci"] == {}
     assert bootstrap.format_interval(result["ci"]["roc_auc"]).count(".") == 2
     assert bootstrap.format_interval(None) == ""
+    assert bootstrap.format_interval([-0.055, -0.0003]) == "[-0.055, -0.0003]"   # excludes zero, and reads so
+    assert bootstrap.format_interval([-0.0123, 0.0]) == "[-0.012, 0.000]"
 
 
 def _two_models(seed: int = 0, n_patients: int = 35, per_patient: int = 60):

@@ -154,6 +154,11 @@ def test_training_conclusion_follows_the_history():
                                        parameter="fine_tune_epochs")
     assert "more epochs could help (try a larger `fine_tune_epochs`)" in rising and "overfitting" not in rising
     assert "cannot be named" in conclusions.training_text({"loss": [1.0]}, epochs=1)
+    swinging = {"val_auc": [0.71, 0.87, 0.84, 0.87, 0.88, 0.88, 0.89, 0.886],   # a rise no larger than earlier moves
+                "loss": [0.52, 0.43, 0.41, 0.39, 0.38, 0.37, 0.367, 0.365],
+                "val_loss": [0.96, 0.69, 0.71, 0.66, 0.68, 0.59, 0.64, 0.65]}
+    noisy = conclusions.training_text(swinging, epochs=8)
+    assert "rose by 0.060" in noisy and "may be noise rather than overfitting" in noisy and "(0.270)" in noisy
 
 
 def test_first_model_conclusion_compares_with_chance_and_the_majority_answer():

@@ -50,6 +50,7 @@ def test_no_weights_offline_falls_back_to_random_with_banner(tmp_path, monkeypat
     shown = capsys.readouterr().out
     assert "NO IMAGENET WEIGHTS" in shown
     assert "Downloading data from" not in shown  # Keras' own download line: the banner says what happened
+    assert "URL fetch failure" not in choice.banner   # the network error itself, not Keras' wrapper with the URL
     card = choice.to_card()
     assert card["used"] == "random" and card["requested"] == "imagenet" and "NOT transfer" in card["note"]
     assert "====" not in card["note"]
@@ -127,3 +128,19 @@ def test_wrong_file_gives_a_clear_error(fake_backbone_files, tmp_path):
     _, modern, _ = fake_backbone_files
     with pytest.raises(WeightsError, match="could not load weights|only partly fits"):
         models.build_model("resnet50", input_size=SIZE, weights=str(modern))
+
+
+def test_download_failure_names_the_network_error_beneath_keras_message():
+    import socket
+    import urllib.error
+
+    from bclib.models.weights import download_failure
+
+    try:
+        try:
+            raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+        except urllib.error.URLError as error:
+            raise Exception(f"URL fetch failure on https://example.org/w.h5: None -- {error.reason}")
+    except Exception as wrapped:
+        assert download_failure(wrapped) == "no connection to the download server: [Errno -2] Name or service not known"
+    assert download_failure(ValueError("hash mismatch")) == "ValueError: hash mismatch"

@@ -302,8 +302,8 @@ def test_samples_include_one_the_model_gets_wrong_or_say_none_is(run_folder, tmp
     models = find_models(run_id=run_folder.name, reports_root=run_folder.parent)  # tiny_transfer, threshold 0.3
     samples = sample_images(models, dataset="idc", data_dir=data, n=2)
     assert len(samples.paths) == 2
-    assert ("1 of them is called wrongly by tiny_transfer at its threshold 0.30 (6 of the 12 images drawn to choose "
-            "the samples from are)") in samples.note
+    assert ("1 of them is called wrongly by tiny_transfer at its threshold 0.30 (of the 12 images drawn to pick "
+            "the samples from, it calls 6 wrongly)") in samples.note
     view = static_view(models, samples.paths, truths=samples.labels)
     assert [p.decision != t for p, t in zip(view.predictions, samples.labels)] == [True, False]
     assert "1 is called as labelled and 1 is not" in static_text(view)
@@ -319,15 +319,14 @@ def test_samples_include_one_the_model_gets_wrong_or_say_none_is(run_folder, tmp
 
     monkeypatch.setattr(Predictor, "predict_sources", right_but_one)
     samples = sample_images(models, dataset="idc", data_dir=data, n=2)
-    assert samples.note.endswith("1 of them is called wrongly by tiny_transfer at its threshold 0.30 (1 of the 12 "
-                                 "images drawn to choose the samples from is)")
+    assert samples.note.endswith("1 of them is called wrongly by tiny_transfer at its threshold 0.30 (of the 12 "
+                                 "images drawn to pick the samples from, it calls 1 wrongly)")
     assert str(candidates.paths[7]) in map(str, samples.paths) and sorted(samples.labels) == ["IDC", "non-IDC"]
     wrong.clear()
     samples = sample_images(models, dataset="idc", data_dir=data, n=2)
     assert samples.paths == candidates.paths[:2]
-    assert samples.note.endswith("tiny_transfer at its threshold 0.30 gets all 12 images drawn to choose the samples "
-                                 "from right, so none "
-                                 "shown is wrong")
+    assert samples.note.endswith("of the 12 images drawn to pick the samples from, tiny_transfer at its threshold "
+                                 "0.30 calls every one right, so none shown is wrong")
 
 
 def test_app_shows_a_sentence_where_widgets_cannot_render(run_folder, monkeypatch):

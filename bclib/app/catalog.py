@@ -213,13 +213,12 @@ def _with_a_mistake(candidates: SampleSet, choice: ModelChoice, n: int) -> tuple
     wrong = [i for i, (decision, truth) in enumerate(zip(decisions, candidates.labels)) if decision != truth]
     where = f"{predictor.model_name} at its threshold {predictor.threshold:.2f}"
     if not wrong:
-        return first, (f"; {where} gets all {len(decisions)} images drawn to choose the samples from right, so "
-                       "none shown is wrong")
+        return first, (f"; of the {len(decisions)} images drawn to pick the samples from, {where} calls every one "
+                       "right, so none shown is wrong")
     shown = first
     if not set(first) & set(wrong):
         same_class = [i for i in first if candidates.labels[i] == candidates.labels[wrong[0]]] or first
         shown = [wrong[0] if i == same_class[-1] else i for i in first]
     count = sum(i in wrong for i in shown)
-    return shown, (f"; {count} of them {'is' if count == 1 else 'are'} called wrongly by {where} "
-                   f"({len(wrong)} of the {len(decisions)} images drawn to choose the samples from "
-                   f"{'is' if len(wrong) == 1 else 'are'})")
+    return shown, (f"; {count} of them {'is' if count == 1 else 'are'} called wrongly by {where} (of the "
+                   f"{len(decisions)} images drawn to pick the samples from, it calls {len(wrong)} wrongly)")

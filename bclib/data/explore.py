@@ -275,5 +275,5 @@ def split_text(summary: pd.DataFrame, overlap: set, words: DatasetWords, positiv
     why = "the luck of the draw" if words.one_image_per_patient else "whole patients move together"
     parts = ", ".join(f"{share:.1%} in {name}" for name, share in shares.items())
     return text + (f" The {positive_name} share is {parts}: {why}, so the shares differ by up to "
-                   f"{100 * (shares.max() - shares.min()):.1f} points between the parts"
+                   f"{round(100 * shares.max(), 1) - round(100 * shares.min(), 1):.1f} points between the parts"
                    + ("." if words.one_image_per_patient else ", the price of an honest test."))

@@ -120,8 +120,11 @@ def _check_n_boot(n_boot: int) -> None:
 
 
 def format_interval(interval: Sequence[float] | None) -> str:
-    """``"[low, high]"`` with 3 decimals; ``""`` for a missing interval."""
-    return "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+    """``"[low, high]"`` with 3 decimals (a fourth for an end that would round to zero, so an interval that
+    excludes zero never reads as touching it); ``""`` for a missing interval."""
+    def end(value: float) -> str:
+        return f"{value:.4f}" if 0 < abs(value) < 0.0005 else f"{value:.3f}"
+    return "" if not interval else f"[{end(interval[0])}, {end(interval[1])}]"
 
 
 # --------------------------------------------------------------------------- one model

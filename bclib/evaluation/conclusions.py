@@ -76,7 +76,15 @@ def training_text(history: Any, epochs: int, monitor: str = "val_auc", parameter
     if {"loss", "val_loss"} <= set(logs) and ran >= 3 and best < ran - 1:
         losses = logs[["loss", "val_loss"]].to_numpy(dtype=float)
         if losses[-1, 0] < losses[-3, 0] and losses[-1, 1] > losses[-3, 1]:
-            text += "; over the last epochs the validation loss rose while the training loss fell, a sign of overfitting"
+            rise = losses[-1, 1] - losses[-3, 1]
+            earlier = np.abs(np.diff(losses[:-2, 1]))   # how far validation loss moved per epoch before
+            swing = float(earlier.max()) if len(earlier) else float("nan")
+            text += f"; over the last two epochs the validation loss rose by {rise:.3f} while the training loss fell"
+            if np.isnan(swing) or rise > swing:
+                text += ", a sign of overfitting"
+            else:
+                text += (f", no more than it moved from one epoch to the next before ({swing:.3f}): it may be noise "
+                         "rather than overfitting")
     return text + "."
 
 

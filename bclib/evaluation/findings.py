@@ -184,7 +184,7 @@ def calibration_methods_text(table: pd.DataFrame, base_rate_tolerance: float = 0
              + (f", and lowers it beyond noise for {_names(lowered)} (the interval of the change lies below zero). "
                 if lowered else "; no change it makes can be told from noise here. "))
     if temperature_worse or temperature_better:
-        text += "Temperature scaling " + "; ".join(
+        text += "Temperature scaling " + " and ".join(
             f"{verb} the ECE of {_names(names_)} beyond noise" for verb, names_ in
             (("raised", temperature_worse), ("lowered", temperature_better)) if names_) + ". "
     ece = values["ece"].unstack("method")
@@ -331,12 +331,34 @@ def slides_text(table: pd.DataFrame) -> str:
                      f"{describe(learnt)}. {'Its map shows' if one else 'Their maps show'} how well it fits patients "
                      "it has seen, no evidence of how it does on a new one")
     if len(test):
-        parts.append(f"{'the held-out test patient' if len(test) == 1 else 'the held-out test patients'} "
-                     f"{describe(test)}: only {'this map shows' if len(test) == 1 else 'these maps show'} the model on "
-                     "a new patient (a test patient's folder here is a partial sample of its slide, hence the gaps)")
+        one = len(test) == 1
+        if len(learnt):
+            which = f"only {'this map shows' if one else 'these maps show'} the model on a new patient"
+        else:
+            which = "the model never saw " + ("this patient" if one else f"any of the {len(test)}")
+        parts.append(f"{'the held-out test patient' if one else 'the held-out test patients'} {describe(test)}: "
+                     f"{which} (a test patient's folder here is a partial sample of its slide, hence the gaps)")
+        parts.extend(_slide_readings(test))
     else:
         parts.append("no test patient is shown: add a test patient's id to `slide_patients` for an honest map")
     return "; ".join(parts) + "."
+
+
+def _slide_readings(test: pd.DataFrame, off_by: float = 0.25, few: int = 10) -> list[str]:
+    """What the test patients' numbers say: a mean probability far from the positive share, an AUC on few positives."""
+    readings = []
+    shift = test["mean_probability"] - test["positive_fraction"]
+    for rows, verb in ((test[shift > off_by], "over-calls"), (test[shift < -off_by], "under-calls")):
+        if len(rows):
+            readings.append(f"the model {verb} {_names([str(patient) for patient in rows['patient']])}: a mean "
+                            f"probability more than {off_by:.2f} {'above' if verb == 'over-calls' else 'below'} the "
+                            "positive share")
+    positives = (test["positive_fraction"] * test["patches"]).round().astype(int)
+    thin = test[(positives < few) & test["roc_auc"].notna()]
+    for (_, row), count in zip(thin.iterrows(), positives[thin.index]):
+        readings.append(f"{row['patient']}'s within-slide AUC rests on {_plural(int(count), 'positive patch', 'positive patches')}, "
+                        "so it says little")
+    return readings
 
 
 def memoriser_text(series: Any, words: DatasetWords = IDC_WORDS) -> str:
@@ -428,8 +450,8 @@ def committee_text(members: list[str], best: str, test_changes: dict[str, dict],
         text += (f" The choice is made on validation ROC-AUC, where the committee ranks higher too "
                  f"({difference_text(val_change)}), so choosing it rests on validation, not on test.")
     else:
-        text += (f" The choice is made on validation ROC-AUC: {difference_text(val_change)} Validation does not show "
-                 "the committee ahead, so a choice made without looking at test would not pick it: what it gains on "
+        text += (f" The choice is made on validation ROC-AUC: {difference_text(val_change)} Validation ROC-AUC does "
+                 "not show the committee ahead, so a choice made without looking at test would not pick it: what it gains on "
                  "test is a finding of this run, not a reason to switch.")
     if words.title == "IDC" and {"balanced_accuracy", "f1"} <= set(test_changes):
         text += (f" The committee reaches balanced accuracy {test_changes['balanced_accuracy']['b']:.3f} and F1 "

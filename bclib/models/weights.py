@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+import urllib.error
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,14 @@ def _download(backbone: str, file_name: str, timeout: float) -> Path:
     return Path(path)
 
 
+def download_failure(error: BaseException) -> str:
+    """Why a download failed, in a few words: the network error beneath Keras' message where there is one."""
+    for candidate in (error, error.__cause__, error.__context__):
+        if isinstance(candidate, urllib.error.URLError):
+            return f"no connection to the download server: {candidate.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
 def resolve_weights(
     backbone: str,
     weights: str | os.PathLike | None = "imagenet",
@@ -173,7 +182,7 @@ def _choose(backbone: str, weights: str | os.PathLike | None, allow_random: bool
         try:
             return WeightsChoice(requested="imagenet", used="imagenet", path=str(_download(name, file_name, timeout)))
         except Exception as error:  # no network, DNS, timeout, hash mismatch
-            reason += f" and the download failed ({type(error).__name__}: {error})"
+            reason += f" and the download failed ({download_failure(error)})"
     else:
         reason += " and downloading was switched off"
     if not allow_random:
