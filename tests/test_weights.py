@@ -144,3 +144,5 @@ def test_download_failure_names_the_network_error_beneath_keras_message():
     except Exception as wrapped:
         assert download_failure(wrapped) == "no connection to the download server: [Errno -2] Name or service not known"
     assert download_failure(ValueError("hash mismatch")) == "ValueError: hash mismatch"
+    missing = urllib.error.HTTPError("https://example.org/w.h5", 404, "Not Found", {}, None)
+    assert download_failure(missing) == "the download server answered 404 Not Found"

@@ -356,8 +356,8 @@ def _slide_readings(test: pd.DataFrame, off_by: float = 0.25, few: int = 10) -> 
     positives = (test["positive_fraction"] * test["patches"]).round().astype(int)
     thin = test[(positives < few) & test["roc_auc"].notna()]
     for (_, row), count in zip(thin.iterrows(), positives[thin.index]):
-        readings.append(f"{row['patient']}'s within-slide AUC rests on {_plural(int(count), 'positive patch', 'positive patches')}, "
-                        "so it says little")
+        patches = _plural(int(count), "positive patch", "positive patches")
+        readings.append(f"{row['patient']}'s within-slide AUC rests on {patches}, so it says little")
     return readings
 
 
@@ -451,8 +451,8 @@ def committee_text(members: list[str], best: str, test_changes: dict[str, dict],
                  f"({difference_text(val_change)}), so choosing it rests on validation, not on test.")
     else:
         text += (f" The choice is made on validation ROC-AUC: {difference_text(val_change)} Validation ROC-AUC does "
-                 "not show the committee ahead, so a choice made without looking at test would not pick it: what it gains on "
-                 "test is a finding of this run, not a reason to switch.")
+                 "not show the committee ahead, so a choice made without looking at test would not pick it: what it "
+                 "gains on test is a finding of this run, not a reason to switch.")
     if words.title == "IDC" and {"balanced_accuracy", "f1"} <= set(test_changes):
         text += (f" The committee reaches balanced accuracy {test_changes['balanced_accuracy']['b']:.3f} and F1 "
                  f"{test_changes['f1']['b']:.3f}; " + benchmark_reference(benchmark_list))

@@ -129,6 +129,8 @@ def _download(backbone: str, file_name: str, timeout: float) -> Path:
 def download_failure(error: BaseException) -> str:
     """Why a download failed, in a few words: the network error beneath Keras' message where there is one."""
     for candidate in (error, error.__cause__, error.__context__):
+        if isinstance(candidate, urllib.error.HTTPError):
+            return f"the download server answered {candidate.code} {candidate.reason}"
         if isinstance(candidate, urllib.error.URLError):
             return f"no connection to the download server: {candidate.reason}"
     return f"{type(error).__name__}: {error}"
