@@ -119,12 +119,16 @@ def _check_n_boot(n_boot: int) -> None:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
 
 
+def interval_end(value: float, signed: bool = False) -> str:
+    """One end of an interval with 3 decimals, or a fourth where it would round to zero, so an interval that
+    excludes zero never reads as touching it; ``signed`` for the ends of a difference."""
+    sign = "+" if signed else ""
+    return f"{value:{sign}.4f}" if 0 < abs(value) < 0.0005 else f"{value:{sign}.3f}"
+
+
 def format_interval(interval: Sequence[float] | None) -> str:
-    """``"[low, high]"`` with 3 decimals (a fourth for an end that would round to zero, so an interval that
-    excludes zero never reads as touching it); ``""`` for a missing interval."""
-    def end(value: float) -> str:
-        return f"{value:.4f}" if 0 < abs(value) < 0.0005 else f"{value:.3f}"
-    return "" if not interval else f"[{end(interval[0])}, {end(interval[1])}]"
+    """``"[low, high]"`` (ends by :func:`interval_end`); ``""`` for a missing interval."""
+    return "" if not interval else f"[{interval_end(interval[0])}, {interval_end(interval[1])}]"
 
 
 # --------------------------------------------------------------------------- one model

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bclib.data.explore import DatasetWords, card_words, dataset_words
-from bclib.evaluation.bootstrap import paired_bootstrap_difference
+from bclib.evaluation.bootstrap import interval_end, paired_bootstrap_difference
 from bclib.evaluation.metrics import positive_probability
 from bclib.evaluation.modelcard import MODEL_FILE, read_card
 from bclib.display import show_banner
@@ -33,13 +33,11 @@ def conclude(text: str) -> None:
 
 
 def ci_text(low: float, high: float, signed: bool = False) -> str:
-    """``95 % CI low to high``; ``signed`` for the interval of a difference (an end that rounds to zero
-    gets a fourth decimal, so an interval that excludes zero never prints 0.000)."""
-    def number(value: float) -> str:
-        if not signed:
-            return f"{value:.3f}"
-        return f"{value:+.4f}" if 0 < abs(value) < 0.0005 else f"{value:+.3f}"
-    return f"95 % CI {number(low)} to {number(high)}"
+    """``95 % CI low to high``; ``signed`` for the interval of a difference (ends by
+    :func:`~bclib.evaluation.bootstrap.interval_end`)."""
+    if not signed:
+        return f"95 % CI {low:.3f} to {high:.3f}"
+    return f"95 % CI {interval_end(low, signed=True)} to {interval_end(high, signed=True)}"
 
 
 def training_conclusion(history: Any, epochs: int, monitor: str = "val_auc", parameter: str = "epochs") -> None:
